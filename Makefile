@@ -1,0 +1,11 @@
+.PHONY: setup demo test test-all bench
+setup:
+	@bash scripts/setup-venv.sh
+demo: setup
+	.venv/bin/unmemorize demo --out runs/demo
+test: setup
+	.venv/bin/python -m pytest -q
+test-all: setup
+	UNMEMORIZE_SLOW=1 .venv/bin/python -m pytest -q
+bench: setup
+	.venv/bin/python benchmarks/run_all.py

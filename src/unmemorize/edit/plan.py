@@ -1,0 +1,67 @@
+"""Per-module rho: a uniform value or a plan file.
+
+A plan file is JSON in one of two spellings (they may be mixed):
+
+* preset terms, as in the paper's code: ``{"23": {"gate": 0.6, "up": 0.6}, "24": {...}}`` --
+  block index -> projection short name -> rho;
+* module names: ``{"model.layers.23.mlp.gate_proj": 0.6, ...}``.
+
+Modules a plan does not name are not edited.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from torch import nn
+
+from ..errors import UnmemorizeError
+from ..targets import linear_module_names, preset_modules
+
+
+def check_rho(rho, where: str) -> float:
+    if isinstance(rho, bool) or not isinstance(rho, (int, float)) or math.isnan(rho) or not 0.0 <= rho <= 1.0:
+        raise UnmemorizeError(f"rho must be a number in [0, 1]; {where} has {rho!r}")
+    return float(rho)
+
+
+def uniform_plan(targets: list[str], rho: float) -> dict[str, float]:
+    rho = check_rho(rho, "--rho")
+    return {name: rho for name in targets}
+
+
+def parse_plan(model: nn.Module, spec: dict) -> dict[str, float]:
+    """Module name -> rho, in model order, from a plan dict (see module docstring)."""
+    if not isinstance(spec, dict) or not spec:
+        raise UnmemorizeError("a plan must be a non-empty JSON object")
+    linear = set(linear_module_names(model))
+    plan: dict[str, float] = {}
+    for key, value in spec.items():
+        if isinstance(value, dict):
+            try:
+                layer = int(key)
+            except ValueError:
+                raise UnmemorizeError(f"plan key {key!r} maps to an object, so it must be a block index like \"23\"") from None
+            for proj, rho in value.items():
+                rho = check_rho(rho, f"plan entry {key}.{proj}")
+                for name in preset_modules(model, [layer], [proj]):
+                    plan[name] = rho
+        else:
+            if key not in linear:
+                raise UnmemorizeError(f"plan names {key!r}, which is not a linear module of {type(model).__name__}")
+            plan[key] = check_rho(value, f"plan entry {key}")
+    order = {name: i for i, name in enumerate(linear_module_names(model))}
+    return dict(sorted(plan.items(), key=lambda item: order[item[0]]))
+
+
+def load_plan(path: str | Path, model: nn.Module) -> dict[str, float]:
+    file = Path(path)
+    if not file.is_file():
+        raise UnmemorizeError(f"plan file {str(file)!r} does not exist")
+    try:
+        spec = json.loads(file.read_text())
+    except json.JSONDecodeError as exc:
+        raise UnmemorizeError(f"plan file {str(file)!r} is not valid JSON: {exc.msg} (line {exc.lineno})") from None
+    return parse_plan(model, spec)
