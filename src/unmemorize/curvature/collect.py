@@ -97,7 +97,8 @@ class NextTokenObjective:
 
     def loss(self, model: nn.Module, batch: dict, counted: torch.Tensor, fisher: str, generator) -> torch.Tensor:
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        selected = logits[counted].float()  # (N_batch, V)
+        selected = logits[counted]  # (N_batch, V), at least float32 for the softmax
+        selected = selected.to(torch.promote_types(selected.dtype, torch.float32))
         if fisher == "empirical":
             labels = batch["input_ids"][:, 1:][counted[:, :-1]]
         else:

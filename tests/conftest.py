@@ -1,0 +1,81 @@
+"""Shared fixtures: tiny random-init models (milliseconds) and the brute-force K-FAC oracle."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent / "oracles"))
+
+from unmemorize.data import pad_batch  # noqa: E402
+from unmemorize.tiny import build_tiny_lm  # noqa: E402
+
+
+def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    return float((actual.double() - expected.double()).norm() / expected.double().norm())
+
+
+@pytest.fixture
+def tiny_lm():
+    """Factory: ``tiny_lm("llama"|"gpt2"|"gpt_neox", dtype=torch.float64)`` -> (model, tokenizer)."""
+
+    def build(family: str = "llama", dtype: torch.dtype = torch.float64, seed: int = 0, **kwargs):
+        return build_tiny_lm(family, seed=seed, dtype=dtype, **kwargs)
+
+    return build
+
+
+def random_sequences(lengths, vocab: int, seed: int = 0) -> list[list[int]]:
+    generator = torch.Generator().manual_seed(seed)
+    return [torch.randint(3, vocab, (n,), generator=generator).tolist() for n in lengths]
+
+
+def brute_force_factors(model, sequences, module_names, labels=None):
+    """A, G by definition, one unpadded sequence at a time, with explicit per-position loops.
+
+    For every sequence: forward, L = sum_t CE(logits_t, label_t) over t = 0..len-2, autograd
+    (``retain_grad`` on each module output), then A += a_t a_t^T and G += g_t g_t^T for each
+    counted t. ``labels[k]`` are the labels of sequence k (default: gold next tokens).
+    """
+    modules = dict(model.named_modules())
+    flags = [p.requires_grad for p in model.parameters()]
+    for p in model.parameters():
+        p.requires_grad_(True)
+    sums_a = {n: 0 for n in module_names}
+    sums_g = {n: 0 for n in module_names}
+    count = 0
+    try:
+        for k, sequence in enumerate(sequences):
+            captured = {}
+
+            def keep(module, inputs, output, name):
+                output.retain_grad()
+                captured[name] = (inputs[0], output)
+
+            handles = [modules[n].register_forward_hook(lambda m, i, o, n=n: keep(m, i, o, n)) for n in module_names]
+            ids = torch.tensor([sequence])
+            logits = model(input_ids=ids).logits[0, :-1].double()
+            target = torch.tensor(labels[k]) if labels is not None else ids[0, 1:]
+            loss = torch.nn.functional.cross_entropy(logits, target, reduction="sum")
+            model.zero_grad()
+            loss.backward()
+            for handle in handles:
+                handle.remove()
+            for n in module_names:
+                a, out = captured[n]
+                for t in range(len(sequence) - 1):
+                    sums_a[n] = sums_a[n] + torch.outer(a[0, t].double(), a[0, t].double()).detach()
+                    sums_g[n] = sums_g[n] + torch.outer(out.grad[0, t].double(), out.grad[0, t].double())
+            count += len(sequence) - 1
+    finally:
+        for p, flag in zip(model.parameters(), flags):
+            p.requires_grad_(flag)
+        model.zero_grad(set_to_none=True)
+    return {n: (sums_a[n] / count, sums_g[n] / count) for n in module_names}
+
+
+def batches_of(sequences, batch_size: int):
+    return [pad_batch(sequences[i : i + batch_size]) for i in range(0, len(sequences), batch_size)]

@@ -1,0 +1,161 @@
+"""The edit: W' = U_G (C * M) U_A^T, its controls, restore, save and reload."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from transformers import AutoModelForCausalLM
+from transformers.pytorch_utils import Conv1D
+
+from conftest import batches_of, random_sequences
+from unmemorize.basis import decompose_factors
+from unmemorize.curvature import CollectConfig, KFACFactors, collect_factors
+from unmemorize.edit import EditConfig, apply_edit, edited, parse_plan, save_edited_model, select_pairs, uniform_plan
+from unmemorize.errors import UnmemorizeError
+from unmemorize.models import get_weight
+from unmemorize.targets import resolve_targets
+
+
+def random_psd(d, seed):
+    x = torch.randn(d, 3 * d, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    scales = torch.logspace(0, -4, 3 * d, dtype=torch.float64)
+    return (x * scales) @ x.T / d
+
+
+def collected(model, fisher="true"):
+    batches = batches_of(random_sequences([12, 9, 16, 7], model.config.vocab_size), 2)
+    return collect_factors(model, batches, resolve_targets(model), CollectConfig(fisher=fisher, progress=False))
+
+
+class Pair(nn.Module):
+    def __init__(self, d_out, d_in):
+        super().__init__()
+        self.linear = nn.Linear(d_in, d_out, dtype=torch.float64)
+        self.conv = Conv1D(d_out, d_in).double()
+        with torch.no_grad():
+            self.conv.weight.copy_(self.linear.weight.T)
+
+
+def test_kfac_edit_equals_the_sum_of_kept_rank_one_components():
+    d_out, d_in = 6, 5
+    module = Pair(d_out, d_in)
+    factors = KFACFactors({"linear": random_psd(d_in, 1)}, {"linear": random_psd(d_out, 2)}, 1)
+    weight = module.linear.weight.detach().clone()
+    basis = decompose_factors(factors)["linear"]
+    selection = select_pairs(basis.gradient.eigenvalues, basis.activation.eigenvalues, 0.7)
+    expected = torch.zeros_like(weight)
+    for i in range(d_out):  # brute force: sum over kept (i, j) of (u_i^T W v_j) u_i v_j^T
+        for j in range(int(selection.row_counts[i])):
+            u, v = basis.gradient.eigenvectors[:, i], basis.activation.eigenvectors[:, j]
+            expected += (u @ weight @ v) * torch.outer(u, v)
+    apply_edit(module, {"linear": 0.7}, factors)
+    assert torch.allclose(module.linear.weight, expected, atol=1e-12)
+    assert 0 < selection.kept_pairs < d_out * d_in
+
+
+def test_conv1d_and_linear_with_the_same_weights_get_the_same_edit():
+    module = Pair(7, 4)
+    a, g = random_psd(4, 3), random_psd(7, 4)
+    factors = KFACFactors({"linear": a, "conv": a}, {"linear": g, "conv": g}, 1)
+    for method in ("kfac", "random", "svd"):
+        edit = apply_edit(module, {"linear": 0.8, "conv": 0.8}, factors, EditConfig(method=method))
+        assert torch.allclose(module.conv.weight.T, module.linear.weight, atol=1e-12), method
+        assert not torch.allclose(module.linear.weight, edit.originals["linear"]), method
+        edit.restore()
+
+
+def test_rho_one_returns_the_weight_exactly_and_rho_zero_removes_it(tiny_lm):
+    model, _ = tiny_lm("gpt2", dtype=torch.float32)
+    factors = collected(model)
+    targets = factors.modules
+    before = {n: get_weight(dict(model.named_modules())[n]).clone() for n in targets}
+    with edited(model, uniform_plan(targets, 1.0), factors):
+        for name in targets:
+            assert torch.equal(get_weight(dict(model.named_modules())[name]), before[name])
+    with edited(model, uniform_plan(targets, 0.0), factors) as edit:
+        for name in targets:
+            assert float(get_weight(dict(model.named_modules())[name]).abs().max()) < 1e-6
+            assert edit.modules[name].kept_pairs == 0
+            assert edit.modules[name].relative_change == pytest.approx(1.0)
+
+
+def test_restore_puts_back_the_original_weights_and_leaves_biases_alone(tiny_lm):
+    model, _ = tiny_lm("gpt2", dtype=torch.float32)
+    factors = collected(model)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    edit = apply_edit(model, uniform_plan(factors.modules, 0.9), factors)
+    changed = {k for k, v in model.state_dict().items() if not torch.equal(v, state[k])}
+    assert changed == {f"{n}.weight" for n in factors.modules}  # weights only, never biases
+    edit.restore()
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_saved_model_reloads_with_plain_transformers_and_gives_the_same_logits(tiny_lm, tmp_path, family):
+    model, tokenizer = tiny_lm(family, dtype=torch.float32)
+    factors = collected(model)
+    ids = torch.tensor(random_sequences([15], model.config.vocab_size, seed=9))
+    original_logits = model(input_ids=ids).logits
+    edit = apply_edit(model, uniform_plan(factors.modules, 0.9), factors)
+    edited_logits = model(input_ids=ids).logits
+    save_edited_model(edit, tmp_path / "out", tokenizer)
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
+    assert torch.allclose(reloaded(input_ids=ids).logits, edited_logits, atol=1e-5)
+    assert not torch.allclose(edited_logits, original_logits, atol=1e-3)  # the edit did something
+    info = json.loads((tmp_path / "out" / "unmemorize_edit.json").read_text())
+    stats = info["modules"][factors.modules[0]]
+    for key in ("rho", "kept_pairs", "kept_fraction", "kept_mass", "output_eigenvectors_used", "input_eigenvectors_used", "relative_change"):
+        assert key in stats
+    assert stats["kept_mass"] >= 0.9 and info["factors"]["fisher"] == "true"
+    assert (tmp_path / "out" / "tokenizer.json").exists() and (tmp_path / "out" / "model.safetensors").exists()
+
+
+def test_random_control_keeps_as_many_pairs_but_not_the_same_ones(tiny_lm):
+    model, _ = tiny_lm("llama", dtype=torch.float32)
+    factors = collected(model)
+    plan = uniform_plan(factors.modules, 0.9)
+    with edited(model, plan, factors) as kfac:
+        kfac_weight = get_weight(model.model.layers[0].mlp.up_proj).clone()
+    with edited(model, plan, factors, EditConfig(method="random", seed=1)) as random:
+        random_weight = get_weight(model.model.layers[0].mlp.up_proj).clone()
+    for name in plan:
+        assert random.modules[name].kept_pairs == kfac.modules[name].kept_pairs
+    assert not torch.allclose(kfac_weight, random_weight, atol=1e-4)
+
+
+def test_svd_keeps_the_energy_or_prunes_the_fraction_asked():
+    torch.manual_seed(0)
+    module = nn.Sequential(nn.Linear(10, 8, bias=False).double())
+    weight = module[0].weight.detach().clone()
+    s = np.linalg.svd(weight.numpy(), compute_uv=False)
+    energy = np.cumsum(s**2) / (s**2).sum()
+    expected_rank = int(np.argmax(energy >= 0.7)) + 1
+    with edited(module, {"0": 0.7}, config=EditConfig(method="svd")) as edit:
+        assert edit.modules["0"].kept_pairs == expected_rank
+        assert np.linalg.matrix_rank(module[0].weight.detach().numpy()) == expected_rank
+    with edited(module, {"0": 0.25}, config=EditConfig(method="svd", svd_mode="prune")) as edit:
+        assert edit.modules["0"].kept_pairs == 6  # 8 singular values, 2 pruned
+    assert torch.equal(module[0].weight, weight)
+
+
+def test_plan_in_preset_terms_and_module_names(tiny_lm):
+    model, _ = tiny_lm("llama", layers=3)
+    plan = parse_plan(model, {"1": {"gate": 0.6, "up": 0.5}, "model.layers.2.mlp.down_proj": 0.9})
+    assert plan == {"model.layers.1.mlp.gate_proj": 0.6, "model.layers.1.mlp.up_proj": 0.5, "model.layers.2.mlp.down_proj": 0.9}
+    with pytest.raises(UnmemorizeError, match="rho"):
+        parse_plan(model, {"1": {"gate": 1.5}})
+    with pytest.raises(UnmemorizeError, match="unknown projection"):
+        parse_plan(model, {"1": {"gat": 0.5}})
+    with pytest.raises(UnmemorizeError, match="not a linear module"):
+        parse_plan(model, {"model.layers.9.mlp.up_proj": 0.5})
+
+
+def test_edit_needs_factors_for_every_planned_module(tiny_lm):
+    model, _ = tiny_lm("llama")
+    factors = collected(model).subset(["model.layers.0.mlp.up_proj"])
+    with pytest.raises(UnmemorizeError, match="no factors"):
+        apply_edit(model, {"model.layers.1.mlp.up_proj": 0.5}, factors)
