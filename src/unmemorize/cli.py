@@ -211,6 +211,9 @@ def _run_demo(args) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = _build_parser()
     args = parser.parse_args(argv)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # our own progress bar and messages are enough
     runners = {"collect": _run_collect, "edit": _run_edit, "spectrum": _run_spectrum, "demo": _run_demo}
     try:
         runners[args.command](args)

@@ -1,0 +1,170 @@
+"""The command line: collect -> spectrum -> edit end to end, and one clear error per bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from unmemorize.cli import main
+from unmemorize.curvature import load_factors
+from unmemorize.errors import UnmemorizeError
+from unmemorize.tiny import save_tiny_lm, write_corpus
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    save_tiny_lm(root / "llama", "llama", seed=0)
+    save_tiny_lm(root / "gpt2", "gpt2", seed=0)
+    write_corpus(root / "clean.txt", documents=200)
+    code = main(["collect", "--model", str(root / "llama"), "--data", str(root / "clean.txt"), "--out", str(root / "factors"),
+                 "--seq-len", "32", "--max-tokens", "2000", "--batch-size", "4", "--no-progress"])
+    assert code == 0
+    return root
+
+
+def error_of(capsys, argv) -> str:
+    """Run the CLI, require exit status 2 and exactly one error line; return it."""
+    assert main(argv) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("unmemorize: error: "), lines
+    return lines[0]
+
+
+def leftovers(folder):
+    return [p.name for p in folder.parent.iterdir() if p.name.startswith(f".{folder.name}.")]
+
+
+def test_collect_writes_factors_with_provenance(workspace):
+    info = json.loads((workspace / "factors" / "factors.json").read_text())
+    assert info["fisher"] == "true" and info["seq_len"] == 32 and info["tokens"] == 2000
+    assert info["architecture"] == "LlamaForCausalLM" and len(info["data"]["fingerprint"]) == 64
+    assert info["modules"]["model.layers.0.mlp.down_proj"] == {"A": [64, 64], "G": [32, 32], "file": "factors.safetensors"}
+    tensors = load_file(workspace / "factors" / "factors.safetensors")
+    assert set(tensors) == {f"{n}.{k}" for n in info["modules"] for k in "AG"} and all(t.dtype == torch.float32 for t in tensors.values())
+    assert info["num_positions"] > 0 and info["unmemorize_version"]
+
+
+def test_edit_and_spectrum_commands(workspace, capsys):
+    plan = workspace / "plan.json"
+    plan.write_text(json.dumps({"0": {"gate": 0.6, "up": 0.6}}))
+    assert main(["edit", "--model", str(workspace / "llama"), "--factors", str(workspace / "factors"), "--out", str(workspace / "edited"),
+                 "--plan", str(plan)]) == 0
+    info = json.loads((workspace / "edited" / "unmemorize_edit.json").read_text())
+    assert list(info["modules"]) == ["model.layers.0.mlp.gate_proj", "model.layers.0.mlp.up_proj"]
+    assert info["factors"]["path"] == str(workspace / "factors")
+    assert main(["spectrum", "--factors", str(workspace / "factors"), "--out", str(workspace / "s.png"), "--rhos", "0.9"]) == 0
+    out = capsys.readouterr().out
+    assert "kept_pairs@0.9" in out and "model.layers.1.mlp.down_proj" in out
+    assert (workspace / "s.png").stat().st_size > 1000
+
+
+def test_help_explains_every_option(capsys):
+    for command in ("collect", "edit", "spectrum"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        text = capsys.readouterr().out
+        for option in {"collect": ["--fisher", "--seq-len", "--max-tokens", "--batch-size", "--seed", "--targets", "--modules-per-pass"],
+                       "edit": ["--rho", "--plan", "--method", "--overwrite", "--targets", "--layers", "--proj"],
+                       "spectrum": ["--factors", "--rhos"]}[command]:
+            assert option in text
+
+
+def test_rho_outside_unit_interval(workspace, capsys):
+    out = workspace / "bad-rho"
+    line = error_of(capsys, ["edit", "--model", str(workspace / "llama"), "--factors", str(workspace / "factors"), "--out", str(out), "--rho", "1.5"])
+    assert "rho must be a number in [0, 1]" in line and not out.exists()
+
+
+def test_glob_matching_nothing(workspace, capsys):
+    out = workspace / "no-match"
+    line = error_of(capsys, ["collect", "--model", str(workspace / "llama"), "--data", str(workspace / "clean.txt"), "--out", str(out),
+                             "--targets", "mlp.c_fc"])
+    assert "no linear module matches 'mlp.c_fc'" in line and "candidates" in line and not out.exists()
+
+
+def test_factors_of_another_model(workspace, capsys):
+    out = workspace / "mismatch"
+    line = error_of(capsys, ["edit", "--model", str(workspace / "gpt2"), "--factors", str(workspace / "factors"), "--out", str(out),
+                             "--rho", "0.9", "--targets", "transformer.h.0.mlp.c_fc"])
+    assert "model.layers" in line or "transformer.h.0.mlp.c_fc" in line
+    assert not out.exists() and not leftovers(out)
+
+
+def test_shape_mismatch_names_the_module(workspace, tmp_path):
+    broken = tmp_path / "factors"
+    shutil.copytree(workspace / "factors", broken)
+    tensors = load_file(broken / "factors.safetensors")
+    tensors["model.layers.1.mlp.up_proj.A"] = torch.eye(10)
+    save_file(tensors, broken / "factors.safetensors")
+    from unmemorize.models import load_model
+
+    model, _ = load_model(str(workspace / "llama"))
+    with pytest.raises(UnmemorizeError, match=r"model.layers.1.mlp.up_proj: activation factor A is 10x10 but .* 32x32"):
+        load_factors(broken, model=model)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_non_finite_factor(workspace, tmp_path, capsys, value):
+    broken = tmp_path / "factors"
+    shutil.copytree(workspace / "factors", broken)
+    tensors = load_file(broken / "factors.safetensors")
+    tensors["model.layers.0.mlp.down_proj.G"][3, 3] = value
+    save_file(tensors, broken / "factors.safetensors")
+    line = error_of(capsys, ["edit", "--model", str(workspace / "llama"), "--factors", str(broken), "--out", str(tmp_path / "o"), "--rho", "0.9"])
+    assert "model.layers.0.mlp.down_proj: gradient factor G contains NaN or Inf" in line and not (tmp_path / "o").exists()
+
+
+def test_asymmetric_factor(workspace, tmp_path):
+    broken = tmp_path / "factors"
+    shutil.copytree(workspace / "factors", broken)
+    tensors = load_file(broken / "factors.safetensors")
+    tensors["model.layers.0.mlp.gate_proj.A"][0, 1] += 1.0
+    save_file(tensors, broken / "factors.safetensors")
+    with pytest.raises(UnmemorizeError, match="model.layers.0.mlp.gate_proj: activation factor A is not symmetric"):
+        load_factors(broken)
+
+
+def test_truncated_safetensors(workspace, tmp_path, capsys):
+    broken = tmp_path / "factors"
+    shutil.copytree(workspace / "factors", broken)
+    data = (broken / "factors.safetensors").read_bytes()
+    (broken / "factors.safetensors").write_bytes(data[: len(data) // 2])
+    line = error_of(capsys, ["spectrum", "--factors", str(broken)])
+    assert "truncated or corrupt" in line
+
+
+def test_missing_or_empty_data(workspace, tmp_path, capsys):
+    for data, message in ((tmp_path / "nope.txt", "does not exist"), (tmp_path / "empty.txt", "is empty")):
+        if data.name == "empty.txt":
+            data.write_text("")
+        line = error_of(capsys, ["collect", "--model", str(workspace / "llama"), "--data", str(data), "--out", str(tmp_path / "f")])
+        assert message in line and not (tmp_path / "f").exists()
+
+
+def test_existing_output_without_overwrite(workspace, tmp_path, capsys):
+    out = tmp_path / "exists"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    line = error_of(capsys, ["edit", "--model", str(workspace / "llama"), "--factors", str(workspace / "factors"), "--out", str(out), "--rho", "0.9"])
+    assert "already exists; pass --overwrite" in line and (out / "keep.txt").read_text() == "mine"
+    assert main(["edit", "--model", str(workspace / "llama"), "--factors", str(workspace / "factors"), "--out", str(out), "--rho", "0.9",
+                 "--overwrite"]) == 0
+    assert not (out / "keep.txt").exists() and (out / "unmemorize_edit.json").exists() and not leftovers(out)
+
+
+def test_missing_model_directory(tmp_path, capsys):
+    line = error_of(capsys, ["edit", "--model", str(tmp_path / "none"), "--out", str(tmp_path / "o"), "--rho", "0.5", "--method", "svd"])
+    assert "does not exist" in line
+
+
+def test_the_installed_command_exits_nonzero_on_bad_input(workspace, tmp_path):
+    result = subprocess.run([sys.executable, "-m", "unmemorize", "edit", "--model", str(workspace / "llama"), "--factors",
+                             str(workspace / "factors"), "--out", str(tmp_path / "o"), "--rho", "-0.1"], capture_output=True, text=True)
+    assert result.returncode == 2 and "rho must be a number in [0, 1]" in result.stderr and "Traceback" not in result.stderr
