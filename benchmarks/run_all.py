@@ -20,7 +20,8 @@ smoke run never overwrites full results).
 3. Edit per module. ``decompose_factors`` (eigh) timed apart from ``apply_edit(bases=...)``
    (selection + projection) on one nn.Linear with random symmetric PSD factors. The largest
    shape (11008, 4096) runs only in the full run: float32 always, float64 only if its time,
-   extrapolated from the (4096, 1024) float64 run, fits the budget (~3 min).
+   extrapolated from the (4096, 1024) runs and the (11008, 4096) float32 run, is under 3 min
+   and fits the total budget (--budget-s, 6 min).
 
 torch's thread count is left at its default.
 """
@@ -48,7 +49,7 @@ from torch import nn  # noqa: E402
 
 import unmemorize  # noqa: E402
 from unmemorize.basis import decompose_factors  # noqa: E402
-from unmemorize.curvature import CollectConfig, KFACFactors, collect_factors  # noqa: E402
+from unmemorize.curvature import CollectConfig, KFACFactors, NextTokenObjective, collect_factors  # noqa: E402
 from unmemorize.edit import EditConfig, apply_edit, select_pairs, select_per_side  # noqa: E402
 from unmemorize.targets import resolve_targets  # noqa: E402
 from unmemorize.tiny import tiny_config  # noqa: E402
@@ -56,6 +57,7 @@ from unmemorize.tiny import tiny_config  # noqa: E402
 # The collection model: Llama-style, MLP ratio 688/256 ~ 11008/4096 as in Llama-7B.
 MODEL = dict(vocab_size=2048, hidden=256, intermediate=688, layers=5, heads=4)
 BIG_SHAPE = (11008, 4096)
+SMALL_SHAPES = ((2048, 512), (4096, 1024))
 EDIT_RHO = 0.9
 SELECT_RHOS = (0.6, 0.9, 0.99)
 FLOAT64_BIG_LIMIT_S = 180.0
@@ -69,6 +71,50 @@ def timed(fn, *args, **kwargs):
     start = time.perf_counter()
     result = fn(*args, **kwargs)
     return time.perf_counter() - start, result
+
+
+class CpuMonitor:
+    """CPU time used by other processes while a section runs (the machine may be shared).
+
+    With torch at one thread per core, any foreign load stalls its parallel regions and can make
+    timings several times slower; a large ``foreign_cpu_s`` marks a section as untrustworthy.
+    """
+
+    def __init__(self):
+        self.tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+    def _busy(self) -> float | None:
+        try:
+            fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        except (OSError, ValueError):
+            return None
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+        steal = fields[7] if len(fields) > 7 else 0
+        return (sum(fields[:8]) - idle - steal) / self.tick
+
+    @staticmethod
+    def _own() -> float:
+        t = os.times()
+        return t.user + t.system + t.children_user + t.children_system
+
+    def start(self):
+        self.t0, self.busy0, self.own0 = time.perf_counter(), self._busy(), self._own()
+        return self
+
+    def stop(self) -> dict:
+        wall = time.perf_counter() - self.t0
+        busy = self._busy()
+        own = self._own() - self.own0
+        foreign = None if busy is None or self.busy0 is None else max(0.0, busy - self.busy0 - own)
+        return {"wall_s": wall, "own_cpu_s": own, "foreign_cpu_s": foreign,
+                "foreign_fraction": None if foreign is None else foreign / max(wall * (os.cpu_count() or 1), 1e-9)}
+
+
+def background_load(seconds: float = 1.0) -> float | None:
+    """Fraction of all CPUs busy with other work over ``seconds`` (before the run starts)."""
+    monitor = CpuMonitor().start()
+    time.sleep(seconds)
+    return monitor.stop()["foreign_fraction"]
 
 
 def machine_info() -> dict:
@@ -185,6 +231,22 @@ def bench_collection(quick: bool) -> dict:
     plain = next(r["seconds"] for r in rows if r["run"] == "plain forward+backward")
     for row in rows:
         row["ratio_to_plain_fb"] = row["seconds"] / plain
+    # The true Fisher samples one label per position from the softmax (NextTokenObjective.label_sampler);
+    # time that alone on logits of one batch's shape to show its share of the collection time.
+    objective = NextTokenObjective()
+    logits = torch.randn(batch_size * (seq_len - 1), MODEL["vocab_size"], generator=torch.Generator().manual_seed(3))
+    sampler_gen = torch.Generator().manual_seed(0)
+    objective.label_sampler(logits, sampler_gen)
+    per_batch, _, _ = median_time(lambda: objective.label_sampler(logits, sampler_gen), 3)
+    collect_all = next(r["seconds"] for r in rows if r["run"].startswith("collect_factors, all MLP"))
+    sampling = {
+        "per_batch_s": per_batch,
+        "positions_per_batch": logits.shape[0],
+        "vocab": MODEL["vocab_size"],
+        "estimated_total_s": per_batch * num_batches,
+        "share_of_collect_all": per_batch * num_batches / collect_all,
+    }
+    log(f"  label sampling alone: {per_batch * 1e3:.0f} ms per batch")
     return {
         "model": {
             **MODEL,
@@ -201,6 +263,7 @@ def bench_collection(quick: bool) -> dict:
         "targets_all": all_mlp,
         "targets_last": last_mlp,
         "rows": rows,
+        "true_fisher_label_sampling": sampling,
     }
 
 
@@ -336,44 +399,58 @@ def edit_once(shape: tuple[int, int], dtype: str, repeats: int, seed: int = 0) -
     }
 
 
-def bench_edit(quick: bool, started: float, budget_s: float, big_float64: str) -> dict:
+def bench_edit(quick: bool, started: float, budget_s: float, big_float64: str,
+               shapes=SMALL_SHAPES, big_shape=BIG_SHAPE, warmup_shape=(256, 128)) -> dict:
     rows, notes = [], []
     repeats = 1 if quick else 3
     log("edit: warm-up (eigh + projection in both dtypes)")
     for dtype in ("float32", "float64"):
-        edit_once((512, 256), dtype, 1, seed=99)
-    for shape in ((2048, 512), (4096, 1024)):
+        edit_once(warmup_shape, dtype, 1, seed=99)
+    for shape in shapes:
         for dtype in ("float32", "float64"):
             log(f"edit: {shape} {dtype}")
             rows.append(edit_once(shape, dtype, repeats))
             log(f"  eigh {rows[-1]['eigh_s']:.2f} s, apply_edit {rows[-1]['edit_s']:.2f} s")
     estimate = None
-    if not quick:
-        base = next(r for r in rows if r["shape"] == [4096, 1024] and r["dtype"] == "float64")
-        m, n = BIG_SHAPE
-        eigh_scale = (m**3 + n**3) / (4096**3 + 1024**3)
-        proj_scale = projection_gflop(m, n) / projection_gflop(4096, 1024)
-        estimate = base["eigh_s"] * eigh_scale + base["edit_s"] * proj_scale
-        log(f"edit: {BIG_SHAPE} float32")
-        rows.append(edit_once(BIG_SHAPE, "float32", 1))
-        log(f"  eigh {rows[-1]['eigh_s']:.2f} s, apply_edit {rows[-1]['edit_s']:.2f} s")
-        elapsed = time.perf_counter() - started
-        run64 = big_float64 == "yes" or (
-            big_float64 == "auto" and estimate <= FLOAT64_BIG_LIMIT_S and elapsed + estimate <= budget_s
-        )
-        if run64:
-            log(f"edit: {BIG_SHAPE} float64 (estimated {estimate:.0f} s)")
-            rows.append(edit_once(BIG_SHAPE, "float64", 1))
-            log(f"  eigh {rows[-1]['eigh_s']:.2f} s, apply_edit {rows[-1]['edit_s']:.2f} s")
-        else:
-            why = (f"estimated {estimate:.0f} s > {FLOAT64_BIG_LIMIT_S:.0f} s" if estimate > FLOAT64_BIG_LIMIT_S
-                   else f"elapsed {elapsed:.0f} s + estimated {estimate:.0f} s > budget {budget_s:.0f} s"
-                   if big_float64 == "auto" else "--big-float64 no")
-            notes.append(f"{BIG_SHAPE} float64 not measured ({why}); float32 only. The estimate scales the (4096, 1024) "
-                         "float64 run by d^3 for eigh and by the projection flops for apply_edit.")
+    if quick:
+        notes.append(f"quick mode: {big_shape} not measured")
+        return {"rho": EDIT_RHO, "selection": "pairs", "rows": rows, "float64_big_estimate_s": estimate, "notes": notes}
+    base_shape = shapes[-1]
+    base = {r["dtype"]: r for r in rows if tuple(r["shape"]) == tuple(base_shape)}
+    m, n = big_shape
+    eigh_scale = (m**3 + n**3) / (base_shape[0] ** 3 + base_shape[1] ** 3)
+    proj_scale = projection_gflop(m, n) / projection_gflop(*base_shape)
+    log(f"edit: {big_shape} float32")
+    rows.append(big32 := edit_once(big_shape, "float32", 1))
+    log(f"  eigh {big32['eigh_s']:.2f} s, apply_edit {big32['edit_s']:.2f} s")
+    # float64 time of the big shape, two ways: scale the base float64 run by d^3 (eigh) and by the
+    # projection flops; or scale the big float32 run by the base's float64/float32 ratios. Take the larger.
+    by_size = base["float64"]["eigh_s"] * eigh_scale + base["float64"]["edit_s"] * proj_scale
+    by_dtype = (big32["eigh_s"] * base["float64"]["eigh_s"] / base["float32"]["eigh_s"]
+                + big32["edit_s"] * base["float64"]["edit_s"] / base["float32"]["edit_s"])
+    estimate = max(by_size, by_dtype)
+    elapsed = time.perf_counter() - started
+    if big_float64 == "no":
+        why = "--big-float64 no"
+    elif big_float64 == "yes":
+        why = None
+    elif estimate > FLOAT64_BIG_LIMIT_S:
+        why = f"estimated {estimate:.0f} s > {FLOAT64_BIG_LIMIT_S:.0f} s"
+    elif elapsed + estimate > budget_s:
+        why = f"elapsed {elapsed:.0f} s + estimated {estimate:.0f} s > budget {budget_s:.0f} s"
     else:
-        notes.append(f"quick mode: {BIG_SHAPE} not measured")
-    return {"rho": EDIT_RHO, "selection": "pairs", "rows": rows, "float64_big_estimate_s": estimate, "notes": notes}
+        why = None
+    if why is None:
+        log(f"edit: {big_shape} float64 (estimated {estimate:.0f} s)")
+        rows.append(big64 := edit_once(big_shape, "float64", 1))
+        log(f"  eigh {big64['eigh_s']:.2f} s, apply_edit {big64['edit_s']:.2f} s")
+        notes.append(f"{big_shape} float64 was estimated at {estimate:.0f} s before running; it took {big64['total_s']:.0f} s.")
+    else:
+        notes.append(f"{big_shape} float64 not measured ({why}); float32 only. Estimate: max of the {base_shape} float64 run "
+                     f"scaled by d^3 (eigh) and projection flops ({by_size:.0f} s), and the {big_shape} float32 run scaled by "
+                     f"the {base_shape} float64/float32 ratios ({by_dtype:.0f} s).")
+    return {"rho": EDIT_RHO, "selection": "pairs", "rows": rows, "float64_big_estimate_s": estimate,
+            "float64_big_estimate_parts_s": {"by_size": by_size, "by_dtype": by_dtype}, "notes": notes}
 
 
 # --------------------------------------------------------------------------------------------
@@ -408,18 +485,22 @@ def report(results: dict) -> str:
         out.append(f"## Collection overhead\n\nLlama-style causal LM, random init: {mdl['parameters']:,} parameters "
                    f"(vocab {mdl['vocab_size']}, hidden {mdl['hidden']}, intermediate {mdl['intermediate']}, "
                    f"{mdl['layers']} layers, {mdl['heads']} heads, untied, float32, attention {mdl['attn_implementation']}). "
-                   f"{c['timed_batches']} batches x {c['batch_size']} x {c['seq_len']} = {c['timed_tokens']:,} random tokens "
+                   f"{c['timed_batches']} batch{'es' if c['timed_batches'] != 1 else ''} x {c['batch_size']} x {c['seq_len']} = {c['timed_tokens']:,} random tokens "
                    f"after 1 warm-up batch; true Fisher.\n")
         out.append(table(["run", "seconds", "tokens/s", "x plain fwd+bwd"],
                          [[r["run"], f"{r['seconds']:.2f}", f"{r['tokens_per_s']:,.0f}", f"{r['ratio_to_plain_fb']:.2f}"]
                           for r in c["rows"]]))
+        ls = c["true_fisher_label_sampling"]
+        out.append(f"\nOf which true-Fisher label sampling (softmax + torch.multinomial over {ls['positions_per_batch']:,} "
+                   f"positions x vocab {ls['vocab']:,}, timed alone): {ls['per_batch_s'] * 1e3:.0f} ms per batch, "
+                   f"~{ls['share_of_collect_all']:.0%} of the all-MLP collection time.")
         out.append("")
     if "selection" in results:
         s = results["selection"]
         out.append(f"## Selection at m={s['m']}, n={s['n']} ({s['pairs'] / 1e6:.0f}M pairs)\n\nMedian of {s['repeats']} runs.\n")
-        out.append(table(["spectrum", "mode", "rho", "median", "kept fraction", "kept mass"],
-                         [[r["spectrum"], r["mode"], r["rho"], fmt_s(r["median_s"]), f"{r['kept_fraction']:.4f}",
-                           f"{r['kept_mass_fraction']:.4f}"] for r in s["rows"]]))
+        out.append(table(["spectrum", "mode", "rho", "median", "kept pairs", "kept fraction", "kept mass"],
+                         [[r["spectrum"], r["mode"], r["rho"], fmt_s(r["median_s"]), f"{r['kept_pairs']:,}",
+                           f"{r['kept_fraction']:.3g}", f"{r['kept_mass_fraction']:.4f}"] for r in s["rows"]]))
         if s["brute_force"]:
             out.append("\nBrute-force reference (outer product, full argsort, cumsum; timed once):\n")
             out.append(table(["spectrum", "seconds", "speed-up of select_pairs (rho 0.6/0.9/0.99)", "kept-count diff"],
@@ -438,6 +519,13 @@ def report(results: dict) -> str:
         for note in e["notes"]:
             out.append(f"\nNote: {note}")
         out.append("")
+    contention = results.get("cpu_contention", {})
+    if contention:
+        parts = [f"{k} {v['foreign_cpu_s']:.1f} CPU-s ({v['foreign_fraction']:.0%})" for k, v in contention.items()
+                 if v.get("foreign_cpu_s") is not None]
+        load = mi.get("background_load_before")
+        out.append("Other processes' CPU use (should be ~0; otherwise rerun on an idle machine): "
+                   + (f"before start {load:.0%}; " if load is not None else "") + ", ".join(parts) + ".\n")
     out.append(f"Total benchmark time: {results['total_seconds']:.1f} s.")
     return "\n".join(out)
 
@@ -462,14 +550,24 @@ def main(argv=None) -> int:
     started = time.perf_counter()
     results: dict = {"quick": args.quick, "date": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": machine_info()}
     log(f"machine: {results['machine']['cpu']}, torch {torch.__version__}, {torch.get_num_threads()} threads")
-    if "collect" in sections:
-        results["collection"] = bench_collection(args.quick)
+    load = background_load()
+    results["machine"]["background_load_before"] = load
+    if load is not None and load > 0.05:
+        log(f"WARNING: {load:.0%} of the CPUs are busy with other work; timings will be inflated and erratic")
+    results["cpu_contention"] = {}
+    jobs = (("collect", "collection", lambda: bench_collection(args.quick)),
+            ("select", "selection", lambda: bench_selection(args.quick)),
+            ("edit", "edit", lambda: bench_edit(args.quick, started, args.budget_s, args.big_float64)))
+    for key, section, job in jobs:
+        if key not in sections:
+            continue
+        monitor = CpuMonitor().start()
+        results[section] = job()
+        results["cpu_contention"][section] = usage = monitor.stop()
+        if usage["foreign_fraction"] is not None and usage["foreign_fraction"] > 0.05:
+            log(f"WARNING: other processes used {usage['foreign_cpu_s']:.1f} CPU-s during '{section}' "
+                f"({usage['foreign_fraction']:.0%} of the machine); its timings are not trustworthy")
         gc.collect()
-    if "select" in sections:
-        results["selection"] = bench_selection(args.quick)
-        gc.collect()
-    if "edit" in sections:
-        results["edit"] = bench_edit(args.quick, started, args.budget_s, args.big_float64)
     results["total_seconds"] = time.perf_counter() - started
 
     print(report(results))

@@ -158,3 +158,13 @@ def test_parameters_are_unfrozen_again_after_collection(tiny_lm):
                     CollectConfig(progress=False))
     assert [p.requires_grad for p in model.parameters()] == before and model.training
     assert all(p.grad is None for p in model.parameters())
+
+
+def test_label_sampler_draws_from_the_model_softmax():
+    """Frequencies of 200k draws match softmax(logits) (chi-square-sized tolerance)."""
+    logits = torch.tensor([[2.0, 0.0, -1.0, 1.0, -30.0]]).repeat(200_000, 1)
+    labels = NextTokenObjective().label_sampler(logits, torch.Generator().manual_seed(0))
+    frequencies = torch.bincount(labels, minlength=5).double() / len(labels)
+    expected = torch.softmax(logits[0].double(), 0)
+    assert torch.allclose(frequencies, expected, atol=4e-3)
+    assert int((labels == 4).sum()) == 0  # probability ~1e-14: never drawn

@@ -92,8 +92,15 @@ class NextTokenObjective:
         return counted
 
     def label_sampler(self, logits: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """One label per row of (n, V) float32 logits, drawn from softmax(logits)."""
-        return torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=generator).squeeze(-1)
+        """One label per row of (n, V) logits, drawn from softmax(logits) by inverse CDF.
+
+        y = min{k : cdf_k > u * cdf_V}, u ~ U[0, 1) from the seeded generator. Same law as
+        ``torch.multinomial``, which on CPU is ~30x slower at V = 2k (one exponential per entry).
+        """
+        cdf = torch.softmax(logits, dim=-1).cumsum(dim=-1)  # (n, V)
+        u = torch.rand((cdf.shape[0], 1), generator=generator, device=cdf.device, dtype=cdf.dtype)
+        labels = torch.searchsorted(cdf, u * cdf[:, -1:], right=True).squeeze(-1)
+        return labels.clamp_max(cdf.shape[-1] - 1)
 
     def loss(self, model: nn.Module, batch: dict, counted: torch.Tensor, fisher: str, generator) -> torch.Tensor:
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
