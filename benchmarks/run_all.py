@@ -491,7 +491,7 @@ def report(results: dict) -> str:
                          [[r["run"], f"{r['seconds']:.2f}", f"{r['tokens_per_s']:,.0f}", f"{r['ratio_to_plain_fb']:.2f}"]
                           for r in c["rows"]]))
         ls = c["true_fisher_label_sampling"]
-        out.append(f"\nOf which true-Fisher label sampling (softmax + torch.multinomial over {ls['positions_per_batch']:,} "
+        out.append(f"\nOf which true-Fisher label sampling (NextTokenObjective.label_sampler: softmax + inverse CDF over {ls['positions_per_batch']:,} "
                    f"positions x vocab {ls['vocab']:,}, timed alone): {ls['per_batch_s'] * 1e3:.0f} ms per batch, "
                    f"~{ls['share_of_collect_all']:.0%} of the all-MLP collection time.")
         out.append("")

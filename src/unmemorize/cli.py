@@ -161,7 +161,7 @@ def _run_edit(args) -> None:
             targets = resolve_targets(model)
         plan = uniform_plan(targets, args.rho)
     if args.factors:
-        factors = load_factors(args.factors, model=model, modules=list(plan) if config.method != "svd" else None)
+        factors = load_factors(args.factors, model=model, modules=list(plan))
         factors.metadata["path"] = str(args.factors)
     edit = apply_edit(model, plan, factors, config)
     save_edited_model(edit, args.out, tokenizer, overwrite=args.overwrite, extra={"model": args.model})
