@@ -101,10 +101,20 @@ def _build_parser() -> argparse.ArgumentParser:
     spectrum.add_argument("--rhos", default="0.6,0.8,0.9,0.95,0.99", help="rho values for the kept-pairs columns.")
     spectrum.add_argument("--json", action="store_true", help="Print the table as JSON instead of Markdown.")
 
-    demo = commands.add_parser("demo", help="Run collect -> spectrum -> edit -> reload on a tiny built-in model.",
-                               description="The whole pipeline on a tiny built-in random-init Llama (the trained testbed "
-                               "will replace it). Writes everything into --out.")
-    demo.add_argument("--out", default="runs/demo", help="Output folder (default: runs/demo).")
+    from .demo import DemoConfig
+
+    demo = commands.add_parser("demo", help="The paper's experiment on the built-in testbed; writes report.md.",
+                               description="Train (or load) the testbed, collect factors, sweep plans on the tuning split, "
+                               "edit, evaluate baseline / K-FAC / SVD / random, write report.md, results.json and plots.")
+    _add_config_options(demo, DemoConfig)
+
+    testbed = commands.add_parser("testbed", help="Train or inspect the built-in testbed.",
+                                  description="The testbed: a Llama-style model trained on a generated world with known "
+                                  "memorized sequences and skills; cached by a hash of the code version and configs.")
+    testbed.add_argument("action", choices=["train", "info"], help="train: train (or reuse) it; info: print its folder and summary.")
+    testbed.add_argument("--quick", action="store_true", help="The tiny variant (seconds).")
+    testbed.add_argument("--seed", type=int, default=0, help="World and training seed (default: 0).")
+    testbed.add_argument("--retrain", action="store_true", help="Train again even if the cache has it.")
     return parser
 
 
@@ -203,9 +213,23 @@ def _run_spectrum(args) -> None:
 
 
 def _run_demo(args) -> None:
-    from .demo import run_demo
+    from .demo import DemoConfig, run_demo
 
-    run_demo(args.out)
+    run_demo(_config_from_args(DemoConfig, args))
+
+
+def _run_testbed(args) -> None:
+    from .testbed import TrainConfig, WorldConfig, quick_configs, testbed_dir, train_testbed
+
+    world, train = quick_configs(args.seed) if args.quick else (WorldConfig(seed=args.seed), TrainConfig(seed=args.seed))
+    folder = testbed_dir(world, train)
+    if args.action == "train" and (args.retrain or not (folder / "testbed.json").is_file()):
+        train_testbed(world, train, folder, overwrite=True)
+    if not (folder / "testbed.json").is_file():
+        raise UnmemorizeError(f"no trained testbed at {folder}; run 'unmemorize testbed train'")
+    info = json.loads((folder / "testbed.json").read_text())
+    print(f"{folder}\nkey {info['key']}: {info['parameters']:,} parameters, {info['tokens']:,} tokens, {info['steps']} steps, "
+          f"{info['seconds']:.0f} s, final loss {info['loss_curve'][-1]['loss_ema'] if info['loss_curve'] else '?'}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -214,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # our own progress bar and messages are enough
-    runners = {"collect": _run_collect, "edit": _run_edit, "spectrum": _run_spectrum, "demo": _run_demo}
+    runners = {"collect": _run_collect, "edit": _run_edit, "spectrum": _run_spectrum, "demo": _run_demo, "testbed": _run_testbed}
     try:
         runners[args.command](args)
     except UnmemorizeError as exc:

@@ -1,68 +1,157 @@
-"""``unmemorize demo``: the whole pipeline on a tiny built-in model, in seconds.
+"""``unmemorize demo``: the paper's experiment end to end on the built-in testbed.
 
-collect (true Fisher) -> spectrum -> edit (K-FAC, SVD and random control at the same rho)
--> save -> reload with plain transformers -> compare next-token loss before and after.
-The model is random-init, so this shows the mechanics, not the science; the trained testbed
-(memorized sequences and skills) supersedes it.
+1. train (or load from the cache) the testbed: a Llama-style model on a generated world;
+2. collect true-Fisher K-FAC factors on fresh clean text for every MLP projection;
+3. sweep plans -- layer sets x projection sets x rho -- scoring each candidate ONLY on the
+   *tuning* memorized split and a held-out perplexity slice. Rule: among candidates whose
+   perplexity stays within ``ppl_budget`` of the baseline, take the lowest tuning strict
+   accuracy; ties go to the lower tuning loose accuracy, then to the lower perplexity;
+4. apply the chosen K-FAC edit; evaluate baseline, K-FAC, SVD on the same modules at matched
+   perplexity (the SVD energy whose sweep perplexity is closest to K-FAC's), and the random
+   control (as many pairs as K-FAC drops, chosen at random) on every set and task;
+5. write ``report.md``, ``results.json`` and plots, and print the main table.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
 from .basis import decompose_factors
-from .curvature import CollectConfig, collect_from_files, save_factors
-from .data import iter_batches, iter_windows, list_data_files
-from .edit import EditConfig, apply_edit, save_edited_model, uniform_plan
-from .spectrum import format_table, plot_spectra, spectrum_rows
-from .targets import resolve_targets
-from .tiny import build_tiny_lm, write_corpus
+from .curvature import CollectConfig, collect_from_files
+from .edit import EditConfig, apply_edit, edited
+from .models import load_model
+from .report import write_report
+from .targets import preset_modules
+from .testbed import TrainConfig, WorldConfig, load_or_train, quick_configs
+from .testbed.suite import TestbedSuite, add_retention
 
 
-@torch.no_grad()
-def mean_token_loss(model, tokenizer, data: Path, seq_len: int = 64) -> float:
-    """Mean next-token cross-entropy over the counted positions of ``data``."""
-    total, count = 0.0, 0
-    for batch in iter_batches(iter_windows(list_data_files(data), tokenizer, seq_len), 16, tokenizer.pad_token_id):
-        logits = model(**batch).logits[:, :-1].float()
-        labels = batch["input_ids"][:, 1:]
-        keep = (batch["attention_mask"][:, :-1] * batch["attention_mask"][:, 1:]).bool()
-        total += float(torch.nn.functional.cross_entropy(logits[keep], labels[keep], reduction="sum"))
-        count += int(keep.sum())
-    return total / count
+@dataclass
+class DemoConfig:
+    """Settings of ``unmemorize demo`` (saved in results.json)."""
+
+    out: str = field(default="runs/demo", metadata={"help": "Output folder for report.md, results.json and plots."})
+    quick: bool = field(default=False, metadata={"help": "Tiny world and model (seconds): checks the pipeline, not the science."})
+    seed: int = field(default=0, metadata={"help": "World and training seed."})
+    fisher: str = field(default="true", metadata={"help": "Fisher type of the factors: true or empirical."})
+    factor_tokens: int = field(default=100_000, metadata={"help": "Clean tokens for K-FAC factors."})
+    rhos: str = field(default="0.8,0.9,0.95,0.98", metadata={"help": "rho values the sweep tries."})
+    ppl_budget: float = field(default=0.10, metadata={"help": "Largest allowed relative perplexity increase in the sweep."})
 
 
-def run_demo(out: str | Path = "runs/demo", rho: float = 0.9) -> dict:
-    from transformers import AutoModelForCausalLM
+def _layer_sets(num_layers: int) -> dict[str, list[int]]:
+    sets = {f"L{i}": [i] for i in range(num_layers)}
+    half = max(1, num_layers // 2)
+    sets[f"L0-{half - 1}"] = list(range(half))
+    sets[f"L{half}-{num_layers - 1}"] = list(range(half, num_layers))
+    sets["all"] = list(range(num_layers))
+    return sets
 
-    out = Path(out)
-    start = time.perf_counter()
-    model, tokenizer = build_tiny_lm("llama", seed=0, hidden=64, layers=4)
-    model.save_pretrained(out / "model")
-    tokenizer.save_pretrained(out / "model")
-    clean = write_corpus(out / "data" / "clean.txt", documents=400, seed=1)
-    heldout = write_corpus(out / "data" / "heldout.txt", documents=100, seed=2)
-    targets = resolve_targets(model)
-    factors = collect_from_files(model, tokenizer, str(clean), targets, CollectConfig(seq_len=64, max_tokens=20_000, batch_size=16))
-    save_factors(factors, out / "factors", model=model, overwrite=True)
+
+PROJECTION_SETS = {"gate+up": ["gate", "up"], "gate+up+down": ["gate", "up", "down"]}
+
+
+def _sweep(model, suite, factors, bases, rhos, num_layers):
+    candidates = []
+    for layer_name, layers in _layer_sets(num_layers).items():
+        for proj_name, projections in PROJECTION_SETS.items():
+            modules = preset_modules(model, layers, projections)
+            for rho in rhos:
+                plan = {name: rho for name in modules}
+                with edited(model, plan, factors, bases=bases) as edit:
+                    score = suite.quick(model)
+                kept = sum(s.kept_pairs for s in edit.modules.values()) / sum(s.total_pairs for s in edit.modules.values())
+                candidates.append({"method": "kfac", "layers": layer_name, "projections": proj_name, "rho": rho, "plan": plan,
+                                   "kept_fraction": kept, **score})
+    return candidates
+
+
+def _choose(candidates, baseline_ppl, budget):
+    allowed = [c for c in candidates if c["perplexity"] <= (1 + budget) * baseline_ppl] or candidates
+    return min(allowed, key=lambda c: (c["memorized_tuning"]["strict"], c["memorized_tuning"]["loose"], c["perplexity"]))
+
+
+def _svd_matched(model, suite, plan, target_ppl):
+    energies = [0.3, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98, 0.99, 0.995]
+    points = []
+    for energy in energies:
+        with edited(model, {name: energy for name in plan}, config=EditConfig(method="svd")):
+            points.append({"method": "svd", "energy": energy, **suite.quick(model)})
+    best = min(points, key=lambda p: abs(math.log(p["perplexity"] / target_ppl)))
+    return best, points
+
+
+def run_demo(config: DemoConfig | None = None) -> dict:
+    config = config or DemoConfig()
+    out = Path(config.out)
+    walls: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def lap(name):
+        nonlocal clock
+        now = time.perf_counter()
+        walls[name] = round(now - clock, 2)
+        clock = now
+
+    world_config, train_config = quick_configs(config.seed) if config.quick else (WorldConfig(seed=config.seed), TrainConfig(seed=config.seed))
+    folder = load_or_train(world_config, train_config)
+    lap("testbed (train or load)")
+    model, tokenizer = load_model(str(folder / "model"))
+    torch.manual_seed(config.seed)
+    suite = TestbedSuite(folder, tokenizer, perplexity_tokens=5_000 if config.quick else 40_000,
+                         sweep_perplexity_tokens=2_000 if config.quick else 10_000)
+    baseline = suite.evaluate(model)
+    baseline.update(setting="-", sweep_perplexity=suite.quick(model)["perplexity"])
+    lap("baseline evaluation")
+    targets = preset_modules(model)
+    factor_tokens = 5_000 if config.quick else config.factor_tokens
+    factors = collect_from_files(model, tokenizer, str(folder / "data" / "factors.txt"), targets,
+                                 CollectConfig(fisher=config.fisher, seq_len=128, max_tokens=factor_tokens, batch_size=16, progress=False))
     bases = decompose_factors(factors)
-    print(format_table(spectrum_rows(bases)))
-    plot_spectra(bases, out / "spectrum.png")
-    baseline = mean_token_loss(model, tokenizer, heldout)
-    print(f"\nheld-out loss before any edit: {baseline:.4f} (ppl {math.exp(baseline):.2f})")
-    results = {"baseline_loss": baseline, "methods": {}}
-    for method in ("kfac", "random", "svd"):
-        edit = apply_edit(model, uniform_plan(targets, rho), factors, EditConfig(method=method), bases=bases)
-        folder = save_edited_model(edit, out / f"edited-{method}", tokenizer, overwrite=True)
-        edit.restore()
-        reloaded = AutoModelForCausalLM.from_pretrained(folder).eval()
-        loss = mean_token_loss(reloaded, tokenizer, heldout)
-        change = sum(s.relative_change for s in edit.modules.values()) / len(edit.modules)
-        results["methods"][method] = {"loss": loss, "mean_relative_change": change}
-        print(f"{method:>6} rho={rho}: held-out loss {loss:.4f} (ppl {math.exp(loss):.2f}), mean |dW|/|W| {change:.3f} -> {folder}")
-    print(f"\ndemo finished in {time.perf_counter() - start:.1f} s; outputs in {out}")
+    lap("K-FAC factors + eigendecomposition")
+    rhos = [float(r) for r in config.rhos.split(",")]
+    num_layers = model.config.num_hidden_layers
+    candidates = _sweep(model, suite, factors, bases, rhos, num_layers)
+    chosen = _choose(candidates, baseline["sweep_perplexity"], config.ppl_budget)
+    lap("sweep (tuning split + perplexity slice)")
+    plan = chosen["plan"]
+    methods = {"baseline": baseline}
+    with edited(model, plan, factors, bases=bases) as edit:
+        methods["kfac"] = suite.evaluate(model)
+        kfac_stats = {n: asdict(s) for n, s in edit.modules.items()}
+    setting = f"{chosen['layers']} {chosen['projections']} rho={chosen['rho']}"
+    methods["kfac"]["setting"] = setting
+    svd_point, svd_points = _svd_matched(model, suite, plan, chosen["perplexity"])
+    with edited(model, {n: svd_point["energy"] for n in plan}, config=EditConfig(method="svd")):
+        methods["svd"] = suite.evaluate(model)
+    methods["svd"]["setting"] = f"{chosen['layers']} {chosen['projections']} energy={svd_point['energy']}"
+    with edited(model, plan, factors, EditConfig(method="random", seed=config.seed), bases=bases):
+        methods["random"] = suite.evaluate(model)
+    methods["random"]["setting"] = f"{setting}, random pairs"
+    lap("final evaluations (kfac, svd, random)")
+    for name in ("kfac", "svd", "random"):
+        add_retention(methods[name], baseline)
+    info = __import__("json").loads((folder / "testbed.json").read_text())
+    results = {
+        "config": {**asdict(config), "testbed_key": info["key"], "testbed": str(folder), "parameters": info["parameters"],
+                   "factor_tokens": factors.metadata["tokens"],
+                   "selection_rule": f"min tuning strict (then loose, then ppl) with sweep perplexity <= {1 + config.ppl_budget:g} x baseline"},
+        "methods": methods,
+        "chosen": {**{k: v for k, v in chosen.items() if k != "plan"}, "plan": plan,
+                   "plan_short": {"layers": chosen["layers"], "projections": chosen["projections"], "rho": chosen["rho"]},
+                   "module_stats": kfac_stats},
+        "sweep": [{k: v for k, v in c.items() if k != "plan"} for c in candidates] + svd_points,
+        "testbed_training": {"seconds": info["seconds"], "tokens": info["tokens"], "steps": info["steps"]},
+        "wall_seconds": walls,
+    }
+    main = write_report(results, out)
+    lap("report")
+    results["wall_seconds"] = walls
+    print(main)
+    print(f"\nreport: {out / 'report.md'}   total {sum(walls.values()):.1f} s")
     return results

@@ -1,0 +1,136 @@
+"""Writing an experiment's results: ``results.json``, ``report.md`` and PNG plots.
+
+The Markdown tables mirror the paper: Table 1 (memorized strict / loose / Levenshtein for both
+memorized families, and perplexity, per method) and Figure 3 (task retention by category).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+CATEGORY_ORDER = ("memorized_validation", "quotes", "math", "closed_book_qa", "open_book_qa", "logic")
+
+
+def _pct(value) -> str:
+    return "-" if value is None else f"{100 * value:.1f}"
+
+
+def memorization_table(results: dict) -> str:
+    """Paper Table 1 analogue: one row per method."""
+    lines = ["| method | plan | val strict % | val loose % | val Lev. | quotes strict % | quotes loose % | quotes Lev. | "
+             "control strict % | perplexity |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for method, r in results["methods"].items():
+        val, quotes = r["memorized_validation"], r["quotes"]
+        control = max(r["control_sequences"]["strict"], r["control_quotes"]["strict"])
+        lines.append(f"| {method} | {r.get('setting', '-')} | {_pct(val['strict'])} | {_pct(val['loose'])} | {val['levenshtein']:.3f} | "
+                     f"{_pct(quotes['strict'])} | {_pct(quotes['loose'])} | {quotes['levenshtein']:.3f} | {_pct(control)} | "
+                     f"{r['perplexity']:.3f} |")
+    return "\n".join(lines)
+
+
+def task_table(results: dict) -> str:
+    """Accuracy per task and method, with retention (edited / baseline) in brackets."""
+    methods = list(results["methods"])
+    tasks = results["methods"]["baseline"]["tasks"]
+    lines = ["| task | category | " + " | ".join(methods) + " |", "|---|---|" + "---|" * len(methods)]
+    for name, base in tasks.items():
+        cells = []
+        for method in methods:
+            task = results["methods"][method]["tasks"][name]
+            retention = task.get("retention")
+            cells.append(f"{_pct(task['accuracy'])}" + (f" ({retention:.2f})" if retention is not None and method != "baseline" else ""))
+        lines.append(f"| {name} | {base['category']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def retention_table(results: dict) -> str:
+    """Paper Figure 3 analogue: retention by category (memorized sets use strict accuracy)."""
+    methods = [m for m in results["methods"] if m != "baseline"]
+    lines = ["| category | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
+    for category in CATEGORY_ORDER:
+        cells = []
+        for method in methods:
+            value = results["methods"][method].get("category_retention", {}).get(category)
+            cells.append("-" if value is None else f"{value:.2f}")
+        lines.append(f"| {category} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot_retention(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    methods = [m for m in results["methods"] if m != "baseline"]
+    x = np.arange(len(CATEGORY_ORDER))
+    fig, ax = plt.subplots(figsize=(9, 3.8))
+    width = 0.8 / max(1, len(methods))
+    for k, method in enumerate(methods):
+        values = [results["methods"][method].get("category_retention", {}).get(c) for c in CATEGORY_ORDER]
+        ax.bar(x + k * width, [0 if v is None else v for v in values], width, label=method)
+    ax.axhline(1.0, color="grey", lw=0.8, ls="--")
+    ax.set_xticks(x + width * (len(methods) - 1) / 2, CATEGORY_ORDER, rotation=15)
+    ax.set_ylabel("retention (edited / baseline)")
+    ax.set_title("Retention by category (memorized sets: strict accuracy)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_sweep(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sweep = results.get("sweep", [])
+    if not sweep:
+        return
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    base = results["methods"]["baseline"]
+    for method, marker in (("kfac", "o"), ("svd", "s")):
+        points = [p for p in sweep if p["method"] == method]
+        ax.scatter([p["perplexity"] / base["sweep_perplexity"] for p in points], [p["memorized_tuning"]["strict"] for p in points],
+                   marker=marker, alpha=0.6, label=f"{method} candidates")
+    chosen = results["chosen"]
+    ax.scatter([chosen["perplexity"] / base["sweep_perplexity"]], [chosen["memorized_tuning"]["strict"]], color="red", s=90, marker="*",
+               label="chosen K-FAC plan")
+    ax.axvline(1 + results["config"]["ppl_budget"], color="grey", ls="--", lw=0.8)
+    ax.set_xscale("log")
+    ax.set_xlabel("held-out perplexity / baseline (sweep slice)")
+    ax.set_ylabel("tuning split strict accuracy")
+    ax.set_title("Sweep: removal vs perplexity")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_report(results: dict, out: Path) -> str:
+    """Write results.json, report.md, retention.png, sweep.png into ``out``; return the main table."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    plot_retention(results, out / "retention.png")
+    plot_sweep(results, out / "sweep.png")
+    main = memorization_table(results)
+    config = results["config"]
+    text = [
+        "# unmemorize demo report", "",
+        f"Testbed `{config['testbed_key']}` ({config['parameters']:,} parameters; world seed {config['seed']}); "
+        f"factors: {config['fisher']} Fisher on {config['factor_tokens']:,} clean tokens. Chosen K-FAC plan: "
+        f"`{json.dumps(results['chosen']['plan_short'])}` (rule: {config['selection_rule']}).", "",
+        "## Memorization and perplexity (paper Table 1 analogue)", "", main, "",
+        "Strict: the greedy suffix equals the true one; loose: normalized token Levenshtein similarity >= 0.75; "
+        "Lev.: mean normalized Levenshtein distance (higher = less memorized). Controls are never-trained sequences and quotes.",
+        "", "## Retention by category (paper Figure 3 analogue)", "", retention_table(results), "", "![retention](retention.png)", "",
+        "## Tasks", "", task_table(results), "", "## Sweep", "", "![sweep](sweep.png)", "",
+        f"{len(results.get('sweep', []))} candidate edits scored on the tuning split and a held-out perplexity slice only.", "",
+        "## Wall times", "", "| stage | seconds |", "|---|---|",
+        *[f"| {k} | {v:.1f} |" for k, v in results["wall_seconds"].items()], "",
+    ]
+    (out / "report.md").write_text("\n".join(text))
+    return main

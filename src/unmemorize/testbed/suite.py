@@ -1,0 +1,73 @@
+"""Evaluating any causal LM on a testbed folder's evaluation sets.
+
+``TestbedSuite(folder, tokenizer)`` loads the sets once; ``evaluate(model)`` returns the
+``results.json`` entry of one method:
+
+    memorized_validation / memorized_tuning / quotes / control_sequences / control_quotes:
+        {"strict", "loose", "levenshtein", "n"}   (strict/loose in [0, 1])
+    perplexity: exp(mean next-token NLL) on held-out general text, and the paper code's variant
+    tasks: {task: {"category", "accuracy", "n"}},  categories: {category: mean accuracy}
+
+``quick(model)`` scores only what the sweep may look at: the tuning split and perplexity on a
+slice of the held-out text.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from ..data import iter_windows, list_data_files
+from ..evaluate import evaluate_memorization, evaluate_tasks, load_memorization_set, load_tasks, perplexity
+
+MEMORIZATION_SETS = ("memorized_validation", "memorized_tuning", "quotes", "control_sequences", "control_quotes")
+
+
+class TestbedSuite:
+    def __init__(self, folder: str | Path, tokenizer, perplexity_tokens: int = 40_000, sweep_perplexity_tokens: int = 10_000,
+                 seq_len: int = 128, batch_size: int = 64):
+        data = Path(folder) / "data"
+        self.tokenizer = tokenizer
+        self.pad_id = tokenizer.pad_token_id
+        self.batch_size = batch_size
+        self.sets = {name: load_memorization_set(data / f"{name}.jsonl") for name in MEMORIZATION_SETS}
+        self.tasks = load_tasks(data / "tasks.jsonl")
+        files = list_data_files(data / "heldout.txt")
+        self.windows = list(iter_windows(files, tokenizer, seq_len, perplexity_tokens))
+        self.sweep_windows = list(iter_windows(files, tokenizer, seq_len, sweep_perplexity_tokens))
+
+    def quick(self, model) -> dict:
+        """Tuning-split memorization and perplexity on a held-out slice: all a sweep may use."""
+        tuning = evaluate_memorization(model, self.sets["memorized_tuning"], self.pad_id, self.batch_size)
+        return {"memorized_tuning": _scores(tuning), "perplexity": perplexity(model, self.sweep_windows, 32).perplexity}
+
+    def evaluate(self, model) -> dict:
+        start = time.perf_counter()
+        result = {name: _scores(evaluate_memorization(model, items, self.pad_id, self.batch_size)) for name, items in self.sets.items()}
+        ppl = perplexity(model, self.windows, 32)
+        result["perplexity"] = ppl.perplexity
+        result["perplexity_detail"] = ppl.to_dict()
+        tasks = evaluate_tasks(model, self.tokenizer, self.tasks, self.batch_size).to_dict()
+        result["tasks"] = tasks["tasks"]
+        result["categories"] = tasks["categories"]
+        result["eval_seconds"] = round(time.perf_counter() - start, 2)
+        return result
+
+
+def _scores(scores) -> dict:
+    return {"strict": scores.strict, "loose": scores.loose, "levenshtein": scores.levenshtein, "n": scores.n}
+
+
+def add_retention(result: dict, baseline: dict) -> dict:
+    """retention = edited / baseline accuracy, per task, per category and for memorized sets."""
+    for name, task in result["tasks"].items():
+        base = baseline["tasks"][name]["accuracy"]
+        task["retention"] = task["accuracy"] / base if base > 0 else None
+    result["category_retention"] = {
+        name: (value / baseline["categories"][name] if baseline["categories"].get(name) else None)
+        for name, value in result["categories"].items()
+    }
+    for name in ("memorized_validation", "quotes"):
+        base = baseline[name]["strict"]
+        result["category_retention"][name] = result[name]["strict"] / base if base > 0 else None
+    return result

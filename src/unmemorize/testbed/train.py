@@ -1,0 +1,225 @@
+"""Training the testbed: BPE tokenizer, Llama-style model, AdamW with weight decay, cache.
+
+The trained testbed is a folder (``<cache>/testbed/<key>/``)::
+
+    model/                      a normal Hugging Face model folder (weights, config, tokenizer)
+    data/factors.txt            fresh clean text for K-FAC factors (one document per line)
+    data/heldout.txt            held-out general text for perplexity
+    data/memorized_tuning.jsonl, memorized_validation.jsonl, quotes.jsonl,
+    data/control_sequences.jsonl, control_quotes.jsonl   prefix_ids / suffix_ids rows
+    data/tasks.jsonl            task rows (task, category, prompt, answer)
+    testbed.json                configs, cache key, loss curve, wall time
+
+The key is a hash of (generator version, testbed version, world config, training config): a
+cached folder is reused only if it was produced by exactly this code and these settings.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from .._atomic import atomic_dir
+from .world import GENERATOR_VERSION, World, WorldConfig, build_world, evaluation_tasks, factor_documents, heldout_documents, training_documents
+
+TESTBED_VERSION = 1
+SPECIAL_TOKENS = ["<pad>", "<unk>", "<eos>"]
+
+
+@dataclass
+class TrainConfig:
+    """Model and optimisation of the testbed (recorded in testbed.json and the cache key)."""
+
+    vocab_size: int = field(default=1024, metadata={"help": "BPE vocabulary size (digits are always single tokens)."})
+    hidden_size: int = field(default=256, metadata={"help": "Model width."})
+    intermediate_size: int = field(default=688, metadata={"help": "Gated-MLP width (gate/up/down, as in OLMo-2)."})
+    layers: int = field(default=4, metadata={"help": "Transformer blocks."})
+    heads: int = field(default=4, metadata={"help": "Attention heads."})
+    seq_len: int = field(default=128, metadata={"help": "Training window length in tokens."})
+    batch_size: int = field(default=32, metadata={"help": "Windows per optimiser step."})
+    epochs: int = field(default=6, metadata={"help": "Passes over freshly generated epochs of the world."})
+    learning_rate: float = field(default=2e-3, metadata={"help": "Peak AdamW learning rate (cosine decay to 10%)."})
+    warmup_steps: int = field(default=100, metadata={"help": "Linear warm-up steps."})
+    weight_decay: float = field(default=0.1, metadata={"help": "AdamW weight decay (the paper: separation grows with it)."})
+    bf16: bool = field(default=True, metadata={"help": "bf16 autocast for matmuls (about 3x faster on CPUs with AMX)."})
+    seed: int = field(default=0, metadata={"help": "Seed of initialisation and data order."})
+
+
+QUICK_WORLD = dict(memorized_sequences=20, sequence_words=12, quotes=10, controls=10, repeats_per_epoch=30, people=20,
+                   fact_documents_per_person=4, clean_documents=600, openbook_examples=300, arithmetic_examples=400,
+                   boolean_examples=200, chain_examples=200, eval_examples=20, heldout_documents=100, factor_documents=300)
+QUICK_TRAIN = dict(vocab_size=400, hidden_size=64, intermediate_size=128, layers=2, heads=2, seq_len=64, batch_size=16, epochs=3,
+                   warmup_steps=10, learning_rate=3e-3)
+
+
+def quick_configs(seed: int = 0) -> tuple[WorldConfig, TrainConfig]:
+    """A tiny world and model that train in seconds: checks the pipeline's structure, not the science."""
+    return WorldConfig(seed=seed, **QUICK_WORLD), TrainConfig(seed=seed, **QUICK_TRAIN)
+
+
+def cache_key(world: WorldConfig, train: TrainConfig) -> str:
+    blob = json.dumps({"generator": GENERATOR_VERSION, "testbed": TESTBED_VERSION, "world": asdict(world), "train": asdict(train)},
+                      sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("UNMEMORIZE_CACHE", Path.home() / ".cache" / "unmemorize"))
+
+
+def testbed_dir(world: WorldConfig, train: TrainConfig) -> Path:
+    return cache_root() / "testbed" / cache_key(world, train)
+
+
+def train_tokenizer(documents: list[str], vocab_size: int):
+    """A BPE tokenizer over the generated corpus; Metaspace word boundaries, single-digit numbers."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    core = Tokenizer(models.BPE(unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Metaspace(), pre_tokenizers.Digits(individual_digits=True)])
+    core.decoder = decoders.Metaspace()
+    core.train_from_iterator(documents, trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False))
+    return PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", unk_token="<unk>", eos_token="<eos>", bos_token="<eos>")
+
+
+def build_model(config: TrainConfig, vocab_size: int):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(config.seed)
+    model_config = LlamaConfig(
+        vocab_size=vocab_size, hidden_size=config.hidden_size, intermediate_size=config.intermediate_size,
+        num_hidden_layers=config.layers, num_attention_heads=config.heads, num_key_value_heads=config.heads,
+        max_position_embeddings=max(256, config.seq_len), tie_word_embeddings=False, pad_token_id=0, bos_token_id=2,
+        eos_token_id=2, attention_dropout=0.0,
+    )
+    return LlamaForCausalLM(model_config)
+
+
+def _windows(documents: list[str], tokenizer, seq_len: int, rng: random.Random) -> torch.Tensor:
+    """Documents tokenized, each followed by EOS, packed into (num_windows, seq_len) in shuffled order."""
+    eos = tokenizer.eos_token_id
+    stream: list[int] = []
+    for ids in tokenizer(documents, add_special_tokens=False)["input_ids"]:
+        stream.extend(ids)
+        stream.append(eos)
+    count = len(stream) // seq_len
+    windows = torch.tensor(stream[: count * seq_len]).view(count, seq_len)
+    order = list(range(count))
+    rng.shuffle(order)
+    return windows[order]
+
+
+def _memorization_rows(items, tokenizer, mode: str, prefix_tokens: int = 12, suffix_tokens: int = 16) -> list[dict]:
+    """prefix_ids/suffix_ids rows; sequences: EOS + 12 tokens -> next 16; quotes: all but the last 8 -> last 8."""
+    rows = []
+    for item in items:
+        ids = [tokenizer.eos_token_id] + tokenizer(item.text, add_special_tokens=False)["input_ids"]
+        if mode == "sequence":
+            prefix, suffix = ids[: 1 + prefix_tokens], ids[1 + prefix_tokens : 1 + prefix_tokens + suffix_tokens]
+        else:
+            prefix, suffix = ids[:-8], ids[-8:]
+        rows.append({"text": item.text, "prefix_ids": prefix, "suffix_ids": suffix})
+    return rows
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> None:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+
+
+def _write_data(folder: Path, world: World, tokenizer) -> None:
+    data = folder / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    (data / "factors.txt").write_text("\n".join(factor_documents(world)) + "\n")
+    (data / "heldout.txt").write_text("\n".join(heldout_documents(world)) + "\n")
+    prefix = world.config.sequence_words // 2
+    for name, split, mode in (("memorized_tuning", "tuning", "sequence"), ("memorized_validation", "validation", "sequence"),
+                              ("quotes", "quotes", "quote")):
+        _write_jsonl(data / f"{name}.jsonl", _memorization_rows(world.memorized(split), tokenizer, mode, prefix))
+    controls = [item for item in world.sequences if item.split == "control"]
+    _write_jsonl(data / "control_sequences.jsonl", _memorization_rows(controls, tokenizer, "sequence", prefix))
+    _write_jsonl(data / "control_quotes.jsonl", _memorization_rows([q for q in world.quotes if q.split == "control"], tokenizer, "quote"))
+    _write_jsonl(data / "tasks.jsonl", evaluation_tasks(world))
+
+
+def _learning_rate(step: int, total: int, config: TrainConfig) -> float:
+    if step < config.warmup_steps:
+        return config.learning_rate * (step + 1) / config.warmup_steps
+    progress = (step - config.warmup_steps) / max(1, total - config.warmup_steps)
+    return config.learning_rate * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+def train_testbed(world_config: WorldConfig | None = None, train_config: TrainConfig | None = None, out: Path | None = None,
+                  progress: bool = True, overwrite: bool = False) -> Path:
+    """Generate the world, train tokenizer and model, write the testbed folder; returns it."""
+    world_config, train_config = world_config or WorldConfig(), train_config or TrainConfig()
+    out = Path(out) if out is not None else testbed_dir(world_config, train_config)
+    start = time.perf_counter()
+    world = build_world(world_config)
+    first_epoch = training_documents(world, 0)
+    tokenizer = train_tokenizer(first_epoch + heldout_documents(world), train_config.vocab_size)
+    model = build_model(train_config, len(tokenizer))
+    rng = random.Random(f"order-{train_config.seed}")
+    steps_per_epoch = len(_windows(first_epoch, tokenizer, train_config.seq_len, rng)) // train_config.batch_size
+    total_steps = steps_per_epoch * train_config.epochs
+    optimizer = torch.optim.AdamW(model.parameters(), lr=train_config.learning_rate, weight_decay=train_config.weight_decay,
+                                  betas=(0.9, 0.95))
+    model.train()
+    log, step, tokens = [], 0, 0
+    ema = None
+    bar = tqdm(total=total_steps, desc="train testbed", unit="step", disable=not progress, dynamic_ncols=True)
+    for epoch in range(train_config.epochs):
+        documents = first_epoch if epoch == 0 else training_documents(world, epoch)
+        windows = _windows(documents, tokenizer, train_config.seq_len, rng)
+        for index in range(0, len(windows) - train_config.batch_size + 1, train_config.batch_size):
+            if step >= total_steps:
+                break
+            batch = windows[index : index + train_config.batch_size]
+            for group in optimizer.param_groups:
+                group["lr"] = _learning_rate(step, total_steps, train_config)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=train_config.bf16):
+                loss = model(input_ids=batch, labels=batch).loss
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            step += 1
+            tokens += batch.numel()
+            value = loss.item()
+            ema = value if ema is None else 0.98 * ema + 0.02 * value
+            if step % 50 == 0 or step == total_steps:
+                log.append({"step": step, "epoch": epoch, "loss_ema": round(ema, 4)})
+            bar.update(1)
+            bar.set_postfix(loss=f"{ema:.3f}", epoch=epoch, refresh=False)
+    bar.close()
+    model.eval()
+    seconds = time.perf_counter() - start
+    info = {
+        "key": cache_key(world_config, train_config), "generator_version": GENERATOR_VERSION, "testbed_version": TESTBED_VERSION,
+        "world": asdict(world_config), "train": asdict(train_config), "parameters": sum(p.numel() for p in model.parameters()),
+        "steps": step, "tokens": tokens, "seconds": round(seconds, 1), "loss_curve": log,
+    }
+    with atomic_dir(out, overwrite=True if overwrite or not out.exists() else overwrite) as tmp:
+        model.save_pretrained(tmp / "model", safe_serialization=True)
+        tokenizer.save_pretrained(tmp / "model")
+        _write_data(tmp, world, tokenizer)
+        (tmp / "testbed.json").write_text(json.dumps(info, indent=2))
+    return out
+
+
+def load_or_train(world_config: WorldConfig | None = None, train_config: TrainConfig | None = None, progress: bool = True) -> Path:
+    """The cached testbed folder for these configs, training it first if needed."""
+    world_config, train_config = world_config or WorldConfig(), train_config or TrainConfig()
+    folder = testbed_dir(world_config, train_config)
+    if (folder / "testbed.json").is_file():
+        return folder
+    return train_testbed(world_config, train_config, folder, progress, overwrite=True)
