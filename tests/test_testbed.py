@@ -13,7 +13,7 @@ from unmemorize.testbed.world import (
 )
 
 SMALL = WorldConfig(memorized_sequences=10, quotes=6, controls=4, people=12, clean_documents=200, openbook_examples=50,
-                    arithmetic_examples=300, boolean_examples=200, chain_examples=50, eval_examples=30, heldout_documents=20,
+                    arithmetic_examples=300, boolean_examples=200, rule_examples=50, eval_examples=30, heldout_documents=20,
                     factor_documents=50, repeats_per_epoch=7)
 
 
@@ -57,10 +57,10 @@ def test_evaluation_items_are_held_out_and_answers_are_right():
         elif row["task"] == "openbook":
             asked = prompt.split("question : ")[1].split(" lives in")[0]
             assert f"{asked} lives in {answer} ." in prompt
-        elif row["task"] == "rule_chains":
-            rules = dict(r.split(" -> ") for r in prompt.split("rules : ")[1].split(" . start")[0].split(" . "))
-            start = prompt.split("start : ")[1].split(" .")[0]
-            assert rules[rules[start]] == answer
+        elif row["task"] == "rules":
+            rules = dict(r[len("if "):].split(" then ") for r in prompt.split("rules : ")[1].split(" . so")[0].split(" . "))
+            start = prompt.split("so : if ")[1].split(" then")[0]
+            assert rules[start] == answer and len(rules) == 4
         elif row["task"] == "facts":
             assert any(answer in doc and prompt.split(" ")[4] in doc for doc in training)
     assert {r["category"] for r in rows} == {"closed_book_qa", "open_book_qa", "math", "logic"}

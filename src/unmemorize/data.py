@@ -116,6 +116,14 @@ def pad_batch(windows: list[list[int]], pad_id: int = 0) -> dict[str, torch.Tens
     return {"input_ids": ids, "attention_mask": mask}
 
 
+def next_token_positions(attention_mask: torch.Tensor) -> torch.Tensor:
+    """(B, T) bool: a real token at t with a real next token at t + 1 (last position and padding excluded)."""
+    mask = attention_mask.bool()
+    counted = torch.zeros_like(mask)
+    counted[:, :-1] = mask[:, :-1] & mask[:, 1:]
+    return counted
+
+
 def iter_batches(windows: Iterable[list[int]], batch_size: int, pad_id: int = 0) -> Iterator[dict[str, torch.Tensor]]:
     if batch_size < 1:
         raise UnmemorizeError(f"--batch-size must be at least 1, got {batch_size}")

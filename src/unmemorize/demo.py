@@ -40,8 +40,10 @@ class DemoConfig:
     seed: int = field(default=0, metadata={"help": "World and training seed."})
     fisher: str = field(default="true", metadata={"help": "Fisher type of the factors: true or empirical."})
     factor_tokens: int = field(default=100_000, metadata={"help": "Clean tokens for K-FAC factors."})
-    rhos: str = field(default="0.8,0.9,0.95,0.98", metadata={"help": "rho values the sweep tries."})
+    rhos: str = field(default="0.8,0.9,0.95,0.98,0.99,0.995", metadata={"help": "rho values the sweep tries."})
     ppl_budget: float = field(default=0.10, metadata={"help": "Largest allowed relative perplexity increase in the sweep."})
+    vision: bool = field(default=False, metadata={"help": "Run the vision demo instead: noisy-label memorization in a ViT "
+                                                          "(output: runs/demo-vision unless --out is given)."})
 
 
 def _layer_sets(num_layers: int) -> dict[str, list[int]]:
@@ -88,6 +90,11 @@ def _svd_matched(model, suite, plan, target_ppl):
 
 def run_demo(config: DemoConfig | None = None) -> dict:
     config = config or DemoConfig()
+    if config.vision:
+        from .vision.demo import VisionDemoConfig, run_vision_demo
+
+        out = "runs/demo-vision" if config.out == DemoConfig.out else config.out
+        return run_vision_demo(VisionDemoConfig(out=out, quick=config.quick, seed=config.seed, fisher=config.fisher))
     out = Path(config.out)
     walls: dict[str, float] = {}
     clock = time.perf_counter()

@@ -40,7 +40,8 @@ def task_table(results: dict) -> str:
             task = results["methods"][method]["tasks"][name]
             retention = task.get("retention")
             cells.append(f"{_pct(task['accuracy'])}" + (f" ({retention:.2f})" if retention is not None and method != "baseline" else ""))
-        lines.append(f"| {name} | {base['category']} | " + " | ".join(cells) + " |")
+        learned = results["methods"]["kfac"]["tasks"][name].get("learned", True) if "kfac" in results["methods"] else True
+        lines.append(f"| {name}{'' if learned else ' (not learned: excluded from categories)'} | {base['category']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

@@ -30,7 +30,6 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -38,6 +37,7 @@ from ..data import data_fingerprint, iter_batches, iter_windows, list_data_files
 from ..errors import UnmemorizeError
 from ..models import get_weight, parse_dtype, weight_shape
 from .factors import KFACFactors
+from .objectives import NextTokenObjective
 
 
 @dataclass
@@ -74,44 +74,6 @@ class CollectConfig:
             raise UnmemorizeError("--max-tokens must be >= 0")
         if self.modules_per_pass < 0:
             raise UnmemorizeError("--modules-per-pass must be >= 0")
-
-
-class NextTokenObjective:
-    """Summed next-token cross-entropy of a causal LM over the counted positions.
-
-    ``label_sampler`` may be replaced (tests record the sampled labels through it).
-    """
-
-    name = "causal_lm_next_token"
-
-    def counted_positions(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """(B, T) bool: real token at t and a real next token at t+1."""
-        mask = batch["attention_mask"].bool()
-        counted = torch.zeros_like(mask)
-        counted[:, :-1] = mask[:, :-1] & mask[:, 1:]
-        return counted
-
-    def label_sampler(self, logits: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """One label per row of (n, V) logits, drawn from softmax(logits) by inverse CDF.
-
-        y = min{k : cdf_k > u * cdf_V}, u ~ U[0, 1) from the seeded generator. Same law as
-        ``torch.multinomial``, which on CPU is ~30x slower at V = 2k (one exponential per entry).
-        """
-        cdf = torch.softmax(logits, dim=-1).cumsum(dim=-1)  # (n, V)
-        u = torch.rand((cdf.shape[0], 1), generator=generator, device=cdf.device, dtype=cdf.dtype)
-        labels = torch.searchsorted(cdf, u * cdf[:, -1:], right=True).squeeze(-1)
-        return labels.clamp_max(cdf.shape[-1] - 1)
-
-    def loss(self, model: nn.Module, batch: dict, counted: torch.Tensor, fisher: str, generator) -> torch.Tensor:
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        selected = logits[counted]  # (N_batch, V), at least float32 for the softmax
-        selected = selected.to(torch.promote_types(selected.dtype, torch.float32))
-        if fisher == "empirical":
-            labels = batch["input_ids"][:, 1:][counted[:, :-1]]
-        else:
-            with torch.no_grad():
-                labels = self.label_sampler(selected.detach(), generator)
-        return F.cross_entropy(selected, labels, reduction="sum")
 
 
 @contextmanager
@@ -197,7 +159,7 @@ def collect_factors(
     batches: Callable[[], Iterable[dict[str, torch.Tensor]]] | list[dict[str, torch.Tensor]],
     targets: list[str],
     config: CollectConfig | None = None,
-    objective: NextTokenObjective | None = None,
+    objective=None,
     total_tokens: int | None = None,
 ) -> KFACFactors:
     """K-FAC factors for ``targets`` over ``batches`` (dicts with input_ids and attention_mask).
@@ -225,7 +187,7 @@ def collect_factors(
     start = time.perf_counter()
     bar = tqdm(
         total=None if total_tokens is None else total_tokens * len(groups),
-        unit="tok",
+        unit=objective.unit,
         unit_scale=True,
         desc="collect K-FAC",
         disable=not config.progress,
@@ -246,9 +208,9 @@ def collect_factors(
                         loss = objective.loss(model, batch, counted, config.fisher, generator)
                         recorder.accumulate_gradients(loss)
                     positions += int(counted.sum())
-                    tokens = int(batch["attention_mask"].sum())
-                    tokens_seen += tokens
-                    bar.update(tokens)
+                    units = objective.batch_units(batch)
+                    tokens_seen += units
+                    bar.update(units)
                     bar.set_postfix_str(f"pass {index + 1}/{len(groups)}", refresh=False)
             if index == 0:
                 num_positions = positions
@@ -277,7 +239,7 @@ def collect_factors(
             "accumulation_dtype": config.dtype,
             "model_dtype": str(get_weight(modules[targets[0]]).dtype).replace("torch.", ""),
             "objective": objective.name,
-            "positions": "every real token with a real next token (last position and padding excluded)",
+            "positions": objective.positions_description,
             "normalization": "A and G are means over counted positions; g is the gradient of the SUM-reduced loss",
             "kronecker_order": "F_W ~ G (x) A for row-major vec(W), W of shape (d_out, d_in)",
             "shared_activation": shared,

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..data import iter_windows, list_data_files, pad_batch
+from ..data import iter_windows, list_data_files, next_token_positions, pad_batch
 from ..errors import UnmemorizeError
 from .generate import check_token_ids, model_device
 
@@ -44,14 +44,6 @@ class PerplexityResult:
         return asdict(self)
 
 
-def counted_positions(attention_mask: torch.Tensor) -> torch.Tensor:
-    """(B, T) bool: a real token at t and a real next token at t + 1."""
-    mask = attention_mask.bool()
-    counted = torch.zeros_like(mask)
-    counted[:, :-1] = mask[:, :-1] & mask[:, 1:]
-    return counted
-
-
 def perplexity(model, windows: list[list[int]], batch_size: int = 16) -> PerplexityResult:
     """Perplexity of ``model`` on ``windows`` (lists of token ids, each of at least 2 tokens); see module doc."""
     if batch_size < 1:
@@ -69,7 +61,7 @@ def perplexity(model, windows: list[list[int]], batch_size: int = 16) -> Perplex
             batch = pad_batch(windows[start:start + batch_size])
             ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
             logits = model(input_ids=ids, attention_mask=mask).logits  # (B, T, V)
-            counted = counted_positions(mask)  # (B, T)
+            counted = next_token_positions(mask)  # (B, T)
             selected = logits[counted]  # (N_b, V)
             selected = selected.to(torch.promote_types(selected.dtype, torch.float32))
             labels = ids[:, 1:][counted[:, :-1]]  # (N_b,): x_{t+1} for each counted t

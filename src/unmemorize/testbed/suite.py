@@ -58,15 +58,30 @@ def _scores(scores) -> dict:
     return {"strict": scores.strict, "loose": scores.loose, "levenshtein": scores.levenshtein, "n": scores.n}
 
 
+LEARNED = 0.5  # a task whose baseline accuracy is below this measures nothing (issue: "a skill the model cannot learn")
+
+
 def add_retention(result: dict, baseline: dict) -> dict:
-    """retention = edited / baseline accuracy, per task, per category and for memorized sets."""
+    """retention = edited / baseline accuracy, per task, per category and for memorized sets.
+
+    Category retention averages only *learned* tasks (baseline accuracy >= 50%); tasks below
+    are kept in the tables, marked ``learned: false``, and left out of category means. The rule
+    looks at the baseline alone, never at an edit's result.
+    """
+    learned: dict[str, list[str]] = {}
     for name, task in result["tasks"].items():
         base = baseline["tasks"][name]["accuracy"]
         task["retention"] = task["accuracy"] / base if base > 0 else None
-    result["category_retention"] = {
-        name: (value / baseline["categories"][name] if baseline["categories"].get(name) else None)
-        for name, value in result["categories"].items()
-    }
+        task["learned"] = base >= LEARNED
+        if task["learned"]:
+            learned.setdefault(task["category"], []).append(name)
+
+    def mean(method: dict, names: list[str]) -> float:
+        return sum(method["tasks"][n]["accuracy"] for n in names) / len(names)
+
+    result["learned_categories"] = {c: mean(result, names) for c, names in learned.items()}
+    result["category_retention"] = {c: (mean(result, names) / mean(baseline, names) if mean(baseline, names) > 0 else None)
+                                    for c, names in learned.items()}
     for name in ("memorized_validation", "quotes"):
         base = baseline[name]["strict"]
         result["category_retention"][name] = result[name]["strict"] / base if base > 0 else None

@@ -56,7 +56,7 @@ class TrainConfig:
 
 QUICK_WORLD = dict(memorized_sequences=20, sequence_words=12, quotes=10, controls=10, repeats_per_epoch=30, people=20,
                    fact_documents_per_person=4, clean_documents=600, openbook_examples=300, arithmetic_examples=400,
-                   boolean_examples=200, chain_examples=200, eval_examples=20, heldout_documents=100, factor_documents=300)
+                   boolean_examples=200, rule_examples=200, eval_examples=20, heldout_documents=100, factor_documents=300)
 QUICK_TRAIN = dict(vocab_size=400, hidden_size=64, intermediate_size=128, layers=2, heads=2, seq_len=64, batch_size=16, epochs=3,
                    warmup_steps=10, learning_rate=3e-3)
 

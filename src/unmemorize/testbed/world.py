@@ -19,8 +19,8 @@ Each kind of data the paper's spectrum needs, each measurable (``category`` in b
 * **arithmetic** [math] -- two-digit addition and subtraction, digits as tokens; 10% of the
   problems never appear in training and are the evaluation set.
 * **logic** [logic] -- boolean expressions with and/or/not and parentheses, evaluated in the
-  prompt (answer ``true``/``false``, chance 50%); and two-step rule chains stated in the prompt
-  (``rules : red -> big . big -> calm . ... start : red . end :`` -> ``calm``).
+  prompt (answer ``true``/``false``, chance 50%); and rules stated in the prompt, applied once
+  (``rules : if red then big . if blue then calm ... so : if blue then`` -> ``calm``, chance 25%).
 * **controls** -- sequences and quotes built the same way but never trained on: their strict
   accuracy must be ~0, which proves the metric measures memorization.
 
@@ -32,7 +32,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 3
 
 NOUNS = ("cat dog bird fish horse tiger rabbit farmer teacher doctor child king queen sailor baker painter "
          "river mountain garden forest village castle bridge tower window door table letter song story boat").split()
@@ -116,13 +116,13 @@ class WorldConfig:
     quotes: int = 100
     controls: int = 50  # never-trained sequences, and as many never-trained quotes
     repeats_per_epoch: int = 20  # exposures of each memorized sequence / quote per epoch
-    people: int = 120  # closed-book facts
-    fact_documents_per_person: int = 6  # per epoch
-    clean_documents: int = 16000  # grammar documents per epoch
-    openbook_examples: int = 9000  # per epoch
-    arithmetic_examples: int = 12000  # per epoch
+    people: int = 100  # closed-book facts
+    fact_documents_per_person: int = 20  # per epoch
+    clean_documents: int = 10000  # grammar documents per epoch
+    openbook_examples: int = 12000  # per epoch
+    arithmetic_examples: int = 20000  # per epoch
     boolean_examples: int = 6000  # per epoch
-    chain_examples: int = 6000  # per epoch
+    rule_examples: int = 8000  # per epoch
     eval_examples: int = 200  # per task
     heldout_documents: int = 1500  # clean text for perplexity
     factor_documents: int = 4000  # fresh clean text for K-FAC factors
@@ -205,7 +205,7 @@ FACT_QUESTIONS = {
 
 
 def fact_document(person: dict, rng: random.Random) -> str:
-    if rng.random() < 0.4:
+    if rng.random() < 0.5:
         attribute = rng.choice(list(FACT_QUESTIONS))
         return FACT_QUESTIONS[attribute].format(**person) + f" {person[attribute]} ."
     return " ".join(template.format(**person) for template in rng.sample(FACT_STATEMENTS, 3))
@@ -259,12 +259,19 @@ def boolean_example(rng: random.Random) -> tuple[str, str]:
     return f"{expression} is", "true" if value else "false"
 
 
-def chain_example(rng: random.Random) -> tuple[str, str]:
-    """Two 2-step rule chains in random order; the answer applies the start's chain twice."""
-    a, b, c, d, e, f = rng.sample(RULE_WORDS, 6)
-    rules = [f"{a} -> {b}", f"{b} -> {c}", f"{d} -> {e}", f"{e} -> {f}"]
+def rule_example(rng: random.Random) -> tuple[str, str]:
+    """Four rules stated in the prompt, one applied: ``... if wild then poor ... so : if wild then`` -> ``poor``.
+
+    History (reported in the README): two-step chains (``a -> b . b -> c``, answer ``c``) reached
+    18% with generator version 1, and one-step rules asked as ``start : a . end :`` 8% with
+    version 2 (below the 25% chance of copying a consequent); this form, whose query repeats the
+    rule's antecedent like the open-book questions do, is what the 3.7M-parameter model learns.
+    """
+    words = rng.sample(RULE_WORDS, 8)
+    rules = [f"if {words[k]} then {words[k + 4]}" for k in range(4)]
+    start = rng.randrange(4)
     rng.shuffle(rules)
-    return f"rules : {' . '.join(rules)} . start : {a} . end :", c
+    return f"rules : {' . '.join(rules)} . so : if {words[start]} then", words[start + 4]
 
 
 def training_documents(world: World, epoch: int, memorized: bool = True, stream: str = "train") -> list[str]:
@@ -300,8 +307,8 @@ def training_documents(world: World, epoch: int, memorized: bool = True, stream:
             continue
         documents.append(f"{prompt} {answer} .")
         added += 1
-    for _ in range(config.chain_examples):
-        prompt, answer = chain_example(rng)
+    for _ in range(config.rule_examples):
+        prompt, answer = rule_example(rng)
         documents.append(f"{prompt} {answer} .")
     rng.shuffle(documents)
     return documents
@@ -337,5 +344,5 @@ def evaluation_tasks(world: World) -> list[dict]:
     for expression in rng.sample(sorted(world.heldout_boolean), min(config.eval_examples, len(world.heldout_boolean))):
         add("boolean", "logic", f"{expression} is", "true" if world.heldout_boolean[expression] else "false")
     for _ in range(config.eval_examples):
-        add("rule_chains", "logic", *chain_example(rng))
+        add("rules", "logic", *rule_example(rng))
     return rows

@@ -1,0 +1,121 @@
+"""Vision: CLS-only factors by definition, exact noisy-label injection, Table 2 metrics, the quick demo."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from transformers import ViTConfig, ViTForImageClassification
+
+from conftest import relative_error
+from unmemorize.curvature import CollectConfig, ImageClassificationObjective, collect_factors
+from unmemorize.errors import UnmemorizeError
+from unmemorize.targets import resolve_targets
+from unmemorize.vision import inject_noisy_labels, noisy_label_metrics, read_idx
+
+
+def tiny_vit():
+    torch.manual_seed(0)
+    config = ViTConfig(image_size=8, patch_size=4, num_channels=1, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                       intermediate_size=32, num_labels=5, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    return ViTForImageClassification(config).double().eval()
+
+
+def brute_force_cls_factors(model, images, labels, names):
+    """One image at a time; A, G from the CLS token's module input / output gradient."""
+    modules = dict(model.named_modules())
+    for p in model.parameters():
+        p.requires_grad_(True)
+    sums = {n: [0, 0] for n in names}
+    for image, label in zip(images, labels):
+        captured = {}
+
+        def keep(module, inputs, output, name):
+            output.retain_grad()
+            captured[name] = (inputs[0], output)
+
+        handles = [modules[n].register_forward_hook(lambda m, i, o, n=n: keep(m, i, o, n)) for n in names]
+        loss = torch.nn.functional.cross_entropy(model(pixel_values=image[None]).logits, label[None], reduction="sum")
+        model.zero_grad()
+        loss.backward()
+        for handle in handles:
+            handle.remove()
+        for n in names:
+            a, out = captured[n]
+            sums[n][0] = sums[n][0] + torch.outer(a[0, 0], a[0, 0]).detach()
+            sums[n][1] = sums[n][1] + torch.outer(out.grad[0, 0], out.grad[0, 0])
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return {n: (sums[n][0] / len(images), sums[n][1] / len(images)) for n in names}
+
+
+@pytest.mark.parametrize("fisher", ["empirical", "true"])
+def test_cls_only_factors_match_brute_force(fisher):
+    model = tiny_vit()
+    images = torch.randn(7, 1, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    labels = torch.randint(0, 5, (7,), generator=torch.Generator().manual_seed(2))
+    names = resolve_targets(model)
+    assert len(names) == 4  # fc1, fc2 of both blocks
+    objective = ImageClassificationObjective(model, "cls")
+    sampled = []
+    original = objective.label_sampler
+    objective.label_sampler = lambda logits, generator: sampled.append(original(logits, generator)) or sampled[-1]
+    batches = [{"pixel_values": images[:4], "labels": labels[:4]}, {"pixel_values": images[4:], "labels": labels[4:]}]
+    factors = collect_factors(model, batches, names, CollectConfig(fisher=fisher, dtype="float64", progress=False), objective)
+    used = torch.cat(sampled) if fisher == "true" else labels
+    expected = brute_force_cls_factors(model, images, used, names)
+    assert factors.num_positions == 7 and factors.metadata["positions"] == "CLS token only"
+    for n in names:
+        assert relative_error(factors.activation[n], expected[n][0]) < 1e-8
+        assert relative_error(factors.gradient[n], expected[n][1]) < 1e-8
+    every_token = collect_factors(model, batches, names, CollectConfig(fisher="empirical", dtype="float64", progress=False),
+                                  ImageClassificationObjective(model, "all"))
+    assert every_token.num_positions == 7 * 5  # CLS + 4 patches per image
+
+
+def test_noisy_labels_are_seeded_exact_and_always_wrong():
+    labels = torch.arange(1000) % 10
+    noisy, mask = inject_noisy_labels(labels, 0.1, 10, seed=3)
+    again, again_mask = inject_noisy_labels(labels, 0.1, 10, seed=3)
+    assert torch.equal(noisy, again) and torch.equal(mask, again_mask)
+    assert int(mask.sum()) == 100 and bool((noisy[mask] != labels[mask]).all()) and torch.equal(noisy[~mask], labels[~mask])
+    other, other_mask = inject_noisy_labels(labels, 0.1, 10, seed=4)
+    assert not torch.equal(mask, other_mask)
+    assert int(inject_noisy_labels(labels, 0.237, 10, 0)[1].sum()) == 237
+    with pytest.raises(UnmemorizeError):
+        inject_noisy_labels(labels, 1.5, 10, 0)
+
+
+def test_table2_metrics_on_hand_made_predictions():
+    true = torch.tensor([0, 1, 2, 3, 4, 5])
+    noisy = torch.tensor([9, 1, 8, 3, 7, 5])
+    noised = noisy != true  # images 0, 2, 4
+    predictions = torch.tensor([9, 1, 2, 0, 1, 5])  # 0: memorized, 2: recovered, 4: neither; clean 1, 5 right, 3 wrong
+    metrics = noisy_label_metrics(predictions, true, noisy, noised, torch.tensor([1, 2, 3, 3]), torch.tensor([1, 2, 3, 4]))
+    assert metrics == pytest.approx({"memorized": 1 / 3, "recovery": 1 / 3, "clean_train": 2 / 3, "validation": 0.75})
+
+
+def test_idx_reader_and_its_errors(tmp_path):
+    import struct
+
+    data = bytes([0, 0, 8, 3]) + struct.pack(">3I", 2, 2, 3) + bytes(range(12))
+    (tmp_path / "x-idx3-ubyte").write_bytes(data)
+    assert read_idx(tmp_path / "x-idx3-ubyte").tolist() == [[[0, 1, 2], [3, 4, 5]], [[6, 7, 8], [9, 10, 11]]]
+    (tmp_path / "short").write_bytes(data[:-3])
+    with pytest.raises(UnmemorizeError, match="truncated"):
+        read_idx(tmp_path / "short")
+
+
+def test_quick_vision_demo_writes_every_artefact(tmp_path, monkeypatch):
+    from unmemorize.vision.demo import VisionDemoConfig, run_vision_demo
+
+    monkeypatch.setenv("UNMEMORIZE_CACHE", str(tmp_path / "cache"))
+    results = run_vision_demo(VisionDemoConfig(quick=True, out=str(tmp_path / "v"), rhos="0.75,0.9"))
+    for name in ("report.md", "results.json", "per_block.png", "memorized_vs_validation.png"):
+        assert (tmp_path / "v" / name).stat().st_size > 500, name
+    saved = json.loads((tmp_path / "v" / "results.json").read_text())
+    assert set(saved["methods"]) == {"baseline", "kfac", "svd", "random"}
+    for method in saved["methods"].values():
+        assert set(method) >= {"memorized", "recovery", "clean_train", "validation"}
+    assert len(saved["per_block"]["kfac"]) == 2 and results["config"]["selection_rule"]
