@@ -119,3 +119,25 @@ def test_quick_vision_demo_writes_every_artefact(tmp_path, monkeypatch):
     for method in saved["methods"].values():
         assert set(method) >= {"memorized", "recovery", "clean_train", "validation"}
     assert len(saved["per_block"]["kfac"]) == 2 and results["config"]["selection_rule"]
+
+
+def test_fashion_mnist_loads_from_standard_idx_files(tmp_path):
+    import gzip
+    import struct
+
+    from unmemorize.vision import load_fashion_mnist
+
+    def idx(values, shape):
+        return bytes([0, 0, 8, len(shape)]) + struct.pack(f">{len(shape)}I", *shape) + bytes(values)
+
+    (tmp_path / "train-images-idx3-ubyte.gz").write_bytes(gzip.compress(idx([0, 255] * 4 * 28 * 14, (4, 28, 28))))
+    (tmp_path / "train-labels-idx1-ubyte").write_bytes(idx([3, 1, 4, 1], (4,)))
+    (tmp_path / "t10k-images-idx3-ubyte").write_bytes(idx([128] * 2 * 28 * 28, (2, 28, 28)))
+    (tmp_path / "t10k-labels-idx1-ubyte").write_bytes(idx([5, 9], (2,)))
+    train, validation, classes = load_fashion_mnist(tmp_path)
+    assert train.images.shape == (4, 1, 28, 28) and classes == 10
+    assert train.labels.tolist() == [3, 1, 4, 1] and validation.labels.tolist() == [5, 9]
+    assert float(train.images.min()) == -1.0 and float(train.images.max()) == 1.0
+    (tmp_path / "t10k-labels-idx1-ubyte").unlink()
+    with pytest.raises(UnmemorizeError, match="t10k-labels-idx1-ubyte"):
+        load_fashion_mnist(tmp_path)

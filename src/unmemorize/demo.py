@@ -44,6 +44,9 @@ class DemoConfig:
     ppl_budget: float = field(default=0.10, metadata={"help": "Largest allowed relative perplexity increase in the sweep."})
     vision: bool = field(default=False, metadata={"help": "Run the vision demo instead: noisy-label memorization in a ViT "
                                                           "(output: runs/demo-vision unless --out is given)."})
+    vision_dataset: str = field(default="digits", metadata={"help": "Vision demo: 'digits' or a folder of Fashion-MNIST IDX files."})
+    noise_fraction: float = field(default=0.1, metadata={"help": "Vision demo: fraction of training labels made wrong."})
+    vision_positions: str = field(default="cls", metadata={"help": "Vision demo: K-FAC positions, 'cls' (the paper) or 'all' tokens."})
 
 
 def _layer_sets(num_layers: int) -> dict[str, list[int]]:
@@ -94,7 +97,9 @@ def run_demo(config: DemoConfig | None = None) -> dict:
         from .vision.demo import VisionDemoConfig, run_vision_demo
 
         out = "runs/demo-vision" if config.out == DemoConfig.out else config.out
-        return run_vision_demo(VisionDemoConfig(out=out, quick=config.quick, seed=config.seed, fisher=config.fisher))
+        return run_vision_demo(VisionDemoConfig(out=out, quick=config.quick, seed=config.seed, fisher=config.fisher,
+                                                dataset=config.vision_dataset, noise_fraction=config.noise_fraction,
+                                                positions=config.vision_positions))
     out = Path(config.out)
     walls: dict[str, float] = {}
     clock = time.perf_counter()

@@ -62,8 +62,8 @@ def run_vision_demo(config: VisionDemoConfig | None = None) -> dict:
         walls[name] = round(time.perf_counter() - clock, 2)
         clock = time.perf_counter()
 
-    vision_config = VisionConfig(dataset=config.dataset, noise_fraction=config.noise_fraction, seed=config.seed,
-                                 **(QUICK_VISION if config.quick else {}))
+    sizes = {**(QUICK_VISION if config.quick else {}), **({} if config.dataset == "digits" else {"patch_size": 4})}  # 28x28: 49 patches
+    vision_config = VisionConfig(dataset=config.dataset, noise_fraction=config.noise_fraction, seed=config.seed, **sizes)
     testbed = load_vision(vision_config)
     model = testbed.model
     lap("vision testbed (train or load)")
