@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -33,6 +34,24 @@ def random_sequences(lengths, vocab: int, seed: int = 0) -> list[list[int]]:
     return [torch.randint(3, vocab, (n,), generator=generator).tolist() for n in lengths]
 
 
+@contextmanager
+def capture_module_io(model, module_names):
+    """Record each module's (input, output) of one forward pass, with ``retain_grad`` on the output."""
+    modules = dict(model.named_modules())
+    captured = {}
+
+    def keep(inputs, output, name):
+        output.retain_grad()
+        captured[name] = (inputs[0], output)
+
+    handles = [modules[n].register_forward_hook(lambda m, i, o, n=n: keep(i, o, n)) for n in module_names]
+    try:
+        yield captured
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 def brute_force_factors(model, sequences, module_names, labels=None):
     """A, G by definition, one unpadded sequence at a time, with explicit per-position loops.
 
@@ -40,7 +59,6 @@ def brute_force_factors(model, sequences, module_names, labels=None):
     (``retain_grad`` on each module output), then A += a_t a_t^T and G += g_t g_t^T for each
     counted t. ``labels[k]`` are the labels of sequence k (default: gold next tokens).
     """
-    modules = dict(model.named_modules())
     flags = [p.requires_grad for p in model.parameters()]
     for p in model.parameters():
         p.requires_grad_(True)
@@ -49,21 +67,13 @@ def brute_force_factors(model, sequences, module_names, labels=None):
     count = 0
     try:
         for k, sequence in enumerate(sequences):
-            captured = {}
-
-            def keep(module, inputs, output, name):
-                output.retain_grad()
-                captured[name] = (inputs[0], output)
-
-            handles = [modules[n].register_forward_hook(lambda m, i, o, n=n: keep(m, i, o, n)) for n in module_names]
             ids = torch.tensor([sequence])
-            logits = model(input_ids=ids).logits[0, :-1].double()
+            with capture_module_io(model, module_names) as captured:
+                logits = model(input_ids=ids).logits[0, :-1].double()
             target = torch.tensor(labels[k]) if labels is not None else ids[0, 1:]
             loss = torch.nn.functional.cross_entropy(logits, target, reduction="sum")
             model.zero_grad()
             loss.backward()
-            for handle in handles:
-                handle.remove()
             for n in module_names:
                 a, out = captured[n]
                 for t in range(len(sequence) - 1):

@@ -72,7 +72,7 @@ def test_quick_demo_writes_every_artefact(tmp_path, monkeypatch):
 
     monkeypatch.setenv("UNMEMORIZE_CACHE", str(tmp_path / "cache"))
     results = run_demo(DemoConfig(quick=True, out=str(tmp_path / "demo")))
-    for name in ("report.md", "results.json", "retention.png", "sweep.png"):
+    for name in ("report.md", "results.json", "retention.png", "sweep.png", "spectrum.png"):
         assert (tmp_path / "demo" / name).stat().st_size > 500, name
     saved = json.loads((tmp_path / "demo" / "results.json").read_text())
     assert set(saved["methods"]) == {"baseline", "kfac", "svd", "random"}

@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import ViTConfig, ViTForImageClassification
 
-from conftest import relative_error
+from conftest import capture_module_io, relative_error
 from unmemorize.curvature import CollectConfig, ImageClassificationObjective, collect_factors
 from unmemorize.errors import UnmemorizeError
 from unmemorize.targets import resolve_targets
@@ -24,23 +24,15 @@ def tiny_vit():
 
 def brute_force_cls_factors(model, images, labels, names):
     """One image at a time; A, G from the CLS token's module input / output gradient."""
-    modules = dict(model.named_modules())
     for p in model.parameters():
         p.requires_grad_(True)
     sums = {n: [0, 0] for n in names}
     for image, label in zip(images, labels):
-        captured = {}
-
-        def keep(module, inputs, output, name):
-            output.retain_grad()
-            captured[name] = (inputs[0], output)
-
-        handles = [modules[n].register_forward_hook(lambda m, i, o, n=n: keep(m, i, o, n)) for n in names]
-        loss = torch.nn.functional.cross_entropy(model(pixel_values=image[None]).logits, label[None], reduction="sum")
+        with capture_module_io(model, names) as captured:
+            logits = model(pixel_values=image[None]).logits
+        loss = torch.nn.functional.cross_entropy(logits, label[None], reduction="sum")
         model.zero_grad()
         loss.backward()
-        for handle in handles:
-            handle.remove()
         for n in names:
             a, out = captured[n]
             sums[n][0] = sums[n][0] + torch.outer(a[0, 0], a[0, 0]).detach()

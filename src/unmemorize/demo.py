@@ -26,6 +26,7 @@ from .curvature import CollectConfig, collect_from_files
 from .edit import EditConfig, apply_edit, edited
 from .models import load_model
 from .report import write_report
+from .spectrum import plot_spectra
 from .targets import preset_modules
 from .testbed import TrainConfig, WorldConfig, load_or_train, quick_configs
 from .testbed.suite import TestbedSuite, add_retention
@@ -162,6 +163,7 @@ def run_demo(config: DemoConfig | None = None) -> dict:
         "wall_seconds": walls,
     }
     main = write_report(results, out)
+    plot_spectra(bases, out / "spectrum.png")
     lap("report")
     results["wall_seconds"] = walls
     print(main)

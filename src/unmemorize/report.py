@@ -130,6 +130,7 @@ def write_report(results: dict, out: Path) -> str:
         "", "## Retention by category (paper Figure 3 analogue)", "", retention_table(results), "", "![retention](retention.png)", "",
         "## Tasks", "", task_table(results), "", "## Sweep", "", "![sweep](sweep.png)", "",
         f"{len(results.get('sweep', []))} candidate edits scored on the tuning split and a held-out perplexity slice only.", "",
+        "## Curvature spectra of the factors", "", "![spectra](spectrum.png)", "",
         "## Wall times", "", "| stage | seconds |", "|---|---|",
         *[f"| {k} | {v:.1f} |" for k, v in results["wall_seconds"].items()], "",
     ]
