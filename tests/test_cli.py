@@ -51,6 +51,20 @@ def test_collect_writes_factors_with_provenance(workspace):
     assert info["num_positions"] > 0 and info["unmemorize_version"]
 
 
+def test_modules_per_pass_writes_one_shard_per_pass_with_the_same_factors(workspace, tmp_path):
+    out = tmp_path / "sharded"
+    assert main(["collect", "--model", str(workspace / "llama"), "--data", str(workspace / "clean.txt"), "--out", str(out),
+                 "--seq-len", "32", "--max-tokens", "2000", "--batch-size", "4", "--no-progress", "--modules-per-pass", "4"]) == 0
+    shards = sorted(p.name for p in out.glob("*.safetensors"))
+    assert shards == ["factors-00001-of-00002.safetensors", "factors-00002-of-00002.safetensors"]
+    sharded, single = load_factors(out), load_factors(workspace / "factors")
+    assert sharded.modules == single.modules and sharded.num_positions == single.num_positions
+    for name in single.modules:
+        assert torch.allclose(sharded.activation[name], single.activation[name], rtol=1e-5, atol=1e-8)
+        assert torch.allclose(sharded.gradient[name], single.gradient[name], rtol=1e-5, atol=1e-8)
+    assert not leftovers(out)
+
+
 def test_edit_and_spectrum_commands(workspace, capsys):
     plan = workspace / "plan.json"
     plan.write_text(json.dumps({"0": {"gate": 0.6, "up": 0.6}}))

@@ -125,7 +125,7 @@ def _version() -> str:
 
 
 def _run_collect(args) -> None:
-    from .curvature import CollectConfig, collect_from_files, save_factors
+    from .curvature import CollectConfig, ShardedFactorWriter, collect_from_files, save_factors
     from ._atomic import check_output_dir
     from .data import list_data_files
     from .models import load_model
@@ -138,8 +138,13 @@ def _run_collect(args) -> None:
     model, tokenizer = load_model(args.model, args.model_dtype, args.device, args.trust_remote_code)
     targets = resolve_targets(model, args.targets, args.layers, args.proj)
     print(f"collecting {config.fisher} Fisher factors for {len(targets)} modules of {type(model).__name__}", file=sys.stderr)
-    factors = collect_from_files(model, tokenizer, args.data, targets, config)
-    save_factors(factors, args.out, model=model, overwrite=args.overwrite)
+    if 0 < config.modules_per_pass < len(targets):  # bounded memory: one shard per pass, written as it ends
+        with ShardedFactorWriter(args.out, model, args.overwrite) as writer:
+            factors = collect_from_files(model, tokenizer, args.data, targets, config, on_pass=writer.write_pass)
+            writer.finish(factors)
+    else:
+        factors = collect_from_files(model, tokenizer, args.data, targets, config)
+        save_factors(factors, args.out, model=model, overwrite=args.overwrite)
     meta = factors.metadata
     print(f"wrote {args.out}: {len(targets)} modules, {factors.num_positions} positions, {meta['tokens']} tokens, {meta['seconds']:.1f} s")
 

@@ -2,13 +2,14 @@
 
 from .collect import CollectConfig, collect_factors, collect_from_files
 from .objectives import ImageClassificationObjective, NextTokenObjective
-from .factors import KFACFactors, load_factors, save_factors
+from .factors import KFACFactors, ShardedFactorWriter, load_factors, save_factors
 
 __all__ = [
     "CollectConfig",
     "ImageClassificationObjective",
     "KFACFactors",
     "NextTokenObjective",
+    "ShardedFactorWriter",
     "collect_factors",
     "collect_from_files",
     "load_factors",

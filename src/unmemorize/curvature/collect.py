@@ -161,12 +161,17 @@ def collect_factors(
     config: CollectConfig | None = None,
     objective=None,
     total_tokens: int | None = None,
+    on_pass: Callable[[int, int, dict, dict], None] | None = None,
 ) -> KFACFactors:
     """K-FAC factors for ``targets`` over ``batches`` (dicts with input_ids and attention_mask).
 
     ``batches`` is a list, or a callable returning a fresh iterable (needed when
     ``config.modules_per_pass`` splits the targets over several passes). Every pass re-seeds the
     label sampler, so several passes give exactly the factors of one.
+
+    ``on_pass(index, passes, activation, gradient)``, if given, receives each pass's factors
+    (module name -> CPU tensor) as soon as the pass ends and they are not kept: memory then holds
+    one pass's factors at a time, and the returned object carries only the metadata.
     """
     config = config or CollectConfig()
     config.validate()
@@ -218,17 +223,23 @@ def collect_factors(
                 raise RuntimeError("the batches changed between passes; pass a callable that replays the same data")
             if positions == 0:
                 raise UnmemorizeError("the data has no position with a next-token label (every window is shorter than 2 tokens)")
+            pass_activation, pass_gradient = {}, {}
             for name in group:
                 owner = recorder.activation_owner[name]
                 if owner != name:
                     shared[name] = owner
-                activation[name] = recorder.activation[owner] / positions
-                gradient[name] = recorder.gradient[name] / positions
+                pass_activation[name] = (recorder.activation[owner] / positions).cpu()
+                pass_gradient[name] = (recorder.gradient[name] / positions).cpu()
+            if on_pass is not None:
+                on_pass(index, len(groups), pass_activation, pass_gradient)
+            else:
+                activation.update(pass_activation)
+                gradient.update(pass_gradient)
     seconds = time.perf_counter() - start
     shapes = {n: list(weight_shape(modules[n])) for n in targets}
     return KFACFactors(
-        activation={n: activation[n].cpu() for n in targets},
-        gradient={n: gradient[n].cpu() for n in targets},
+        activation=activation,
+        gradient=gradient,
         num_positions=num_positions,
         metadata={
             "fisher": config.fisher,
@@ -251,8 +262,9 @@ def collect_factors(
     )
 
 
-def collect_from_files(model: nn.Module, tokenizer, data: str, targets: list[str], config: CollectConfig | None = None) -> KFACFactors:
-    """Collect factors from a .txt/.jsonl file or folder (see ``unmemorize.data``)."""
+def collect_from_files(model: nn.Module, tokenizer, data: str, targets: list[str], config: CollectConfig | None = None,
+                       on_pass=None) -> KFACFactors:
+    """Collect factors from a .txt/.jsonl file or folder (see ``unmemorize.data``); ``on_pass`` as in ``collect_factors``."""
     config = config or CollectConfig()
     config.validate()
     files = list_data_files(data)
@@ -266,7 +278,7 @@ def collect_from_files(model: nn.Module, tokenizer, data: str, targets: list[str
 
     if next(iter(batches()), None) is None:
         raise UnmemorizeError(f"data path {data!r} holds no window of at least 2 tokens")
-    factors = collect_factors(model, batches, targets, config, total_tokens=budget)
+    factors = collect_factors(model, batches, targets, config, total_tokens=budget, on_pass=on_pass)
     factors.metadata["data"] = {
         "path": str(data),
         "files": [str(f) for f in files],

@@ -51,22 +51,14 @@ class KFACFactors:
         return KFACFactors({n: self.activation[n] for n in names}, {n: self.gradient[n] for n in names}, self.num_positions, self.metadata)
 
 
-def save_factors(factors: KFACFactors, out: str | Path, model: nn.Module | None = None, overwrite: bool = False) -> Path:
-    """Write a factor folder atomically (see module docstring)."""
+def _folder_info(factors: KFACFactors, files: dict[str, str], shapes: dict[str, dict], model: nn.Module | None) -> dict:
     from .. import __version__
 
-    tensors = {}
-    for name in factors.modules:
-        tensors[f"{name}.A"] = factors.activation[name].float().contiguous()
-        tensors[f"{name}.G"] = factors.gradient[name].float().contiguous()
     info = {
         "format_version": FORMAT_VERSION,
         "unmemorize_version": __version__,
         "num_positions": factors.num_positions,
-        "modules": {
-            n: {"A": list(factors.activation[n].shape), "G": list(factors.gradient[n].shape), "file": TENSOR_FILE}
-            for n in factors.modules
-        },
+        "modules": {n: {**shapes[n], "file": files[n]} for n in files},
         "stored_dtype": "float32",
         **factors.metadata,
     }
@@ -74,10 +66,58 @@ def save_factors(factors: KFACFactors, out: str | Path, model: nn.Module | None 
         info.setdefault("model", getattr(model.config, "_name_or_path", "") or type(model).__name__)
         info.setdefault("architecture", type(model).__name__)
         info.setdefault("model_type", getattr(model.config, "model_type", None))
+    return info
+
+
+def _write_shard(path: Path, activation: dict, gradient: dict) -> dict[str, dict]:
+    tensors = {}
+    for name in activation:
+        tensors[f"{name}.A"] = activation[name].float().contiguous()
+        tensors[f"{name}.G"] = gradient[name].float().contiguous()
+    save_file(tensors, str(path), metadata={"format": "unmemorize-kfac", "version": str(FORMAT_VERSION)})
+    return {n: {"A": list(activation[n].shape), "G": list(gradient[n].shape)} for n in activation}
+
+
+def save_factors(factors: KFACFactors, out: str | Path, model: nn.Module | None = None, overwrite: bool = False) -> Path:
+    """Write a factor folder atomically (see module docstring)."""
     with atomic_dir(out, overwrite) as tmp:
-        save_file(tensors, str(tmp / TENSOR_FILE), metadata={"format": "unmemorize-kfac", "version": str(FORMAT_VERSION)})
-        (tmp / "factors.json").write_text(json.dumps(info, indent=2, sort_keys=True))
+        shapes = _write_shard(tmp / TENSOR_FILE, factors.activation, factors.gradient)
+        info = _folder_info(factors, {n: TENSOR_FILE for n in factors.modules}, shapes, model)
+        (tmp / "factors.json").write_text(json.dumps(info, indent=2))
     return Path(out)
+
+
+class ShardedFactorWriter:
+    """Write a factor folder one safetensors shard per collection pass (``on_pass`` of
+    ``collect_factors``), so that only one pass's factors are ever in memory; atomic like
+    ``save_factors``::
+
+        with ShardedFactorWriter(out, model) as writer:
+            factors = collect_factors(..., on_pass=writer.write_pass)
+            writer.finish(factors)
+    """
+
+    def __init__(self, out: str | Path, model: nn.Module | None = None, overwrite: bool = False):
+        self.out, self.model, self.overwrite = out, model, overwrite
+        self.files: dict[str, str] = {}
+        self.shapes: dict[str, dict] = {}
+
+    def __enter__(self):
+        self._context = atomic_dir(self.out, self.overwrite)
+        self.tmp = self._context.__enter__()
+        return self
+
+    def write_pass(self, index: int, passes: int, activation: dict, gradient: dict) -> None:
+        name = f"factors-{index + 1:05d}-of-{passes:05d}.safetensors"
+        self.shapes.update(_write_shard(self.tmp / name, activation, gradient))
+        self.files.update({module: name for module in activation})
+
+    def finish(self, factors: KFACFactors) -> None:
+        info = _folder_info(factors, self.files, self.shapes, self.model)
+        (self.tmp / "factors.json").write_text(json.dumps(info, indent=2))
+
+    def __exit__(self, *exc):
+        return self._context.__exit__(*exc)
 
 
 def _check_tensor(name: str, kind: str, tensor: torch.Tensor, expected: int | None) -> None:
@@ -142,4 +182,4 @@ def load_factors(path: str | Path, model: nn.Module | None = None, modules: list
         _check_tensor(name, "A", activation[name], d_in)
         _check_tensor(name, "G", gradient[name], d_out)
     metadata = {k: v for k, v in info.items() if k not in ("modules", "num_positions")}
-    return KFACFactors(activation, gradient, int(info.get("num_positions", 0)), metadata)
+    return KFACFactors({n: activation[n] for n in names}, {n: gradient[n] for n in names}, int(info.get("num_positions", 0)), metadata)
