@@ -18,6 +18,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
 
@@ -39,7 +40,7 @@ class DemoConfig:
     out: str = field(default="runs/demo", metadata={"help": "Output folder for report.md, results.json and plots."})
     quick: bool = field(default=False, metadata={"help": "Tiny world and model (seconds): checks the pipeline, not the science."})
     seed: int = field(default=0, metadata={"help": "World and training seed."})
-    fisher: str = field(default="true", metadata={"help": "Fisher type of the factors: true or empirical."})
+    fisher: Literal["true", "empirical"] = field(default="true", metadata={"help": "Fisher type of the factors: true or empirical."})
     factor_tokens: int = field(default=100_000, metadata={"help": "Clean tokens for K-FAC factors."})
     rhos: str = field(default="0.8,0.9,0.95,0.98,0.99,0.995", metadata={"help": "rho values the sweep tries."})
     ppl_budget: float = field(default=0.10, metadata={"help": "Largest allowed relative perplexity increase in the sweep."})
@@ -47,7 +48,7 @@ class DemoConfig:
                                                           "(output: runs/demo-vision unless --out is given)."})
     vision_dataset: str = field(default="digits", metadata={"help": "Vision demo: 'digits' or a folder of Fashion-MNIST IDX files."})
     noise_fraction: float = field(default=0.1, metadata={"help": "Vision demo: fraction of training labels made wrong."})
-    vision_positions: str = field(default="cls", metadata={"help": "Vision demo: K-FAC positions, 'cls' (the paper) or 'all' tokens."})
+    vision_positions: Literal["cls", "all"] = field(default="cls", metadata={"help": "Vision demo: K-FAC positions, 'cls' (the paper) or 'all' tokens."})
 
 
 def _layer_sets(num_layers: int) -> dict[str, list[int]]:
