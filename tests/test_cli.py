@@ -79,6 +79,35 @@ def test_edit_and_spectrum_commands(workspace, capsys):
     assert (workspace / "s.png").stat().st_size > 1000
 
 
+def test_label_free_budget_search_stays_within_its_budget(workspace, tmp_path):
+    """The saved model's perplexity on the held-out text, recomputed independently, is within budget."""
+    from transformers import AutoModelForCausalLM
+
+    from unmemorize.data import iter_windows, list_data_files
+    from unmemorize.evaluate import perplexity
+    from unmemorize.models import load_model
+
+    heldout = write_corpus(tmp_path / "heldout.txt", documents=80, seed=5)
+    out = tmp_path / "label-free"
+    assert main(["edit", "--model", str(workspace / "llama"), "--factors", str(workspace / "factors"), "--out", str(out),
+                 "--ppl-budget", "1.02", "--heldout", str(heldout)]) == 0
+    record = json.loads((out / "unmemorize_edit.json").read_text())["label_free_search"]
+    assert record["chosen"]["perplexity_ratio"] <= 1.02 and len(record["candidates"]) > 10
+    base, tokenizer = load_model(str(workspace / "llama"))
+    windows = list(iter_windows(list_data_files(heldout), tokenizer, 128, 20_000))
+    edited_ppl = perplexity(AutoModelForCausalLM.from_pretrained(out).eval(), windows).perplexity
+    assert edited_ppl <= 1.02 * perplexity(base, windows).perplexity * (1 + 1e-6)
+    # the most aggressive candidate within budget: no fitting candidate removes more pairs
+    fitting = [c for c in record["candidates"] if c["perplexity_ratio"] <= 1.02]
+    assert max(c["removed_pairs"] for c in fitting) == record["chosen"]["removed_pairs"]
+
+
+def test_budget_below_one_is_an_error(workspace, tmp_path, capsys):
+    line = error_of(capsys, ["edit", "--model", str(workspace / "llama"), "--factors", str(workspace / "factors"), "--out",
+                             str(tmp_path / "o"), "--ppl-budget", "0.9", "--heldout", str(workspace / "clean.txt")])
+    assert "must be >= 1" in line and not (tmp_path / "o").exists()
+
+
 def test_help_explains_every_option(capsys):
     for command in ("collect", "edit", "spectrum"):
         with pytest.raises(SystemExit):

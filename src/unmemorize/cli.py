@@ -90,6 +90,9 @@ def _build_parser() -> argparse.ArgumentParser:
     amount.add_argument("--rho", type=float, help="Curvature mass kept by every target, in [0, 1] (1: no edit). For "
                         "--method svd: energy kept, or the fraction pruned with --svd-mode prune.")
     amount.add_argument("--plan", help="JSON plan: {\"23\": {\"gate\": 0.6, \"up\": 0.6}} or {\"module.name\": rho}.")
+    amount.add_argument("--ppl-budget", type=float, help="Label-free tuning: search layers, projections and rho for the most "
+                        "aggressive K-FAC plan whose perplexity on --heldout stays within this ratio of the baseline (e.g. 1.10).")
+    edit.add_argument("--heldout", help="Clean held-out text (.txt/.jsonl) for --ppl-budget; never memorized examples.")
     _add_target_options(edit)
     _add_config_options(edit, EditConfig)
 
@@ -165,7 +168,10 @@ def _run_edit(args) -> None:
         raise UnmemorizeError(f"--method {config.method} needs --factors DIR")
     model, tokenizer = load_model(args.model, args.model_dtype, args.device, args.trust_remote_code)
     factors = None
-    if args.plan:
+    search_record = None
+    if args.ppl_budget is not None:
+        plan, search_record = _search_plan(args, model, tokenizer, config)
+    elif args.plan:
         plan = load_plan(args.plan, model)
     else:
         if args.targets or args.layers or args.proj:
@@ -179,12 +185,33 @@ def _run_edit(args) -> None:
         factors = load_factors(args.factors, model=model, modules=list(plan))
         factors.metadata["path"] = str(args.factors)
     edit = apply_edit(model, plan, factors, config)
-    save_edited_model(edit, args.out, tokenizer, overwrite=args.overwrite, extra={"model": args.model})
+    extra = {"model": args.model, **({"label_free_search": search_record} if search_record else {})}
+    save_edited_model(edit, args.out, tokenizer, overwrite=args.overwrite, extra=extra)
     for name, stats in edit.modules.items():
         mass = f"mass {stats.kept_mass:.4f}" if stats.kept_mass is not None else ""
         print(f"{name}: rho={stats.rho:g} kept {stats.kept_pairs}/{stats.total_pairs} ({stats.kept_fraction:.4f}) {mass} "
               f"|dW|/|W|={stats.relative_change:.4f}")
     print(f"wrote {args.out}")
+
+
+def _search_plan(args, model, tokenizer, config):
+    """--ppl-budget: the label-free search of ``edit/search.py`` on --heldout text."""
+    from .basis import decompose_factors
+    from .curvature import load_factors
+    from .data import iter_windows, list_data_files
+    from .edit.search import search_plan
+
+    if config.method != "kfac" or not args.factors or not args.heldout:
+        raise UnmemorizeError("--ppl-budget needs --method kfac, --factors DIR and --heldout FILE")
+    factors = load_factors(args.factors, model=model)
+    windows = list(iter_windows(list_data_files(args.heldout), tokenizer, 128, 20_000))
+    search = search_plan(model, factors, decompose_factors(factors), windows, args.ppl_budget)
+    if search.plan is None:
+        raise UnmemorizeError(f"no plan keeps perplexity within {args.ppl_budget} x baseline ({search.baseline_perplexity:.3f})")
+    chosen = {k: v for k, v in search.chosen.items() if k != "plan"}
+    print(f"label-free search: {len(search.candidates)} candidates; chosen {chosen}", file=sys.stderr)
+    return search.plan, {"budget": args.ppl_budget, "baseline_perplexity": search.baseline_perplexity, "chosen": chosen,
+                         "candidates": [{k: v for k, v in c.items() if k != "plan"} for c in search.candidates]}
 
 
 def _factor_modules(path: str) -> list[str]:

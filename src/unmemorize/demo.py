@@ -9,7 +9,9 @@
 4. apply the chosen K-FAC edit; evaluate baseline, K-FAC, SVD on the same modules at matched
    perplexity (the SVD energy whose sweep perplexity is closest to K-FAC's), and the random
    control (as many pairs as K-FAC drops, chosen at random) on every set and task;
-5. write ``report.md``, ``results.json`` and plots, and print the main table.
+5. label-free tuning: search the most aggressive plan whose perplexity on clean held-out text
+   stays within the same budget, using no memorized example (``edit/search.py``), and evaluate it;
+6. write ``report.md``, ``results.json`` and plots, and print the main table.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ import torch
 
 from .basis import decompose_factors
 from .curvature import CollectConfig, collect_from_files
-from .edit import EditConfig, apply_edit, edited
+from .edit import EditConfig, edited
+from .edit.search import search_plan
 from .models import load_model
 from .report import write_report
 from .spectrum import plot_spectra
@@ -148,7 +151,14 @@ def run_demo(config: DemoConfig | None = None) -> dict:
         methods["random"] = suite.evaluate(model)
     methods["random"]["setting"] = f"{setting}, random pairs"
     lap("final evaluations (kfac, svd, random)")
-    for name in ("kfac", "svd", "random"):
+    label_free = search_plan(model, factors, bases, suite.sweep_windows, 1 + config.ppl_budget, rhos)
+    if label_free.plan is not None:
+        with edited(model, label_free.plan, factors, bases=bases):
+            methods["kfac_label_free"] = suite.evaluate(model)
+        picked = label_free.chosen
+        methods["kfac_label_free"]["setting"] = f"{picked['layers']} {picked['projections']} rho={picked['rho']} (clean text only)"
+    lap("label-free search (clean perplexity only) + evaluation")
+    for name in [m for m in methods if m != "baseline"]:
         add_retention(methods[name], baseline)
     info = __import__("json").loads((folder / "testbed.json").read_text())
     results = {
@@ -160,6 +170,9 @@ def run_demo(config: DemoConfig | None = None) -> dict:
                    "plan_short": {"layers": chosen["layers"], "projections": chosen["projections"], "rho": chosen["rho"]},
                    "module_stats": kfac_stats},
         "sweep": [{k: v for k, v in c.items() if k != "plan"} for c in candidates] + svd_points,
+        "label_free": {"budget": 1 + config.ppl_budget, "baseline_perplexity": label_free.baseline_perplexity,
+                       "chosen": None if label_free.chosen is None else {k: v for k, v in label_free.chosen.items() if k != "plan"},
+                       "candidates": [{k: v for k, v in c.items() if k != "plan"} for c in label_free.candidates]},
         "testbed_training": {"seconds": info["seconds"], "tokens": info["tokens"], "steps": info["steps"]},
         "wall_seconds": walls,
     }

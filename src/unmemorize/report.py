@@ -111,6 +111,17 @@ def plot_sweep(results: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def _label_free_lines(results: dict) -> list[str]:
+    search = results["label_free"]
+    chosen = search["chosen"]
+    if chosen is None:
+        return [f"Label-free search: no plan kept perplexity within {search['budget']:g} x baseline; nothing edited.", ""]
+    return [f"`kfac_label_free` was chosen with clean held-out text only ({len(search['candidates'])} candidates, the one removing "
+            f"the most curvature pairs with perplexity <= {search['budget']:g} x baseline): {chosen['layers']} {chosen['projections']} "
+            f"rho={chosen['rho']}, search perplexity ratio {chosen['perplexity_ratio']:.3f}. `kfac` is the plan tuned on the memorized "
+            "tuning split.", ""]
+
+
 def write_report(results: dict, out: Path) -> str:
     """Write results.json, report.md, retention.png, sweep.png into ``out``; return the main table."""
     out.mkdir(parents=True, exist_ok=True)
@@ -125,6 +136,7 @@ def write_report(results: dict, out: Path) -> str:
         f"factors: {config['fisher']} Fisher on {config['factor_tokens']:,} clean tokens. Chosen K-FAC plan: "
         f"`{json.dumps(results['chosen']['plan_short'])}` (rule: {config['selection_rule']}).", "",
         "## Memorization and perplexity (paper Table 1 analogue)", "", main, "",
+        *(_label_free_lines(results) if "label_free" in results else []),
         "Strict: the greedy suffix equals the true one; loose: normalized token Levenshtein similarity >= 0.75; "
         "Lev.: mean normalized Levenshtein distance (higher = less memorized). Controls are never-trained sequences and quotes.",
         "", "## Retention by category (paper Figure 3 analogue)", "", retention_table(results), "", "![retention](retention.png)", "",

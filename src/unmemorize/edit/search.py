@@ -1,0 +1,77 @@
+"""Label-free tuning: the most aggressive K-FAC plan whose clean perplexity stays within a budget.
+
+Choosing layers with memorized examples was the paper's reviewers' main objection. This search
+uses clean held-out text only. Candidates are layer sets (each block, the first half, the second
+half, all blocks) x projection sets x rho values; each is applied, scored by perplexity on the
+held-out windows, and undone. Among candidates with
+
+    perplexity <= ppl_budget x baseline perplexity
+
+the chosen plan removes the most curvature pairs (sum over its modules of pairs dropped; ties go
+to the lower perplexity). If none fits, nothing is edited. The whole search is returned.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from torch import nn
+
+from ..basis import ModuleBasis
+from ..curvature.factors import KFACFactors
+from ..errors import UnmemorizeError
+from ..evaluate import perplexity
+from ..targets import preset_for, preset_modules
+from .apply import edited
+
+
+def default_layer_sets(num_layers: int) -> dict[str, list[int]]:
+    sets = {f"L{i}": [i] for i in range(num_layers)}
+    half = max(1, num_layers // 2)
+    sets[f"L0-{half - 1}"] = list(range(half))
+    sets[f"L{half}-{num_layers - 1}"] = list(range(half, num_layers))
+    sets["all"] = list(range(num_layers))
+    return sets
+
+
+@dataclass
+class PlanSearch:
+    """The chosen plan (None if no candidate fits the budget) and every candidate scored."""
+
+    plan: dict[str, float] | None
+    baseline_perplexity: float
+    budget: float
+    candidates: list[dict] = field(default_factory=list)
+    chosen: dict | None = None
+
+
+def search_plan(model: nn.Module, factors: KFACFactors, bases: dict[str, ModuleBasis], heldout_windows: list[list[int]],
+                budget: float, rhos=(0.8, 0.9, 0.95, 0.98, 0.99, 0.995), layer_sets: dict[str, list[int]] | None = None,
+                projection_sets: dict[str, list[str]] | None = None, batch_size: int = 32) -> PlanSearch:
+    """Search plans on clean held-out text only (see module docstring); ``budget`` is a ratio, e.g. 1.10."""
+    if not budget >= 1.0:
+        raise UnmemorizeError(f"--ppl-budget is a ratio to the baseline perplexity and must be >= 1, got {budget}")
+    preset = preset_for(model)
+    if projection_sets is None:
+        projections = list(preset.mlp)
+        projection_sets = {"+".join(projections[:2]): projections[:2], "+".join(projections): projections}
+    layer_sets = layer_sets or default_layer_sets(model.config.num_hidden_layers)
+    baseline = perplexity(model, heldout_windows, batch_size).perplexity
+    search = PlanSearch(None, baseline, budget)
+    for layer_name, layers in layer_sets.items():
+        for projection_name, projections in projection_sets.items():
+            modules = [m for m in preset_modules(model, layers, projections) if m in factors.activation]
+            if not modules:
+                continue
+            for rho in rhos:
+                plan = {name: rho for name in modules}
+                with edited(model, plan, factors, bases=bases) as edit:
+                    ppl = perplexity(model, heldout_windows, batch_size).perplexity
+                removed = sum(s.total_pairs - s.kept_pairs for s in edit.modules.values())
+                search.candidates.append({"layers": layer_name, "projections": projection_name, "rho": rho, "perplexity": ppl,
+                                          "perplexity_ratio": ppl / baseline, "removed_pairs": removed, "plan": plan})
+    fitting = [c for c in search.candidates if c["perplexity"] <= budget * baseline]
+    if fitting:
+        search.chosen = max(fitting, key=lambda c: (c["removed_pairs"], -c["perplexity"]))
+        search.plan = search.chosen["plan"]
+    return search
