@@ -27,7 +27,7 @@ import torch
 from .basis import decompose_factors
 from .curvature import CollectConfig, collect_from_files
 from .edit import EditConfig, edited
-from .edit.search import search_plan
+from .edit.search import default_layer_sets, search_plan
 from .models import load_model
 from .report import write_report
 from .spectrum import plot_spectra
@@ -54,21 +54,12 @@ class DemoConfig:
     vision_positions: Literal["cls", "all"] = field(default="cls", metadata={"help": "Vision demo: K-FAC positions, 'cls' (the paper) or 'all' tokens."})
 
 
-def _layer_sets(num_layers: int) -> dict[str, list[int]]:
-    sets = {f"L{i}": [i] for i in range(num_layers)}
-    half = max(1, num_layers // 2)
-    sets[f"L0-{half - 1}"] = list(range(half))
-    sets[f"L{half}-{num_layers - 1}"] = list(range(half, num_layers))
-    sets["all"] = list(range(num_layers))
-    return sets
-
-
 PROJECTION_SETS = {"gate+up": ["gate", "up"], "gate+up+down": ["gate", "up", "down"]}
 
 
 def _sweep(model, suite, factors, bases, rhos, num_layers):
     candidates = []
-    for layer_name, layers in _layer_sets(num_layers).items():
+    for layer_name, layers in default_layer_sets(num_layers).items():
         for proj_name, projections in PROJECTION_SETS.items():
             modules = preset_modules(model, layers, projections)
             for rho in rhos:
