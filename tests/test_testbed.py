@@ -76,9 +76,9 @@ def test_quick_demo_writes_every_artefact(tmp_path, monkeypatch):
         assert (tmp_path / "demo" / name).stat().st_size > 500, name
     saved = json.loads((tmp_path / "demo" / "results.json").read_text())
     assert set(saved["methods"]) >= {"baseline", "kfac", "svd", "random"}
-    label_free = saved["label_free"]
-    assert label_free["candidates"] and all(  # the label-free search never returns a plan above its budget
-        label_free["chosen"] is None or label_free["chosen"]["perplexity_ratio"] <= label_free["budget"] for _ in [0])
+    label_free, chosen = saved["label_free"], saved["label_free"]["chosen"]
+    assert label_free["candidates"]
+    assert chosen is None or chosen["perplexity_ratio"] <= label_free["budget"]  # never above its budget
     for method in saved["methods"].values():
         for family in ("memorized_validation", "quotes"):
             assert set(method[family]) >= {"strict", "loose", "levenshtein"}
@@ -88,8 +88,7 @@ def test_quick_demo_writes_every_artefact(tmp_path, monkeypatch):
     baseline = saved["methods"]["baseline"]
     assert baseline["control_sequences"]["strict"] <= 0.1 and baseline["control_quotes"]["strict"] <= 0.1
     assert saved["config"]["selection_rule"] and saved["chosen"]["plan"] and saved["wall_seconds"]
-    random_kept = sum(1 for _ in saved["chosen"]["module_stats"])
-    assert random_kept == len(saved["chosen"]["plan"])
+    assert len(saved["chosen"]["module_stats"]) == len(saved["chosen"]["plan"])  # stats for every edited module
     report = (tmp_path / "demo" / "report.md").read_text()
     assert "Table 1" in report and "Figure 3" in report and results["methods"]["kfac"]["setting"] in report
     # the cached testbed is reused: a second run does not train again
