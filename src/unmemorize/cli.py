@@ -170,7 +170,7 @@ def _run_edit(args) -> None:
     factors = None
     search_record = None
     if args.ppl_budget is not None:
-        plan, search_record = _search_plan(args, model, tokenizer, config)
+        plan, search_record, factors = _search_plan(args, model, tokenizer, config)
     elif args.plan:
         plan = load_plan(args.plan, model)
     else:
@@ -181,7 +181,7 @@ def _run_edit(args) -> None:
         else:
             targets = resolve_targets(model)
         plan = uniform_plan(targets, args.rho)
-    if args.factors:
+    if args.factors and factors is None:
         factors = load_factors(args.factors, model=model, modules=list(plan))
         factors.metadata["path"] = str(args.factors)
     edit = apply_edit(model, plan, factors, config)
@@ -195,7 +195,7 @@ def _run_edit(args) -> None:
 
 
 def _search_plan(args, model, tokenizer, config):
-    """--ppl-budget: the label-free search of ``edit/search.py`` on --heldout text."""
+    """--ppl-budget: the label-free search of ``edit/search.py`` on --heldout text; returns (plan, record, factors)."""
     from .basis import decompose_factors
     from .curvature import load_factors
     from .data import iter_windows, list_data_files
@@ -210,8 +210,9 @@ def _search_plan(args, model, tokenizer, config):
         raise UnmemorizeError(f"no plan keeps perplexity within {args.ppl_budget} x baseline ({search.baseline_perplexity:.3f})")
     chosen = {k: v for k, v in search.chosen.items() if k != "plan"}
     print(f"label-free search: {len(search.candidates)} candidates; chosen {chosen}", file=sys.stderr)
+    factors.metadata["path"] = str(args.factors)
     return search.plan, {"budget": args.ppl_budget, "baseline_perplexity": search.baseline_perplexity, "chosen": chosen,
-                         "candidates": [{k: v for k, v in c.items() if k != "plan"} for c in search.candidates]}
+                         "candidates": [{k: v for k, v in c.items() if k != "plan"} for c in search.candidates]}, factors
 
 
 def _factor_modules(path: str) -> list[str]:

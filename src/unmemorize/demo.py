@@ -27,7 +27,7 @@ import torch
 from .basis import decompose_factors
 from .curvature import CollectConfig, collect_from_files
 from .edit import EditConfig, edited
-from .edit.search import default_layer_sets, search_plan
+from .edit.search import candidate_plans, search_plan
 from .models import load_model
 from .report import write_report
 from .spectrum import plot_spectra
@@ -54,21 +54,15 @@ class DemoConfig:
     vision_positions: Literal["cls", "all"] = field(default="cls", metadata={"help": "Vision demo: K-FAC positions, 'cls' (the paper) or 'all' tokens."})
 
 
-PROJECTION_SETS = {"gate+up": ["gate", "up"], "gate+up+down": ["gate", "up", "down"]}
-
-
-def _sweep(model, suite, factors, bases, rhos, num_layers):
+def _sweep(model, suite, factors, bases, rhos):
+    """Every candidate plan scored on the tuning split and the perplexity slice (``suite.quick``)."""
     candidates = []
-    for layer_name, layers in default_layer_sets(num_layers).items():
-        for proj_name, projections in PROJECTION_SETS.items():
-            modules = preset_modules(model, layers, projections)
-            for rho in rhos:
-                plan = {name: rho for name in modules}
-                with edited(model, plan, factors, bases=bases) as edit:
-                    score = suite.quick(model)
-                kept = sum(s.kept_pairs for s in edit.modules.values()) / sum(s.total_pairs for s in edit.modules.values())
-                candidates.append({"method": "kfac", "layers": layer_name, "projections": proj_name, "rho": rho, "plan": plan,
-                                   "kept_fraction": kept, **score})
+    for layer_name, proj_name, rho, plan in candidate_plans(model, factors, rhos):
+        with edited(model, plan, factors, bases=bases) as edit:
+            score = suite.quick(model)
+        kept = sum(s.kept_pairs for s in edit.modules.values()) / sum(s.total_pairs for s in edit.modules.values())
+        candidates.append({"method": "kfac", "layers": layer_name, "projections": proj_name, "rho": rho, "plan": plan,
+                           "kept_fraction": kept, **score})
     return candidates
 
 
@@ -123,8 +117,7 @@ def run_demo(config: DemoConfig | None = None) -> dict:
     bases = decompose_factors(factors)
     lap("K-FAC factors + eigendecomposition")
     rhos = [float(r) for r in config.rhos.split(",")]
-    num_layers = model.config.num_hidden_layers
-    candidates = _sweep(model, suite, factors, bases, rhos, num_layers)
+    candidates = _sweep(model, suite, factors, bases, rhos)
     chosen = _choose(candidates, baseline["sweep_perplexity"], config.ppl_budget)
     lap("sweep (tuning split + perplexity slice)")
     plan = chosen["plan"]

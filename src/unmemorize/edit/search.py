@@ -45,31 +45,39 @@ class PlanSearch:
     chosen: dict | None = None
 
 
+def default_projection_sets(model: nn.Module) -> dict[str, list[str]]:
+    """The preset's first two MLP projections (gate+up for Llama), and all of them."""
+    projections = list(preset_for(model).mlp)
+    return {"+".join(projections[:2]): projections[:2], "+".join(projections): projections}
+
+
+def candidate_plans(model: nn.Module, factors: KFACFactors, rhos, layer_sets: dict[str, list[int]] | None = None,
+                    projection_sets: dict[str, list[str]] | None = None):
+    """Yield (layer set name, projection set name, rho, plan) for every candidate of a sweep."""
+    layer_sets = layer_sets or default_layer_sets(model.config.num_hidden_layers)
+    projection_sets = projection_sets or default_projection_sets(model)
+    for layer_name, layers in layer_sets.items():
+        for projection_name, projections in projection_sets.items():
+            modules = [m for m in preset_modules(model, layers, projections) if m in factors.activation]
+            if modules:
+                for rho in rhos:
+                    yield layer_name, projection_name, rho, {name: rho for name in modules}
+
+
 def search_plan(model: nn.Module, factors: KFACFactors, bases: dict[str, ModuleBasis], heldout_windows: list[list[int]],
                 budget: float, rhos=(0.8, 0.9, 0.95, 0.98, 0.99, 0.995), layer_sets: dict[str, list[int]] | None = None,
                 projection_sets: dict[str, list[str]] | None = None, batch_size: int = 32) -> PlanSearch:
     """Search plans on clean held-out text only (see module docstring); ``budget`` is a ratio, e.g. 1.10."""
     if not budget >= 1.0:
         raise UnmemorizeError(f"--ppl-budget is a ratio to the baseline perplexity and must be >= 1, got {budget}")
-    preset = preset_for(model)
-    if projection_sets is None:
-        projections = list(preset.mlp)
-        projection_sets = {"+".join(projections[:2]): projections[:2], "+".join(projections): projections}
-    layer_sets = layer_sets or default_layer_sets(model.config.num_hidden_layers)
     baseline = perplexity(model, heldout_windows, batch_size).perplexity
     search = PlanSearch(None, baseline, budget)
-    for layer_name, layers in layer_sets.items():
-        for projection_name, projections in projection_sets.items():
-            modules = [m for m in preset_modules(model, layers, projections) if m in factors.activation]
-            if not modules:
-                continue
-            for rho in rhos:
-                plan = {name: rho for name in modules}
-                with edited(model, plan, factors, bases=bases) as edit:
-                    ppl = perplexity(model, heldout_windows, batch_size).perplexity
-                removed = sum(s.total_pairs - s.kept_pairs for s in edit.modules.values())
-                search.candidates.append({"layers": layer_name, "projections": projection_name, "rho": rho, "perplexity": ppl,
-                                          "perplexity_ratio": ppl / baseline, "removed_pairs": removed, "plan": plan})
+    for layer_name, projection_name, rho, plan in candidate_plans(model, factors, rhos, layer_sets, projection_sets):
+        with edited(model, plan, factors, bases=bases) as edit:
+            ppl = perplexity(model, heldout_windows, batch_size).perplexity
+        removed = sum(s.total_pairs - s.kept_pairs for s in edit.modules.values())
+        search.candidates.append({"layers": layer_name, "projections": projection_name, "rho": rho, "perplexity": ppl,
+                                  "perplexity_ratio": ppl / baseline, "removed_pairs": removed, "plan": plan})
     fitting = [c for c in search.candidates if c["perplexity"] <= budget * baseline]
     if fitting:
         search.chosen = max(fitting, key=lambda c: (c["removed_pairs"], -c["perplexity"]))
