@@ -1,0 +1,142 @@
+"""The inputs of an activation analysis: token sequences (LMs) or images (ViTs), grouped by source.
+
+A text source is a file or folder:
+
+* ``.txt`` -- general text: documents joined with EOS and cut into ``seq_len`` windows, exactly
+  as ``unmemorize collect`` reads its data (use it for the clean reference);
+* ``.jsonl`` -- one sequence per row, whichever shape the row has:
+  memorization rows (``prefix_ids``/``suffix_ids`` or ``prefix``/``suffix``): prefix + suffix,
+  the continuation starting after the prefix; task rows (``task``, ``prompt`` and ``answer``, or
+  ``choices`` + ``label``): prompt + " " + gold answer, grouped by their ``task`` field;
+  ``input_ids`` rows as given; ``text`` rows tokenized without special tokens.
+
+An image source is a ``.safetensors`` file holding ``pixel_values`` (N, C, H, W).
+
+Which positions of a sequence count is chosen by ``positions`` (``analysis.run``):
+``next_token`` (default; every position that predicts a next token, the positions K-FAC's A
+is collected over), ``continuation`` (only positions predicting the continuation/answer; rows
+without one count as ``next_token``), ``all``; for images ``cls`` (default) or ``all`` tokens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..data import iter_windows, list_data_files, pad_batch
+from ..errors import UnmemorizeError
+from ..evaluate.jsonl import id_list, read_jsonl
+from ..evaluate.memorization import parse_memorization_row
+from ..evaluate.tasks import parse_task_row
+
+TEXT_POSITIONS = ("next_token", "continuation", "all")
+IMAGE_POSITIONS = ("cls", "all")
+
+
+@dataclass
+class TokenSequence:
+    ids: list[int]
+    continuation_start: int = 0  # first position that predicts a continuation token
+
+    def counted(self, positions: str) -> list[int]:
+        last = len(self.ids) - 1
+        if positions == "all":
+            return list(range(len(self.ids)))
+        start = self.continuation_start if positions == "continuation" else 0
+        return list(range(min(start, last), last))
+
+
+def _ids(tokenizer, text: str, where: str) -> list[int]:
+    ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    if not ids:
+        raise UnmemorizeError(f"{where}: the text tokenizes to no tokens")
+    return ids
+
+
+def _row_sequence(row: dict, where: str, tokenizer) -> tuple[str | None, TokenSequence]:
+    if any(key in row for key in ("prefix_ids", "suffix_ids", "prefix", "suffix")):
+        item = parse_memorization_row(row, where, tokenizer)
+        return None, TokenSequence(item.prefix_ids + item.suffix_ids, len(item.prefix_ids) - 1)
+    if "prompt" in row and "task" in row:
+        task = parse_task_row(row, where)
+        prompt = _ids(tokenizer, task.prompt, where)
+        answer = task.answer if task.answer is not None else task.choices[task.label]
+        return task.task, TokenSequence(prompt + _ids(tokenizer, " " + answer, where), len(prompt) - 1)
+    if "input_ids" in row:
+        return None, TokenSequence(id_list(row["input_ids"], where, "input_ids"))
+    if isinstance(row.get("text"), str):
+        return None, TokenSequence(_ids(tokenizer, row["text"], where))
+    raise UnmemorizeError(f"{where}: a row needs 'prefix_ids'/'suffix_ids', 'prefix'/'suffix', 'task'+'prompt', "
+                          f"'input_ids' or 'text'; got keys {sorted(row)}")
+
+
+def load_text_source(path: str | Path, tokenizer, seq_len: int = 128, max_tokens: int = 20_000) -> dict[str | None, list[TokenSequence]]:
+    """Sequences of one source file or folder, by group (the ``task`` field of task rows, else None).
+
+    Each group is cut at ``max_tokens`` tokens (whole sequences; at least one) and every
+    sequence at ``seq_len`` tokens.
+    """
+    files = list_data_files(path)
+    groups: dict[str | None, list[TokenSequence]] = {}
+    used: dict[str | None, int] = {}
+    for file in files:
+        if file.suffix == ".txt":
+            for window in iter_windows([file], tokenizer, seq_len, max(0, max_tokens - used.get(None, 0))):
+                groups.setdefault(None, []).append(TokenSequence(window))
+                used[None] = used.get(None, 0) + len(window)
+            continue
+        for where, row in read_jsonl(file, "analysis source"):
+            group, sequence = _row_sequence(row, where, tokenizer)
+            if used.get(group, 0) >= max_tokens:
+                continue
+            sequence.ids = sequence.ids[:seq_len]
+            groups.setdefault(group, []).append(sequence)
+            used[group] = used.get(group, 0) + len(sequence.ids)
+    groups = {k: [s for s in v if len(s.ids) >= 2] for k, v in groups.items()}
+    if not any(groups.values()):
+        raise UnmemorizeError(f"{path}: no sequence of at least 2 tokens")
+    return {k: v for k, v in groups.items() if v}
+
+
+def load_image_source(path: str | Path, max_images: int | None = None) -> torch.Tensor:
+    """``pixel_values`` (N, C, H, W) from a .safetensors file."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file() or path.suffix != ".safetensors":
+        raise UnmemorizeError(f"image source {str(path)!r} must be an existing .safetensors file with 'pixel_values'")
+    tensors = load_file(str(path))
+    if "pixel_values" not in tensors or tensors["pixel_values"].ndim != 4:
+        raise UnmemorizeError(f"{path}: needs a 'pixel_values' tensor of shape (N, C, H, W); found {sorted(tensors)}")
+    pixels = tensors["pixel_values"]
+    return pixels[:max_images] if max_images else pixels
+
+
+def text_batches(sequences: list[TokenSequence], positions: str, batch_size: int, pad_id: int) -> Iterator[tuple[dict, torch.Tensor]]:
+    """(model inputs, counted-position mask (B, T)) for right-padded batches of sequences."""
+    if positions not in TEXT_POSITIONS:
+        raise UnmemorizeError(f"positions for text must be one of {TEXT_POSITIONS}, got {positions!r}")
+    for start in range(0, len(sequences), batch_size):
+        chunk = sequences[start: start + batch_size]
+        batch = pad_batch([s.ids for s in chunk], pad_id)
+        mask = torch.zeros_like(batch["input_ids"], dtype=torch.bool)
+        for row, sequence in enumerate(chunk):
+            mask[row, sequence.counted(positions)] = True
+        yield batch, mask
+
+
+def image_batches(pixels: torch.Tensor, tokens: int, positions: str, batch_size: int) -> Iterator[tuple[dict, torch.Tensor]]:
+    """(model inputs, counted-position mask (B, tokens)): the CLS token (index 0) or every token."""
+    if positions not in IMAGE_POSITIONS:
+        raise UnmemorizeError(f"positions for images must be one of {IMAGE_POSITIONS}, got {positions!r}")
+    for start in range(0, len(pixels), batch_size):
+        chunk = pixels[start: start + batch_size]
+        mask = torch.zeros(len(chunk), tokens, dtype=torch.bool)
+        if positions == "cls":
+            mask[:, 0] = True
+        else:
+            mask[:] = True
+        yield {"pixel_values": chunk}, mask

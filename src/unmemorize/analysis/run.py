@@ -1,0 +1,186 @@
+"""Band activation ratios of memorized / task / clean inputs, per layer and basis (paper Figures 2 and 4).
+
+``band_analysis(model, modules, bases, sources, reference="clean")`` runs each source through
+the model once, with a forward pre-hook on every analysed module: the hook reads the module's
+input at the counted positions, projects it on each basis of ``bands.py`` and adds the band
+activations a_b(x) to a running mean -- no hidden state is stored, so 7B layers and long
+sources fit in memory. Read-outs are applied in float64 on CPU and float32 on accelerators.
+
+Result (JSON-ready)::
+
+    {"bands": [...], "reference": "clean", "counted_positions": {source: n},
+     "modules": {name: {"layer": L, "projection": p, "d_in": n,
+                        "bases": {basis: {"mean": {source: [a_b]}, "ratio": {source: [a_b / a_b(clean)]},
+                                          "separation": {source: ln r_bottom50 - ln r_top10}}}}}}
+
+``summarize`` adds, per basis and source, how many layers show the paper's pattern (bottom-50%
+ratio > 1 and top-10% ratio < 1) and the mean separation; ``task_loading`` and
+``retention_correlation`` turn per-task separations into the Figure 4 claim: tasks leaning on
+low-curvature bands lose more after the edit (a negative Spearman correlation).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+
+from ..basis import ModuleBasis
+from ..errors import UnmemorizeError
+from ..models import get_weight
+from ..targets import layer_index
+from .bands import BAND_EDGES, BAND_NAMES, BASES, DEFAULT_FLOOR, BandMeans, band_ratios, build_readout, rank_correlation, separation_score
+
+
+@dataclass
+class AnalyzeConfig:
+    """Settings of ``unmemorize analyze`` (saved in its analysis.json)."""
+
+    bases: str = field(default="whitened,pairs,svd", metadata={"help": "Comma-separated bases: whitened (K-FAC, default "
+                       "panel: SVD of G^1/2 W A^1/2), pairs (K-FAC, the paper's A eigenbasis with lambda*mu pair bands), svd."})
+    positions: str = field(default="auto", metadata={"help": "Counted positions: next_token (text default), continuation, "
+                           "all; images: cls (default) or all. 'auto' picks next_token / cls."})
+    seq_len: int = field(default=128, metadata={"help": "Longest sequence or window, in tokens."})
+    max_tokens: int = field(default=20_000, metadata={"help": "Token budget per source (per task for task files)."})
+    batch_size: int = field(default=16, metadata={"help": "Sequences or images per forward pass."})
+    floor: float = field(default=DEFAULT_FLOOR, metadata={"help": "Whitened basis: mu is clamped at floor * mu_max before A^-1/2."})
+
+    def basis_list(self) -> list[str]:
+        names = [b.strip() for b in self.bases.split(",") if b.strip()]
+        unknown = [b for b in names if b not in BASES]
+        if unknown or not names:
+            raise UnmemorizeError(f"--bases {self.bases!r}: choose from {', '.join(BASES)}")
+        return names
+
+    def validate(self) -> None:
+        self.basis_list()
+        if self.positions not in ("auto", "next_token", "continuation", "all", "cls"):
+            raise UnmemorizeError(f"--positions {self.positions!r}: choose auto, next_token, continuation, all or cls")
+        for name in ("seq_len", "max_tokens", "batch_size"):
+            if getattr(self, name) < 1:
+                raise UnmemorizeError(f"--{name.replace('_', '-')} must be >= 1")
+        if not 0 < self.floor < 1:
+            raise UnmemorizeError("--floor must be in (0, 1)")
+
+
+Batches = Callable[[], Iterable[tuple[dict, torch.Tensor]]]
+
+
+def _projection_name(module_name: str) -> str:
+    index = layer_index(module_name)
+    if index is None:
+        return module_name
+    return module_name.split(f".{index}.", 1)[1]
+
+
+@torch.no_grad()
+def band_analysis(model, modules: list[str], bases: dict[str, ModuleBasis], sources: dict[str, Batches], reference: str = "clean",
+                  basis_names: list[str] = ("whitened", "pairs", "svd"), floor: float = DEFAULT_FLOOR) -> dict:
+    """Band means and ratios for every module, basis and source (see module doc).
+
+    ``sources`` maps a name to a function returning batches of (model inputs, counted mask);
+    ``reference`` names the source the ratios divide by.
+    """
+    if reference not in sources:
+        raise UnmemorizeError(f"the reference source {reference!r} is missing")
+    named = dict(model.named_modules())
+    missing = [m for m in modules if m not in named]
+    if missing:
+        raise UnmemorizeError(f"modules not in the model: {', '.join(missing[:5])}")
+    needs_kfac = any(b != "svd" for b in basis_names)
+    if needs_kfac:
+        absent = [m for m in modules if m not in bases]
+        if absent:
+            raise UnmemorizeError(f"no K-FAC factors for {', '.join(absent[:5])}; collect them or use --bases svd")
+    device = next(model.parameters()).device
+    dtype = torch.float64 if device.type == "cpu" else torch.float32
+    readouts = {}
+    for name in modules:
+        for kind in basis_names:
+            readout = build_readout(kind, get_weight(named[name]), bases.get(name), BAND_EDGES, floor)
+            readout.directions = readout.directions.to(device, dtype)
+            readout.band_weights = readout.band_weights.to(device, dtype)
+            readouts[name, kind] = readout
+    means = {(s, m, k): BandMeans(len(BAND_NAMES)) for s in sources for m in modules for k in basis_names}
+    counted: dict[str, int] = {}
+    current = {"source": None, "mask": None}
+
+    def hook_for(name):
+        def hook(module, args):
+            inputs = args[0]
+            mask = current["mask"].to(inputs.device)
+            if mask.shape != inputs.shape[:-1]:
+                raise UnmemorizeError(f"{name}: input shape {tuple(inputs.shape)} does not match the position mask {tuple(mask.shape)}")
+            rows = inputs[mask].to(dtype)
+            for kind in basis_names:
+                means[current["source"], name, kind].update(readouts[name, kind].band_activations(rows).double())
+        return hook
+
+    handles = [named[name].register_forward_pre_hook(hook_for(name)) for name in modules]
+    was_training = model.training
+    model.eval()
+    try:
+        for source, batches in sources.items():
+            current["source"] = source
+            counted[source] = 0
+            for inputs, mask in batches():
+                current["mask"] = mask
+                model(**{k: v.to(device) for k, v in inputs.items()})
+                counted[source] += int(mask.sum())
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+    result = {"bands": list(BAND_NAMES), "band_edges": list(BAND_EDGES), "reference": reference, "counted_positions": counted,
+              "modules": {}}
+    for name in modules:
+        entry = {"layer": layer_index(name), "projection": _projection_name(name), "d_in": int(readouts[name, basis_names[0]].directions.shape[1]),
+                 "bases": {}}
+        for kind in basis_names:
+            mean = {s: means[s, name, kind].mean for s in sources}
+            ratio = {s: band_ratios(mean[s], mean[reference]) for s in sources if s != reference}
+            entry["bases"][kind] = {"mean": mean, "ratio": ratio, "separation": {s: separation_score(r) for s, r in ratio.items()}}
+        result["modules"][name] = entry
+    return result
+
+
+def summarize(result: dict, source: str) -> dict:
+    """Per basis: layers with bottom-50% ratio > 1, with top-10% < 1, with both; mean separation."""
+    summary = {}
+    basis_names = list(next(iter(result["modules"].values()))["bases"])
+    for kind in basis_names:
+        rows = [m["bases"][kind]["ratio"][source] for m in result["modules"].values()]
+        separations = [m["bases"][kind]["separation"][source] for m in result["modules"].values()]
+        finite = [s for s in separations if math.isfinite(s)]
+        summary[kind] = {
+            "modules": len(rows),
+            "bottom50_above_1": sum(r[-1] > 1 for r in rows),
+            "top10_below_1": sum(r[0] < 1 for r in rows),
+            "both": sum(r[-1] > 1 and r[0] < 1 for r in rows),
+            "mean_separation": sum(finite) / len(finite) if finite else float("nan"),
+            "max_separation": max(finite) if finite else float("nan"),
+        }
+    return summary
+
+
+def task_loading(result: dict, basis: str, modules: list[str] | None = None) -> dict[str, float]:
+    """Per source: the mean separation (ln r_bottom50 - ln r_top10 vs clean) over ``modules``."""
+    names = modules or list(result["modules"])
+    sources = list(result["modules"][names[0]]["bases"][basis]["separation"])
+    loading = {}
+    for source in sources:
+        values = [result["modules"][n]["bases"][basis]["separation"][source] for n in names]
+        values = [v for v in values if math.isfinite(v)]
+        loading[source] = sum(values) / len(values) if values else float("nan")
+    return loading
+
+
+def retention_correlation(loading: dict[str, float], retention: dict[str, float]) -> dict:
+    """Spearman rho between low-curvature loading and retention over the sources both name."""
+    names = [n for n in loading if n in retention and retention[n] is not None and math.isfinite(loading[n])]
+    points = [{"source": n, "loading": loading[n], "retention": retention[n]} for n in names]
+    return {"points": points, "n": len(points),
+            "spearman": rank_correlation([p["loading"] for p in points], [p["retention"] for p in points])}

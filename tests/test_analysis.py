@@ -1,0 +1,235 @@
+"""Band analysis (paper Figures 2 and 4): exact band definitions, a hand-built case with a known
+answer, the identity-factor reduction to SVD, and streamed means equal to brute force."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import capture_module_io, random_sequences
+from torch import nn
+from transformers import ViTConfig, ViTForImageClassification
+
+from unmemorize.analysis import (
+    BAND_NAMES, TokenSequence, band_analysis, image_batches, load_text_source, pairs_readout, rank_correlation, svd_readout,
+    text_batches, whitened_readout,
+)
+from unmemorize.analysis.bands import BAND_EDGES, top_pair_column_counts
+from unmemorize.basis import ModuleBasis, decompose
+from unmemorize.models import get_weight
+
+
+def random_psd(d, seed, decay=0.8):
+    generator = torch.Generator().manual_seed(seed)
+    q, _ = torch.linalg.qr(torch.randn(d, d, generator=generator, dtype=torch.float64))
+    return q @ torch.diag(decay ** torch.arange(d, dtype=torch.float64)) @ q.T
+
+
+def basis_of(g, a) -> ModuleBasis:
+    return ModuleBasis(gradient=decompose(g), activation=decompose(a))
+
+
+def brute_force_pair_bands(lam, mu):
+    """Band index of every pair (i, j): a full stable sort of -lambda_i mu_j in row-major order."""
+    m, n = len(lam), len(mu)
+    order = np.argsort(-np.multiply.outer(np.asarray(lam), np.asarray(mu)).ravel(), kind="stable")
+    rank = np.empty(m * n, np.int64)
+    rank[order] = np.arange(m * n)
+    bounds = [round(e * m * n) for e in BAND_EDGES]
+    band = np.searchsorted(bounds[1:], rank, side="right")
+    return band.reshape(m, n)
+
+
+@pytest.mark.parametrize("spectra", ["continuous", "tied"])
+def test_top_pair_counts_equal_a_full_sort(spectra):
+    rng = np.random.default_rng(0)
+    if spectra == "continuous":
+        lam, mu = np.sort(rng.random(13))[::-1].copy(), np.sort(rng.random(9))[::-1].copy()
+    else:  # many exactly equal products
+        lam, mu = np.array([4.0, 2, 2, 1, 1, 1, 0]), np.array([2.0, 1, 1, 0.5, 0.5])
+    m, n = len(lam), len(mu)
+    order = np.argsort(-np.multiply.outer(lam, mu).ravel(), kind="stable")
+    for count in range(m * n + 1):
+        expected = np.bincount(order[:count] % n, minlength=n)
+        np.testing.assert_array_equal(top_pair_column_counts(torch.tensor(lam), torch.tensor(mu), count), expected)
+
+
+def test_pairs_band_activation_is_the_mean_over_the_bands_fisher_eigenvectors():
+    """a_b(x)^2 = mean over pairs (i, j) in band b of |(u_Gi u_Aj^T) x|^2, each pair built explicitly."""
+    basis = basis_of(random_psd(5, 1), random_psd(7, 2))
+    readout = pairs_readout(basis)
+    bands = brute_force_pair_bands(basis.gradient.eigenvalues.numpy(), basis.activation.eigenvalues.numpy())
+    x = torch.randn(3, 7, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    u_g, u_a = basis.gradient.eigenvectors, basis.activation.eigenvectors
+    expected = torch.zeros(3, len(BAND_NAMES), dtype=torch.float64)
+    for b in range(len(BAND_NAMES)):
+        pairs = list(zip(*np.nonzero(bands == b)))
+        for i, j in pairs:
+            eigenvector = torch.outer(u_g[:, i], u_a[:, j])  # (d_out, d_in)
+            expected[:, b] += (x @ eigenvector.T).square().sum(1) / len(pairs)
+    torch.testing.assert_close(readout.band_activations(x), expected.sqrt(), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("shape", [(9, 6), (6, 8)])
+def test_whitened_basis_is_the_svd_basis_when_a_and_g_are_identity(shape):
+    d_out, d_in = shape
+    weight = torch.randn(d_out, d_in, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    x = torch.randn(50, d_in, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    identity = basis_of(torch.eye(d_out, dtype=torch.float64), torch.eye(d_in, dtype=torch.float64))
+    whitened, svd = whitened_readout(weight, identity), svd_readout(weight)
+    torch.testing.assert_close(whitened.scores, svd.scores, rtol=1e-12, atol=1e-12)
+    rank = min(d_out, d_in)  # beyond it: W's null space, the same subspace in another basis, all inside the bottom band
+    torch.testing.assert_close(whitened.directions[:rank].abs(), svd.directions[:rank].abs(), rtol=0, atol=1e-10)  # up to sign
+    torch.testing.assert_close(whitened.band_activations(x), svd.band_activations(x), rtol=1e-10, atol=1e-12)
+    # negative control: a non-identity A changes the basis
+    other = whitened_readout(weight, basis_of(torch.eye(d_out, dtype=torch.float64), random_psd(d_in, 6, decay=0.5)))
+    assert (other.band_activations(x) - svd.band_activations(x)).abs().max() > 1e-2
+
+
+def test_whitened_basis_is_the_activation_eigenbasis_when_w_and_g_are_identity():
+    a = random_psd(10, 7)
+    readout = whitened_readout(torch.eye(10, dtype=torch.float64), basis_of(torch.eye(10, dtype=torch.float64), a))
+    eig = decompose(a)
+    torch.testing.assert_close(readout.scores, eig.eigenvalues.sqrt(), rtol=1e-10, atol=1e-12)
+    x = torch.randn(20, 10, dtype=torch.float64, generator=torch.Generator().manual_seed(8))
+    expected = svd_readout(torch.diag(eig.eigenvalues.sqrt()) @ eig.eigenvectors.T)  # its right singular vectors are U_A
+    torch.testing.assert_close(readout.band_activations(x), expected.band_activations(x), rtol=1e-8, atol=1e-10)
+
+
+class OneLayer(nn.Module):
+    def __init__(self, weight):
+        super().__init__()
+        self.layer = nn.Linear(weight.shape[1], weight.shape[0], bias=False, dtype=torch.float64)
+        self.layer.weight.data.copy_(weight)
+
+    def forward(self, inputs):
+        return self.layer(inputs)
+
+
+def hand_built_case(memorized_in_low_curvature: bool):
+    """A layer whose clean inputs have covariance A; memorized inputs live in A's 4 lowest directions."""
+    d_in, d_out, n = 16, 12, 4000
+    generator = torch.Generator().manual_seed(9)
+    a, g = random_psd(d_in, 10, decay=0.7), random_psd(d_out, 11, decay=0.6)
+    eig = decompose(a)
+    weight = torch.randn(d_out, d_in, dtype=torch.float64, generator=generator)
+    clean = torch.randn(n, d_in, dtype=torch.float64, generator=generator) * eig.eigenvalues.sqrt() @ eig.eigenvectors.T
+    if memorized_in_low_curvature:
+        memorized = torch.randn(n, 4, dtype=torch.float64, generator=generator) @ eig.eigenvectors[:, -4:].T
+    else:  # negative control: memorized inputs drawn like clean ones
+        memorized = torch.randn(n, d_in, dtype=torch.float64, generator=generator) * eig.eigenvalues.sqrt() @ eig.eigenvectors.T
+    model = OneLayer(weight)
+
+    def batches(x):
+        return lambda: [({"inputs": x[k: k + 500]}, torch.ones(len(x[k: k + 500]), dtype=torch.bool)) for k in range(0, n, 500)]
+
+    result = band_analysis(model, ["layer"], {"layer": basis_of(g, a)}, {"memorized": batches(memorized), "clean": batches(clean)})
+    return result["modules"]["layer"]["bases"], basis_of(g, a)
+
+
+def test_hand_built_case_memorized_inputs_in_low_curvature_directions_show_ratio_above_one_there():
+    bases, basis = hand_built_case(True)
+    for kind in ("whitened", "pairs"):
+        ratios = bases[kind]["ratio"]["memorized"]
+        assert ratios[-1] > 1 and ratios[0] < 1, (kind, ratios)
+        assert bases[kind]["separation"]["memorized"] > 1, (kind, bases[kind]["separation"])
+    # exact answer in the paper's pair basis: the top-10% pairs use only A eigenvectors the memorized inputs never touch
+    top_columns = np.nonzero(pairs_readout(basis).band_weights[0].numpy())[0]
+    assert top_columns.max() < 16 - 4
+    assert bases["pairs"]["ratio"]["memorized"][0] == pytest.approx(0.0, abs=1e-12)
+    # SVD of a random W knows nothing about A: far weaker separation
+    assert abs(bases["svd"]["separation"]["memorized"]) < 0.5 * bases["whitened"]["separation"]["memorized"]
+
+
+def test_hand_built_negative_control_memorized_like_clean_gives_ratios_near_one():
+    bases, _ = hand_built_case(False)
+    for kind in ("whitened", "pairs", "svd"):
+        ratios = bases[kind]["ratio"]["memorized"]
+        assert all(abs(np.log(r)) < 0.06 for r in ratios), (kind, ratios)
+
+
+def test_streamed_band_means_equal_brute_force_on_a_padded_lm(tiny_lm):
+    model, _ = tiny_lm("llama")
+    modules = ["model.layers.0.mlp.gate_proj", "model.layers.1.mlp.down_proj"]
+    bases = {}
+    for k, name in enumerate(modules):
+        d_out, d_in = get_weight(dict(model.named_modules())[name]).shape
+        bases[name] = basis_of(random_psd(d_out, 20 + k), random_psd(d_in, 30 + k))
+    vocab = model.config.vocab_size
+    memorized = [TokenSequence(ids, 3) for ids in random_sequences([9, 5, 12], vocab, seed=1)]
+    clean = [TokenSequence(ids) for ids in random_sequences([16, 7, 11, 4], vocab, seed=2)]
+    sources = {"memorized": lambda: text_batches(memorized, "continuation", 2, 0), "clean": lambda: text_batches(clean, "next_token", 3, 0)}
+    result = band_analysis(model, modules, bases, sources)
+    assert result["counted_positions"] == {"memorized": (9 - 4) + (5 - 4) + (12 - 4), "clean": 15 + 6 + 10 + 3}
+    for name in modules:
+        for kind in ("whitened", "pairs", "svd"):
+            from unmemorize.analysis import build_readout
+
+            readout = build_readout(kind, get_weight(dict(model.named_modules())[name]), bases[name])
+            for source, sequences, positions in (("memorized", memorized, "continuation"), ("clean", clean, "next_token")):
+                rows = []
+                for sequence in sequences:  # one unpadded sequence at a time
+                    with capture_module_io(model, [name]) as captured:
+                        model(input_ids=torch.tensor([sequence.ids]))
+                    rows.append(captured[name][0][0, sequence.counted(positions)].detach())
+                expected = readout.band_activations(torch.cat(rows)).mean(0)
+                actual = torch.tensor(result["modules"][name]["bases"][kind]["mean"][source], dtype=torch.float64)
+                torch.testing.assert_close(actual, expected, rtol=1e-7, atol=1e-12)  # rotary tables are float32
+
+
+def test_vit_cls_band_means_equal_brute_force():
+    config = ViTConfig(image_size=8, patch_size=4, num_channels=1, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                       intermediate_size=32, num_labels=3)
+    torch.manual_seed(0)
+    model = ViTForImageClassification(config).double().eval()
+    names = [n for n, _ in model.named_modules() if n.endswith(("intermediate.dense", "mlp.fc1"))]
+    images = torch.randn(10, 1, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    clean = torch.randn(6, 1, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    result = band_analysis(model, names, {}, {"noisy": lambda: image_batches(images, 5, "cls", 4),
+                                              "clean": lambda: image_batches(clean, 5, "cls", 4)}, basis_names=["svd"])
+    assert result["counted_positions"] == {"noisy": 10, "clean": 6}
+    for name in names:
+        readout = svd_readout(get_weight(dict(model.named_modules())[name]))
+        with capture_module_io(model, [name]) as captured:
+            model(pixel_values=images)
+        expected = readout.band_activations(captured[name][0][:, 0].detach()).mean(0)
+        torch.testing.assert_close(torch.tensor(result["modules"][name]["bases"]["svd"]["mean"]["noisy"], dtype=torch.float64),
+                                   expected, rtol=1e-9, atol=1e-12)
+
+
+def test_a_source_against_itself_has_ratio_one_and_zero_separation(tiny_lm):
+    model, _ = tiny_lm("llama")
+    sequences = [TokenSequence(ids) for ids in random_sequences([10, 8], model.config.vocab_size)]
+    batches = lambda: text_batches(sequences, "next_token", 2, 0)  # noqa: E731
+    result = band_analysis(model, ["model.layers.0.mlp.up_proj"], {}, {"same": batches, "clean": batches}, basis_names=["svd"])
+    entry = result["modules"]["model.layers.0.mlp.up_proj"]["bases"]["svd"]
+    assert entry["ratio"]["same"] == pytest.approx([1.0] * 4, abs=1e-12) and entry["separation"]["same"] == pytest.approx(0, abs=1e-12)
+
+
+def test_rank_correlation_matches_scipy_with_ties():
+    stats = pytest.importorskip("scipy.stats")
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        x, y = rng.integers(0, 5, 12).astype(float), rng.normal(size=12)
+        assert rank_correlation(x, y) == pytest.approx(stats.spearmanr(x, y).statistic, abs=1e-12)
+    assert rank_correlation([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
+
+
+def test_text_sources_group_tasks_and_mark_continuations(tmp_path):
+    from unmemorize.tiny import make_tokenizer
+
+    tokenizer = make_tokenizer()
+    path = tmp_path / "mixed.jsonl"
+    path.write_text("\n".join([
+        '{"prefix_ids": [5, 6, 7], "suffix_ids": [8, 9]}',
+        '{"task": "qa", "category": "closed_book_qa", "prompt": "the cat", "answer": "dog"}',
+        '{"task": "mc", "category": "logic", "prompt": "the", "choices": ["cat", "dog"], "label": 1}',
+        '{"input_ids": [4, 5, 6, 7]}',
+    ]) + "\n")
+    groups = load_text_source(path, tokenizer)
+    assert [s.ids for s in groups[None]] == [[5, 6, 7, 8, 9], [4, 5, 6, 7]]
+    assert groups[None][0].counted("continuation") == [2, 3] and groups[None][0].counted("next_token") == [0, 1, 2, 3]
+    the_cat = tokenizer("the cat", add_special_tokens=False)["input_ids"]
+    assert groups["qa"][0].ids == the_cat + tokenizer(" dog", add_special_tokens=False)["input_ids"]
+    assert groups["qa"][0].continuation_start == len(the_cat) - 1
+    assert groups["mc"][0].ids[-1] == tokenizer(" dog", add_special_tokens=False)["input_ids"][-1]
