@@ -211,3 +211,66 @@ def test_the_installed_command_exits_nonzero_on_bad_input(workspace, tmp_path):
     result = subprocess.run([sys.executable, "-m", "unmemorize", "edit", "--model", str(workspace / "llama"), "--factors",
                              str(workspace / "factors"), "--out", str(tmp_path / "o"), "--rho", "-0.1"], capture_output=True, text=True)
     assert result.returncode == 2 and "rho must be a number in [0, 1]" in result.stderr and "Traceback" not in result.stderr
+
+
+def write_analysis_inputs(root):
+    memorized = root / "memorized.jsonl"
+    memorized.write_text("".join(json.dumps({"text": "the red cat sees a lazy dog near the old river"}) + "\n" for _ in range(4)))
+    tasks = root / "tasks.jsonl"
+    tasks.write_text("".join(json.dumps(row) + "\n" for row in [
+        {"task": "animals", "category": "closed_book_qa", "prompt": "the king likes the", "answer": "cat"},
+        {"task": "animals", "category": "closed_book_qa", "prompt": "the queen likes the", "answer": "dog"},
+        {"task": "colors", "category": "logic", "prompt": "the tree is", "choices": ["red", "blue"], "label": 0},
+    ]))
+    retention = root / "retention.json"
+    retention.write_text(json.dumps({"memorized": 0.0, "animals": 0.5, "colors": 1.0}))
+    return memorized, tasks, retention
+
+
+def test_analyze_writes_table_json_and_plots(workspace, tmp_path, capsys):
+    memorized, tasks, retention = write_analysis_inputs(tmp_path)
+    out = tmp_path / "analysis"
+    assert main(["analyze", "--model", str(workspace / "llama"), "--factors", str(workspace / "factors"), "--clean",
+                 str(workspace / "clean.txt"), "--memorized", str(memorized), "--tasks", str(tasks), "--retention", str(retention),
+                 "--out", str(out), "--max-tokens", "500"]) == 0
+    printed = capsys.readouterr().out
+    assert "memorized / clean, whitened:" in printed and "Spearman" in printed
+    result = json.loads((out / "analysis.json").read_text())
+    assert set(result["modules"]) == set(json.loads((workspace / "factors" / "factors.json").read_text())["modules"])
+    entry = result["modules"]["model.layers.1.mlp.up_proj"]
+    assert entry["layer"] == 1 and entry["projection"] == "mlp.up_proj" and set(entry["bases"]) == {"whitened", "pairs", "svd"}
+    assert set(entry["bases"]["pairs"]["ratio"]) == {"memorized", "animals", "colors"} and len(entry["bases"]["svd"]["ratio"]["memorized"]) == 4
+    assert result["counted_positions"]["memorized"] == 4 * 10 and result["counted_positions"]["clean"] <= 500
+    assert result["correlation"]["whitened"]["n"] == 3 and -1 <= result["correlation"]["whitened"]["spearman"] <= 1
+    for name in ("analysis.md", "bands_memorized.png", "loading_vs_retention_whitened.png"):
+        assert (out / name).stat().st_size > 0
+    assert "| model.layers.0.mlp.gate_proj |" in (out / "analysis.md").read_text() and not leftovers(out)
+
+
+def test_analyze_svd_only_needs_no_factors(workspace, tmp_path):
+    memorized, _, _ = write_analysis_inputs(tmp_path)
+    assert main(["analyze", "--model", str(workspace / "gpt2"), "--clean", str(workspace / "clean.txt"), "--memorized", str(memorized),
+                 "--bases", "svd", "--layers", "0", "--out", str(tmp_path / "a"), "--max-tokens", "300"]) == 0
+    result = json.loads((tmp_path / "a" / "analysis.json").read_text())
+    assert set(result["modules"]) == {"transformer.h.0.mlp.c_fc", "transformer.h.0.mlp.c_proj"}
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--bases", "kfac"], "--bases 'kfac': choose from whitened, pairs, svd"),
+    (["--source", "noequals"], "must be NAME=PATH"),
+    (["--positions", "cls", "--bases", "svd"], "positions for text must be one of"),
+    (["--retention", "{missing}"], "unreadable"),
+])
+def test_analyze_bad_input_gives_one_error_and_no_output(workspace, tmp_path, capsys, extra, message):
+    memorized, _, _ = write_analysis_inputs(tmp_path)
+    extra = [str(tmp_path / "nope.json") if e == "{missing}" else e for e in extra]
+    line = error_of(capsys, ["analyze", "--model", str(workspace / "llama"), "--factors", str(workspace / "factors"), "--clean",
+                             str(workspace / "clean.txt"), "--memorized", str(memorized), "--out", str(tmp_path / "a"), *extra])
+    assert message in line and not (tmp_path / "a").exists()
+
+
+def test_analyze_kfac_bases_need_factors(workspace, tmp_path, capsys):
+    memorized, _, _ = write_analysis_inputs(tmp_path)
+    line = error_of(capsys, ["analyze", "--model", str(workspace / "llama"), "--clean", str(workspace / "clean.txt"),
+                             "--memorized", str(memorized), "--out", str(tmp_path / "a")])
+    assert "needs --factors DIR" in line

@@ -3,6 +3,7 @@
     unmemorize collect  --model M --data PATH --out DIR [--targets GLOB]... [--fisher true|empirical] ...
     unmemorize edit     --model M --factors DIR --out DIR (--rho X | --plan FILE) [--method kfac|svd|random] ...
     unmemorize spectrum --factors DIR [--out PNG] [--rhos 0.9,0.99]
+    unmemorize analyze  --model M --factors DIR --clean FILE --memorized FILE [--tasks FILE] [--retention JSON] --out DIR
     unmemorize demo     [--out DIR]
 
 Errors in the input print one line, ``unmemorize: error: ...``, and exit with status 2.
@@ -103,6 +104,26 @@ def _build_parser() -> argparse.ArgumentParser:
     spectrum.add_argument("--out", help="PNG file for the plot (default: <factors>/spectrum.png).")
     spectrum.add_argument("--rhos", default="0.6,0.8,0.9,0.95,0.99", help="rho values for the kept-pairs columns.")
     spectrum.add_argument("--json", action="store_true", help="Print the table as JSON instead of Markdown.")
+
+    from .analysis import AnalyzeConfig
+
+    analyze = commands.add_parser("analyze", help="Band activation ratios memorized/clean in K-FAC and SVD bases (Figures 2, 4).",
+                                  description="Project the inputs of the chosen layers on curvature-ordered bases (K-FAC and "
+                                  "SVD), group them in bands (top 10%%, 10-25%%, 25-50%%, bottom 50%%) and compare the mean band "
+                                  "activation of memorized (and task) inputs with clean ones: table, JSON, plots, separation score.")
+    _add_model_options(analyze)
+    analyze.add_argument("--factors", help="Factor folder (needed for the K-FAC bases; without it use --bases svd).")
+    analyze.add_argument("--clean", required=True, help="Clean reference: text (.txt/.jsonl) or images (.safetensors 'pixel_values').")
+    analyze.add_argument("--memorized", help="Memorized examples (.jsonl with prefix/suffix ids, text, or .safetensors images).")
+    analyze.add_argument("--source", action="append", metavar="NAME=PATH", default=[],
+                         help="Another source compared with the clean reference (repeatable).")
+    analyze.add_argument("--tasks", help="Task .jsonl (prompt + gold answer per row); one source per task name.")
+    analyze.add_argument("--retention", help="JSON {source: retention after an edit} or a demo results.json: adds the "
+                         "loading-vs-retention scatter and its Spearman correlation.")
+    analyze.add_argument("--out", required=True, help="Folder for analysis.json, analysis.md and the plots.")
+    analyze.add_argument("--overwrite", action="store_true", help="Replace an existing output folder.")
+    _add_target_options(analyze)
+    _add_config_options(analyze, AnalyzeConfig)
 
     from .demo import DemoConfig
 
@@ -245,6 +266,89 @@ def _run_spectrum(args) -> None:
     print(f"plot: {png}", file=sys.stderr)
 
 
+def _parse_sources(args) -> dict[str, str]:
+    sources = {}
+    if args.memorized:
+        sources["memorized"] = args.memorized
+    for spec in args.source:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not path:
+            raise UnmemorizeError(f"--source {spec!r} must be NAME=PATH")
+        if name in sources or name == "clean":
+            raise UnmemorizeError(f"--source name {name!r} is used twice (or is 'clean')")
+        sources[name] = path
+    if not sources and not args.tasks:
+        raise UnmemorizeError("nothing to compare: give --memorized, --source NAME=PATH or --tasks")
+    return sources
+
+
+def _run_analyze(args) -> None:
+    from ._atomic import atomic_dir, check_output_dir
+    from .analysis import AnalyzeConfig, band_analysis, image_batches, load_image_source, load_text_source, text_batches
+    from .analysis.report import retention_from_file, write_analysis
+    from .basis import decompose_factors
+    from .curvature import load_factors
+    from .models import load_model
+    from .targets import resolve_targets
+
+    config = _config_from_args(AnalyzeConfig, args)
+    config.validate()
+    basis_names = config.basis_list()
+    paths = _parse_sources(args)
+    check_output_dir(args.out, args.overwrite)
+    if any(b != "svd" for b in basis_names) and not args.factors:
+        raise UnmemorizeError(f"--bases {config.bases} needs --factors DIR (or use --bases svd)")
+    retention = retention_from_file(args.retention) if args.retention else None
+    model, tokenizer = load_model(args.model, args.model_dtype, args.device, args.trust_remote_code)
+    if args.targets or args.layers or args.proj or not args.factors:
+        modules = resolve_targets(model, args.targets, args.layers, args.proj)
+    else:
+        modules = _factor_modules(args.factors)
+    bases = {}
+    if args.factors and any(b != "svd" for b in basis_names):
+        factors = load_factors(args.factors, model=model, modules=modules)
+        bases = decompose_factors(factors)
+    images = hasattr(model.config, "image_size") and tokenizer is None
+    sources, task_names = {}, []
+    if images:
+        if args.tasks:
+            raise UnmemorizeError("--tasks is for language models; give image sources with --source NAME=FILE.safetensors")
+        positions = "cls" if config.positions == "auto" else config.positions
+        tokens = (model.config.image_size // model.config.patch_size) ** 2 + 1
+        for name, path in {"clean": args.clean, **paths}.items():
+            pixels = load_image_source(path).to(next(model.parameters()).dtype)
+            sources[name] = lambda pixels=pixels: image_batches(pixels, tokens, positions, config.batch_size)
+    else:
+        if tokenizer is None:
+            raise UnmemorizeError(f"{args.model}: no tokenizer found; text sources need one")
+        positions = "next_token" if config.positions == "auto" else config.positions
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        loaded = {"clean": args.clean, **paths}
+        for name, path in loaded.items():
+            groups = load_text_source(path, tokenizer, config.seq_len, config.max_tokens)
+            sequences = [s for group in groups.values() for s in group]
+            sources[name] = lambda sequences=sequences: text_batches(sequences, positions, config.batch_size, pad_id)
+        if args.tasks:
+            for task, sequences in load_text_source(args.tasks, tokenizer, config.seq_len, config.max_tokens).items():
+                name = task or "tasks"
+                if name in sources:
+                    raise UnmemorizeError(f"task name {name!r} collides with a source name")
+                task_names.append(name)
+                sources[name] = lambda sequences=sequences: text_batches(sequences, positions, config.batch_size, pad_id)
+    result = band_analysis(model, modules, bases, sources, "clean", basis_names, config.floor)
+    result["config"] = {**dataclasses.asdict(config), "positions": positions, "model": args.model, "factors": args.factors,
+                        "sources": {"clean": args.clean, **paths, **({"tasks": args.tasks} if args.tasks else {})}}
+    with atomic_dir(args.out, args.overwrite) as tmp:
+        extra = write_analysis(result, tmp, list(paths), task_names, retention)
+    for source, summary in extra["summary"].items():
+        for kind, s in summary.items():
+            print(f"{source} / clean, {kind}: {s['both']}/{s['modules']} layers with bottom-50% > 1 and top-10% < 1; "
+                  f"mean separation {s['mean_separation']:.3f}")
+    for kind, corr in extra["correlation"].items():
+        print(f"retention vs low-curvature loading ({kind}): Spearman {corr['spearman']:.3f} over {corr['n']} sources")
+    print(f"wrote {args.out}")
+
+
 def _run_demo(args) -> None:
     from .demo import DemoConfig, run_demo
 
@@ -271,7 +375,8 @@ def main(argv: list[str] | None = None) -> int:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # our own progress bar and messages are enough
-    runners = {"collect": _run_collect, "edit": _run_edit, "spectrum": _run_spectrum, "demo": _run_demo, "testbed": _run_testbed}
+    runners = {"collect": _run_collect, "edit": _run_edit, "spectrum": _run_spectrum, "analyze": _run_analyze, "demo": _run_demo,
+               "testbed": _run_testbed}
     try:
         runners[args.command](args)
     except UnmemorizeError as exc:

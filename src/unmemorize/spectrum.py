@@ -3,7 +3,7 @@
 Use it to choose rho: the table gives, per module, each factor's effective rank (participation
 ratio), the number of eigenvalues holding 90% / 99% of its trace, and the fraction of (i, j)
 pairs the exact pair selection keeps at each requested rho. The plot shows eigenvalue decay
-per factor and the kept-pair fraction as a function of rho.
+per factor, cumulative mass curves, and the kept-pair fraction as a function of rho.
 """
 
 from __future__ import annotations
@@ -59,26 +59,34 @@ def format_table(rows: list[dict]) -> str:
 
 
 def plot_spectra(bases: dict[str, ModuleBasis], path: str | Path) -> Path:
-    """Three panels: G eigenvalues, A eigenvalues (normalized, log scale), kept pairs vs rho."""
+    """Four panels: G and A eigenvalue decay (normalized, log scale), cumulative trace mass of
+    both factors (solid: G, dashed: A), and the fraction of (i, j) pairs each rho keeps."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7.5))
+    axes = axes.ravel()
     grid = np.linspace(0.05, 0.995, 40)
-    for name, basis in bases.items():
+    for k, (name, basis) in enumerate(bases.items()):
+        color = plt.cm.viridis(k / max(1, len(bases) - 1))
         for ax, eig in ((axes[0], basis.gradient), (axes[1], basis.activation)):
             values = eig.eigenvalues.cpu().numpy()
             top = values[0] if values[0] > 0 else 1.0
-            ax.semilogy(np.arange(1, len(values) + 1) / len(values), np.maximum(values / top, 1e-16), label=name, lw=1)
+            ax.semilogy(np.arange(1, len(values) + 1) / len(values), np.maximum(values / top, 1e-16), label=name, lw=1, color=color)
+        for eig, style in ((basis.gradient, "-"), (basis.activation, "--")):
+            values = eig.eigenvalues.cpu().numpy()
+            total = values.sum() if values.sum() > 0 else 1.0
+            axes[2].plot(np.arange(1, len(values) + 1) / len(values), np.cumsum(values) / total, style, lw=1, color=color)
         kept = [select_pairs(basis.gradient.eigenvalues, basis.activation.eigenvalues, r).kept_fraction for r in grid]
-        axes[2].semilogy(grid, kept, label=name, lw=1)
+        axes[3].semilogy(grid, kept, label=name, lw=1, color=color)
     axes[0].set(title="G eigenvalues (lambda / lambda_max)", xlabel="index / d_out")
     axes[1].set(title="A eigenvalues (mu / mu_max)", xlabel="index / d_in")
-    axes[2].set(title="fraction of (i, j) pairs kept", xlabel="rho (curvature mass kept)")
+    axes[2].set(title="cumulative trace mass (solid: G, dashed: A)", xlabel="leading eigenvalues / dimension", ylim=(0, 1.01))
+    axes[3].set(title="fraction of (i, j) pairs kept", xlabel="rho (curvature mass kept)")
     if len(bases) <= 12:
-        axes[2].legend(fontsize=6)
+        axes[3].legend(fontsize=6)
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

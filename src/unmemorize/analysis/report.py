@@ -1,0 +1,101 @@
+"""Writing a band analysis: ``analysis.json``, ``analysis.md``, one Figure-2 plot per compared source,
+and, given retention numbers, the Figure-4 scatter with its rank correlation."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from .plots import plot_band_ratios, plot_loading_vs_retention, ratio_table
+from .run import retention_correlation, summarize, task_loading
+
+
+def retention_from_file(path: str | Path) -> dict[str, float]:
+    """{source: retention} from a flat JSON mapping, or from a demo ``results.json`` (method ``kfac``).
+
+    From a demo file: learned tasks (baseline >= 50%) by task name, plus ``memorized`` (the
+    memorized validation set's strict accuracy retention) and ``quotes``.
+    """
+    from ..errors import UnmemorizeError
+
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UnmemorizeError(f"--retention {path}: unreadable ({exc})") from None
+    if isinstance(data, dict) and "methods" in data:
+        method = data["methods"].get("kfac")
+        if method is None:
+            raise UnmemorizeError(f"--retention {path}: a results.json without a 'kfac' method")
+        retention = {name: task["retention"] for name, task in method["tasks"].items() if task.get("learned", True)}
+        categories = method.get("category_retention", {})
+        for source, key in (("memorized", "memorized_validation"), ("quotes", "quotes")):
+            if categories.get(key) is not None:
+                retention[source] = categories[key]
+        return retention
+    if not isinstance(data, dict) or not all(isinstance(v, (int, float)) for v in data.values()):
+        raise UnmemorizeError(f"--retention {path}: expected {{\"task\": retention, ...}} or a demo results.json")
+    return {k: float(v) for k, v in data.items()}
+
+
+def _summary_lines(result: dict, source: str) -> list[str]:
+    lines = [f"| basis | layers | bottom-50% ratio > 1 | top-10% ratio < 1 | both | mean separation | max separation |",
+             "|---|---|---|---|---|---|---|"]
+    for kind, s in summarize(result, source).items():
+        lines.append(f"| {kind} | {s['modules']} | {s['bottom50_above_1']} | {s['top10_below_1']} | {s['both']} | "
+                     f"{s['mean_separation']:.3f} | {s['max_separation']:.3f} |")
+    return lines
+
+
+def loading_table(result: dict, sources: list[str], modules: list[str] | None = None) -> str:
+    basis_names = list(next(iter(result["modules"].values()))["bases"])
+    loadings = {kind: task_loading(result, kind, modules) for kind in basis_names}
+    lines = ["| source | " + " | ".join(f"{k} loading" for k in basis_names) + " |", "|---|" + "---|" * len(basis_names)]
+    for source in sources:
+        lines.append(f"| {source} | " + " | ".join(f"{loadings[k][source]:.3f}" for k in basis_names) + " |")
+    return "\n".join(lines)
+
+
+def write_analysis(result: dict, out: str | Path, compared: list[str], tasks: list[str] = (), retention: dict | None = None,
+                   modules_for_tasks: list[str] | None = None) -> dict:
+    """Write every artefact into ``out``; returns {"summary": ..., "correlation": ...} (also stored in the JSON)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    basis_names = list(next(iter(result["modules"].values()))["bases"])
+    summaries = {source: summarize(result, source) for source in compared}
+    correlations = {}
+    if retention:
+        for kind in basis_names:
+            correlations[kind] = retention_correlation(task_loading(result, kind, modules_for_tasks), retention)
+    text = ["# Curvature band analysis", "",
+            f"Counted positions: {json.dumps(result['counted_positions'])}. Reference: `{result['reference']}`. "
+            "Band ratio = mean band activation on the source / on the reference; separation = ln(r_bottom50) - ln(r_top10).", ""]
+    for source in compared:
+        plot_band_ratios(result, source, out / f"bands_{source}.png")
+        text += [f"## {source} / {result['reference']}", "", *_summary_lines(result, source), "",
+                 f"![bands](bands_{source}.png)", "", ratio_table(result, source), ""]
+    others = [s for s in result["counted_positions"] if s != result["reference"]]
+    text += ["## Low-curvature loading per source", "",
+             "Mean separation over " + ("the modules " + ", ".join(modules_for_tasks) if modules_for_tasks else "all analysed modules") + ".",
+             "", loading_table(result, others, modules_for_tasks), ""]
+    for kind, corr in correlations.items():
+        if corr["n"] >= 2:
+            plot_loading_vs_retention(corr, out / f"loading_vs_retention_{kind}.png",
+                                      f"{kind}: Spearman rho = {corr['spearman']:.2f} (n = {corr['n']})")
+            text += [f"### Retention vs loading, {kind} basis: Spearman rho = {corr['spearman']:.3f} over n = {corr['n']}", "",
+                     f"![loading vs retention](loading_vs_retention_{kind}.png)", ""]
+    extra = {"summary": summaries, "correlation": correlations, "tasks": list(tasks)}
+    (out / "analysis.json").write_text(json.dumps(_finite({**result, **extra}), indent=2))
+    (out / "analysis.md").write_text("\n".join(text))
+    return extra
+
+
+def _finite(value):
+    """NaN/inf -> None, so analysis.json is strict JSON."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
