@@ -241,7 +241,8 @@ def test_analyze_writes_table_json_and_plots(workspace, tmp_path, capsys):
     assert entry["layer"] == 1 and entry["projection"] == "mlp.up_proj" and set(entry["bases"]) == {"whitened", "pairs", "svd"}
     assert set(entry["bases"]["pairs"]["ratio"]) == {"memorized", "animals", "colors"} and len(entry["bases"]["svd"]["ratio"]["memorized"]) == 4
     assert result["counted_positions"]["memorized"] == 4 * 10 and result["counted_positions"]["clean"] <= 500
-    assert result["correlation"]["whitened"]["n"] == 3 and -1 <= result["correlation"]["whitened"]["spearman"] <= 1
+    correlation = result["correlation"]["whitened"]
+    assert correlation["all"]["n"] == 3 and correlation["tasks"]["n"] == 2 and -1 <= correlation["all"]["spearman"] <= 1
     for name in ("analysis.md", "bands_memorized.png", "loading_vs_retention_whitened.png"):
         assert (out / name).stat().st_size > 0
     assert "| model.layers.0.mlp.gate_proj |" in (out / "analysis.md").read_text() and not leftovers(out)
@@ -260,6 +261,7 @@ def test_analyze_svd_only_needs_no_factors(workspace, tmp_path):
     (["--source", "noequals"], "must be NAME=PATH"),
     (["--positions", "cls", "--bases", "svd"], "positions for text must be one of"),
     (["--retention", "{missing}"], "unreadable"),
+    (["--compare", "memorized/nothing"], "must be A/B with two source names"),
 ])
 def test_analyze_bad_input_gives_one_error_and_no_output(workspace, tmp_path, capsys, extra, message):
     memorized, _, _ = write_analysis_inputs(tmp_path)
@@ -274,3 +276,18 @@ def test_analyze_kfac_bases_need_factors(workspace, tmp_path, capsys):
     line = error_of(capsys, ["analyze", "--model", str(workspace / "llama"), "--clean", str(workspace / "clean.txt"),
                              "--memorized", str(memorized), "--out", str(tmp_path / "a")])
     assert "needs --factors DIR" in line
+
+
+def test_analyze_compare_divides_the_two_sources_band_means(workspace, tmp_path):
+    memorized, _, _ = write_analysis_inputs(tmp_path)
+    control = tmp_path / "control.jsonl"
+    control.write_text("".join(json.dumps({"text": "a blue bird walks into the small house and sings"}) + "\n" for _ in range(3)))
+    out = tmp_path / "a"
+    assert main(["analyze", "--model", str(workspace / "llama"), "--factors", str(workspace / "factors"), "--clean",
+                 str(workspace / "clean.txt"), "--memorized", str(memorized), "--source", f"control={control}",
+                 "--compare", "memorized/control", "--out", str(out), "--max-tokens", "300"]) == 0
+    result = json.loads((out / "analysis.json").read_text())
+    stats = result["modules"]["model.layers.0.mlp.down_proj"]["bases"]["pairs"]
+    expected = [m / c for m, c in zip(stats["mean"]["memorized"], stats["mean"]["control"])]
+    assert stats["ratio"]["memorized/control"] == pytest.approx(expected, rel=1e-12)
+    assert "memorized/control" in result["summary"] and (out / "bands_memorized_vs_control.png").is_file()

@@ -6,12 +6,13 @@ import json
 
 import pytest
 import torch
+from safetensors.torch import save_file
 from transformers import ViTConfig, ViTForImageClassification
 
 from conftest import capture_module_io, relative_error
 from unmemorize.curvature import CollectConfig, ImageClassificationObjective, collect_factors
 from unmemorize.errors import UnmemorizeError
-from unmemorize.targets import resolve_targets
+from unmemorize.targets import preset_modules, resolve_targets
 from unmemorize.vision import inject_noisy_labels, noisy_label_metrics, read_idx
 
 
@@ -133,3 +134,30 @@ def test_fashion_mnist_loads_from_standard_idx_files(tmp_path):
     (tmp_path / "t10k-labels-idx1-ubyte").unlink()
     with pytest.raises(UnmemorizeError, match="t10k-labels-idx1-ubyte"):
         load_fashion_mnist(tmp_path)
+
+
+def test_analyze_cli_on_a_vit_uses_cls_tokens_and_kfac_factors(tmp_path, capsys):
+    """``unmemorize analyze`` on a saved ViT with image sources and factors from the Python API."""
+    from unmemorize.cli import main
+    from unmemorize.curvature import save_factors
+
+    model = tiny_vit().float()
+    model.save_pretrained(tmp_path / "vit")
+    generator = torch.Generator().manual_seed(0)
+    clean, noisy = torch.randn(12, 1, 8, 8, generator=generator), torch.randn(7, 1, 8, 8, generator=generator) * 2
+    save_file({"pixel_values": clean}, tmp_path / "clean.safetensors")
+    save_file({"pixel_values": noisy}, tmp_path / "noisy.safetensors")
+    names = preset_modules(model, None, ["fc1", "fc2"])
+    factors = collect_factors(model, [{"pixel_values": clean}], names, CollectConfig(progress=False), ImageClassificationObjective(model))
+    save_factors(factors, tmp_path / "factors", model=model)
+    out = tmp_path / "analysis"
+    assert main(["analyze", "--model", str(tmp_path / "vit"), "--factors", str(tmp_path / "factors"), "--clean",
+                 str(tmp_path / "clean.safetensors"), "--memorized", str(tmp_path / "noisy.safetensors"), "--out", str(out)]) == 0
+    result = json.loads((out / "analysis.json").read_text())
+    assert result["counted_positions"] == {"clean": 12, "memorized": 7} and result["config"]["positions"] == "cls"
+    assert set(result["modules"]) == set(names) and (out / "bands_memorized.png").stat().st_size > 0
+    # a wrong image file is one clear error
+    save_file({"images": clean}, tmp_path / "bad.safetensors")
+    assert main(["analyze", "--model", str(tmp_path / "vit"), "--clean", str(tmp_path / "bad.safetensors"), "--memorized",
+                 str(tmp_path / "noisy.safetensors"), "--bases", "svd", "--out", str(tmp_path / "b")]) == 2
+    assert "needs a 'pixel_values' tensor" in capsys.readouterr().err and not (tmp_path / "b").exists()

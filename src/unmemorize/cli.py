@@ -118,6 +118,8 @@ def _build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--source", action="append", metavar="NAME=PATH", default=[],
                          help="Another source compared with the clean reference (repeatable).")
     analyze.add_argument("--tasks", help="Task .jsonl (prompt + gold answer per row); one source per task name.")
+    analyze.add_argument("--compare", action="append", metavar="A/B", default=[],
+                         help="Also compare two sources directly, e.g. memorized/control (repeatable).")
     analyze.add_argument("--retention", help="JSON {source: retention after an edit} or a demo results.json: adds the "
                          "loading-vs-retention scatter and its Spearman correlation.")
     analyze.add_argument("--out", required=True, help="Folder for analysis.json, analysis.md and the plots.")
@@ -284,7 +286,7 @@ def _parse_sources(args) -> dict[str, str]:
 
 def _run_analyze(args) -> None:
     from ._atomic import atomic_dir, check_output_dir
-    from .analysis import AnalyzeConfig, band_analysis, image_batches, load_image_source, load_text_source, text_batches
+    from .analysis import AnalyzeConfig, add_comparison, band_analysis, image_batches, load_image_source, load_text_source, text_batches
     from .analysis.report import retention_from_file, write_analysis
     from .basis import decompose_factors
     from .curvature import load_factors
@@ -336,16 +338,23 @@ def _run_analyze(args) -> None:
                 task_names.append(name)
                 sources[name] = lambda sequences=sequences: text_batches(sequences, positions, config.batch_size, pad_id)
     result = band_analysis(model, modules, bases, sources, "clean", basis_names, config.floor)
+    compared = list(paths)
+    for spec in args.compare:
+        source, sep, reference = spec.partition("/")
+        if not sep or source not in sources or reference not in sources:
+            raise UnmemorizeError(f"--compare {spec!r} must be A/B with two source names from {', '.join(sources)}")
+        compared.append(add_comparison(result, source, reference))
     result["config"] = {**dataclasses.asdict(config), "positions": positions, "model": args.model, "factors": args.factors,
                         "sources": {"clean": args.clean, **paths, **({"tasks": args.tasks} if args.tasks else {})}}
     with atomic_dir(args.out, args.overwrite) as tmp:
-        extra = write_analysis(result, tmp, list(paths), task_names, retention)
+        extra = write_analysis(result, tmp, compared, task_names, retention)
     for source, summary in extra["summary"].items():
         for kind, s in summary.items():
-            print(f"{source} / clean, {kind}: {s['both']}/{s['modules']} layers with bottom-50% > 1 and top-10% < 1; "
+            print(f"{source.replace('/', ' / ') if '/' in source else source + ' / clean'}, {kind}: {s['both']}/{s['modules']} layers with bottom-50% > 1 and top-10% < 1; "
                   f"mean separation {s['mean_separation']:.3f}")
-    for kind, corr in extra["correlation"].items():
-        print(f"retention vs low-curvature loading ({kind}): Spearman {corr['spearman']:.3f} over {corr['n']} sources")
+    for kind, pair in extra["correlation"].items():
+        print(f"retention vs low-curvature loading ({kind}): Spearman {pair['all']['spearman']:.3f} over {pair['all']['n']} sources, "
+              f"{pair['tasks']['spearman']:.3f} over {pair['tasks']['n']} tasks")
     print(f"wrote {args.out}")
 
 

@@ -2,10 +2,10 @@
 
 from .bands import BAND_NAMES, BASES, Readout, build_readout, pairs_readout, rank_correlation, separation_score, svd_readout, whitened_readout
 from .inputs import TokenSequence, image_batches, load_image_source, load_text_source, text_batches
-from .run import AnalyzeConfig, band_analysis, retention_correlation, summarize, task_loading
+from .run import AnalyzeConfig, add_comparison, band_analysis, retention_correlation, summarize, task_loading
 
 __all__ = [
     "BAND_NAMES", "BASES", "Readout", "build_readout", "pairs_readout", "rank_correlation", "separation_score", "svd_readout",
     "whitened_readout", "TokenSequence", "image_batches", "load_image_source", "load_text_source", "text_batches",
-    "AnalyzeConfig", "band_analysis", "retention_correlation", "summarize", "task_loading",
+    "AnalyzeConfig", "add_comparison", "band_analysis", "retention_correlation", "summarize", "task_loading",
 ]

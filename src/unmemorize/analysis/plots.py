@@ -26,6 +26,10 @@ def ratio_table(result: dict, source: str) -> str:
     return "\n".join(lines)
 
 
+def _label(source: str, result: dict) -> str:
+    return source.replace("/", " / ") if "/" in source else f"{source} / {result['reference']}"
+
+
 def _save(fig, path: str | Path) -> Path:
     import matplotlib.pyplot as plt
 
@@ -60,9 +64,10 @@ def plot_band_ratios(result: dict, source: str, path: str | Path) -> Path:
             ax.set_title(f"{projection} input: {BASIS_TITLES.get(kind, kind)}", fontsize=8)
             ax.set_xlabel("layer")
             if col == 0:
-                ax.set_ylabel(f"{source} / {result['reference']}")
+                ax.set_ylabel(_label(source, result))
     axes[0][0].legend(fontsize=7, title="band", title_fontsize=7)
-    fig.suptitle(f"Mean band activation, {source} / {result['reference']} (> 1: the band is used more by {source})", fontsize=10)
+    numerator = source.split("/")[0]
+    fig.suptitle(f"Mean band activation, {_label(source, result)} (> 1: the band is used more by {numerator})", fontsize=10)
     fig.tight_layout()
     return _save(fig, path)
 

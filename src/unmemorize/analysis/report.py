@@ -58,7 +58,12 @@ def loading_table(result: dict, sources: list[str], modules: list[str] | None = 
 
 def write_analysis(result: dict, out: str | Path, compared: list[str], tasks: list[str] = (), retention: dict | None = None,
                    modules_for_tasks: list[str] | None = None) -> dict:
-    """Write every artefact into ``out``; returns {"summary": ..., "correlation": ...} (also stored in the JSON)."""
+    """Write every artefact into ``out``; returns {"summary", "correlation"} (also stored in the JSON).
+
+    ``compared``: sources (or ``"a/b"`` keys from ``add_comparison``) that get a section and a
+    Figure-2 plot. Correlations of loading vs retention are computed over every source with a
+    retention ("all") and over the task sources only ("tasks").
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     basis_names = list(next(iter(result["modules"].values()))["bases"])
@@ -66,23 +71,29 @@ def write_analysis(result: dict, out: str | Path, compared: list[str], tasks: li
     correlations = {}
     if retention:
         for kind in basis_names:
-            correlations[kind] = retention_correlation(task_loading(result, kind, modules_for_tasks), retention)
+            loading = task_loading(result, kind, modules_for_tasks)
+            correlations[kind] = {"all": retention_correlation(loading, retention),
+                                  "tasks": retention_correlation({k: v for k, v in loading.items() if k in tasks}, retention)}
     text = ["# Curvature band analysis", "",
             f"Counted positions: {json.dumps(result['counted_positions'])}. Reference: `{result['reference']}`. "
             "Band ratio = mean band activation on the source / on the reference; separation = ln(r_bottom50) - ln(r_top10).", ""]
     for source in compared:
-        plot_band_ratios(result, source, out / f"bands_{source}.png")
-        text += [f"## {source} / {result['reference']}", "", *_summary_lines(result, source), "",
-                 f"![bands](bands_{source}.png)", "", ratio_table(result, source), ""]
+        slug = source.replace("/", "_vs_")
+        plot_band_ratios(result, source, out / f"bands_{slug}.png")
+        title = source.replace("/", " / ") if "/" in source else f"{source} / {result['reference']}"
+        text += [f"## {title}", "", *_summary_lines(result, source), "", f"![bands](bands_{slug}.png)", "", ratio_table(result, source), ""]
     others = [s for s in result["counted_positions"] if s != result["reference"]]
     text += ["## Low-curvature loading per source", "",
-             "Mean separation over " + ("the modules " + ", ".join(modules_for_tasks) if modules_for_tasks else "all analysed modules") + ".",
+             "Mean separation against the reference over " + (", ".join(modules_for_tasks) if modules_for_tasks else "all analysed modules") + ".",
              "", loading_table(result, others, modules_for_tasks), ""]
-    for kind, corr in correlations.items():
+    for kind, pair in correlations.items():
+        corr = pair["all"]
         if corr["n"] >= 2:
             plot_loading_vs_retention(corr, out / f"loading_vs_retention_{kind}.png",
-                                      f"{kind}: Spearman rho = {corr['spearman']:.2f} (n = {corr['n']})")
-            text += [f"### Retention vs loading, {kind} basis: Spearman rho = {corr['spearman']:.3f} over n = {corr['n']}", "",
+                                      f"{kind}: Spearman rho = {corr['spearman']:.2f} (n = {corr['n']}); tasks only: "
+                                      f"{pair['tasks']['spearman']:.2f} (n = {pair['tasks']['n']})")
+            text += [f"### Retention vs loading, {kind} basis: Spearman rho = {corr['spearman']:.3f} over {corr['n']} sources, "
+                     f"{pair['tasks']['spearman']:.3f} over the {pair['tasks']['n']} tasks alone", "",
                      f"![loading vs retention](loading_vs_retention_{kind}.png)", ""]
     extra = {"summary": summaries, "correlation": correlations, "tasks": list(tasks)}
     (out / "analysis.json").write_text(json.dumps(_finite({**result, **extra}), indent=2))

@@ -13,7 +13,8 @@ Result (JSON-ready)::
                         "bases": {basis: {"mean": {source: [a_b]}, "ratio": {source: [a_b / a_b(clean)]},
                                           "separation": {source: ln r_bottom50 - ln r_top10}}}}}}
 
-``summarize`` adds, per basis and source, how many layers show the paper's pattern (bottom-50%
+``add_comparison`` adds ratios between any two sources (memorized vs never-trained controls is the
+control the paper lacks: it separates memorization from mere distribution shift). ``summarize`` adds, per basis and source, how many layers show the paper's pattern (bottom-50%
 ratio > 1 and top-10% ratio < 1) and the mean separation; ``task_loading`` and
 ``retention_correlation`` turn per-task separations into the Figure 4 claim: tasks leaning on
 low-curvature bands lose more after the edit (a negative Spearman correlation).
@@ -147,6 +148,19 @@ def band_analysis(model, modules: list[str], bases: dict[str, ModuleBasis], sour
     return result
 
 
+def add_comparison(result: dict, source: str, reference: str) -> str:
+    """Add the ratios and separation of ``source`` against another source (e.g. memorized vs
+    never-trained controls of the same form); returns the key ``"source/reference"`` used for them."""
+    key = f"{source}/{reference}"
+    for entry in result["modules"].values():
+        for stats in entry["bases"].values():
+            if source not in stats["mean"] or reference not in stats["mean"]:
+                raise UnmemorizeError(f"cannot compare {source!r} with {reference!r}: both must be analysed sources")
+            stats["ratio"][key] = band_ratios(stats["mean"][source], stats["mean"][reference])
+            stats["separation"][key] = separation_score(stats["ratio"][key])
+    return key
+
+
 def summarize(result: dict, source: str) -> dict:
     """Per basis: layers with bottom-50% ratio > 1, with top-10% < 1, with both; mean separation."""
     summary = {}
@@ -169,7 +183,7 @@ def summarize(result: dict, source: str) -> dict:
 def task_loading(result: dict, basis: str, modules: list[str] | None = None) -> dict[str, float]:
     """Per source: the mean separation (ln r_bottom50 - ln r_top10 vs clean) over ``modules``."""
     names = modules or list(result["modules"])
-    sources = list(result["modules"][names[0]]["bases"][basis]["separation"])
+    sources = [s for s in result["modules"][names[0]]["bases"][basis]["separation"] if "/" not in s]
     loading = {}
     for source in sources:
         values = [result["modules"][n]["bases"][basis]["separation"][source] for n in names]
