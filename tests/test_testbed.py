@@ -91,6 +91,15 @@ def test_quick_demo_writes_every_artefact(tmp_path, monkeypatch):
     assert len(saved["chosen"]["module_stats"]) == len(saved["chosen"]["plan"])  # stats for every edited module
     report = (tmp_path / "demo" / "report.md").read_text()
     assert "Table 1" in report and "Figure 3" in report and results["methods"]["kfac"]["setting"] in report
+    analysis = saved["analysis"]  # Figure 2 / 4 analysis of every MLP module, all three bases
+    assert set(analysis["summary"]) == {"memorized", "quotes", "control", "memorized/control"}
+    assert all(set(per_basis) == {"whitened", "pairs", "svd"} for per_basis in analysis["summary"].values())
+    assert set(analysis["memorized_ratios"]) >= set(saved["chosen"]["plan"])  # every MLP module, edited or not
+    assert all(len(ratios) == 4 for per_basis in analysis["memorized_ratios"].values() for ratios in per_basis.values())
+    assert analysis["correlation"]["whitened"]["all"]["n"] >= 2  # the quick world's tasks are not learned: memorized sets only
+    for name in ("analysis.md", "analysis.json", "bands_memorized.png", "bands_memorized_vs_control.png"):
+        assert (tmp_path / "demo" / "analysis" / name).stat().st_size > 500, name
+    assert "Figures 2 and 4" in report
     # the cached testbed is reused: a second run does not train again
     again = run_demo(DemoConfig(quick=True, out=str(tmp_path / "demo2")))
     assert again["wall_seconds"]["testbed (train or load)"] < 2

@@ -112,6 +112,10 @@ def test_quick_vision_demo_writes_every_artefact(tmp_path, monkeypatch):
     for method in saved["methods"].values():
         assert set(method) >= {"memorized", "recovery", "clean_train", "validation"}
     assert len(saved["per_block"]["kfac"]) == 2 and results["config"]["selection_rule"]
+    analysis = saved["analysis"]
+    assert analysis["counted_positions"]["memorized"] == results["config"]["vision"]["noised_images"]  # one CLS token per image
+    assert set(analysis["memorized_ratios"]) == set(saved["config"]["targets"])
+    assert (tmp_path / "v" / "analysis" / "bands_memorized.png").stat().st_size > 500
 
 
 def test_fashion_mnist_loads_from_standard_idx_files(tmp_path):

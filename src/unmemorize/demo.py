@@ -11,7 +11,11 @@
    control (as many pairs as K-FAC drops, chosen at random) on every set and task;
 5. label-free tuning: search the most aggressive plan whose perplexity on clean held-out text
    stays within the same budget, using no memorized example (``edit/search.py``), and evaluate it;
-6. write ``report.md``, ``results.json`` and plots, and print the main table.
+6. activation-ratio analysis (paper Figures 2 and 4, ``analysis/``): band ratios of memorized,
+   quote, never-trained control and task inputs against clean held-out text in every MLP layer,
+   in the K-FAC and SVD bases; memorized vs control; task loading vs retention after the edit;
+7. write ``report.md``, ``results.json`` and plots (``analysis/`` holds the band analysis), and
+   print the main table.
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ from typing import Literal
 
 import torch
 
+from .analysis import add_comparison, band_analysis, load_text_source, text_batches
+from .analysis.report import write_analysis
 from .basis import decompose_factors
 from .curvature import CollectConfig, collect_from_files
 from .edit import EditConfig, edited
@@ -79,6 +85,27 @@ def _svd_matched(model, suite, plan, target_ppl):
             points.append({"method": "svd", "energy": energy, **suite.quick(model)})
     best = min(points, key=lambda p: abs(math.log(p["perplexity"] / target_ppl)))
     return best, points
+
+
+def _band_analysis(model, tokenizer, folder: Path, modules, bases, kfac: dict, out: Path, quick: bool) -> dict:
+    """Step 6: sources from the testbed's files; retention of the label-tuned K-FAC edit."""
+    data = folder / "data"
+    budget = 4_000 if quick else 20_000
+    files = {"clean": data / "heldout.txt", "memorized": data / "memorized_validation.jsonl", "quotes": data / "quotes.jsonl",
+             "control": data / "control_sequences.jsonl"}
+    groups = {name: [s for g in load_text_source(path, tokenizer, 128, budget).values() for s in g] for name, path in files.items()}
+    tasks = load_text_source(data / "tasks.jsonl", tokenizer, 128, budget)
+    groups.update(tasks)
+    pad_id = tokenizer.pad_token_id
+    sources = {name: (lambda seqs=seqs: text_batches(seqs, "next_token", 16, pad_id)) for name, seqs in groups.items()}
+    result = band_analysis(model, modules, bases, sources, "clean")
+    compared = ["memorized", "quotes", "control", add_comparison(result, "memorized", "control")]
+    retention = {name: task["retention"] for name, task in kfac["tasks"].items() if task["learned"]}
+    retention.update(memorized=kfac["category_retention"]["memorized_validation"], quotes=kfac["category_retention"]["quotes"])
+    extra = write_analysis(result, out / "analysis", compared, list(tasks), retention, list(kfac["module_names"]))
+    layers = {name: {kind: stats["ratio"]["memorized"] for kind, stats in entry["bases"].items()} for name, entry in result["modules"].items()}
+    return {"summary": extra["summary"], "correlation": extra["correlation"], "memorized_ratios": layers,
+            "counted_positions": result["counted_positions"], "folder": "analysis"}
 
 
 def run_demo(config: DemoConfig | None = None) -> dict:
@@ -144,6 +171,8 @@ def run_demo(config: DemoConfig | None = None) -> dict:
     lap("label-free search (clean perplexity only) + evaluation")
     for name in [m for m in methods if m != "baseline"]:
         add_retention(methods[name], baseline)
+    analysis = _band_analysis(model, tokenizer, folder, targets, bases, {**methods["kfac"], "module_names": list(plan)}, out, config.quick)
+    lap("activation-ratio analysis (bands, K-FAC vs SVD)")
     info = __import__("json").loads((folder / "testbed.json").read_text())
     results = {
         "config": {**asdict(config), "testbed_key": info["key"], "testbed": str(folder), "parameters": info["parameters"],
@@ -157,6 +186,7 @@ def run_demo(config: DemoConfig | None = None) -> dict:
         "label_free": {"budget": 1 + config.ppl_budget, "baseline_perplexity": label_free.baseline_perplexity,
                        "chosen": None if label_free.chosen is None else {k: v for k, v in label_free.chosen.items() if k != "plan"},
                        "candidates": [{k: v for k, v in c.items() if k != "plan"} for c in label_free.candidates]},
+        "analysis": analysis,
         "testbed_training": {"seconds": info["seconds"], "tokens": info["tokens"], "steps": info["steps"]},
         "wall_seconds": walls,
     }

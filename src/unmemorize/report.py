@@ -122,6 +122,34 @@ def _label_free_lines(results: dict) -> list[str]:
             "tuning split.", ""]
 
 
+def _analysis_lines(results: dict) -> list[str]:
+    analysis = results.get("analysis")
+    if not analysis:
+        return []
+    lines = ["## Activation-ratio analysis (paper Figures 2 and 4)", "",
+             "Inputs of every MLP projection projected on curvature-ordered bases and grouped in bands (top 10%, 10-25%, "
+             "25-50%, bottom 50%); ratio = mean band activation on the source / on clean held-out text. Bases: `whitened` "
+             "(default; SVD of G^1/2 W A^1/2), `pairs` (the paper's A eigenbasis with lambda*mu pair bands), `svd` (W's right "
+             "singular vectors). Separation = ln(r_bottom50) - ln(r_top10). `memorized/control` compares memorized "
+             "sequences with never-trained sequences of the same form directly.", "",
+             "| comparison | basis | layers | bottom-50% > 1 | top-10% < 1 | both | mean separation | max separation |",
+             "|---|---|---|---|---|---|---|---|"]
+    for source, per_basis in analysis["summary"].items():
+        for kind, s in per_basis.items():
+            name = source.replace("/", " / ") if "/" in source else f"{source} / clean"
+            lines.append(f"| {name} | {kind} | {s['modules']} | {s['bottom50_above_1']} | {s['top10_below_1']} | {s['both']} | "
+                         f"{s['mean_separation']:.3f} | {s['max_separation']:.3f} |")
+    lines += ["", "![bands, memorized / clean](analysis/bands_memorized.png)", "",
+              "![bands, memorized / control](analysis/bands_memorized_vs_control.png)", "",
+              "Task loading (mean separation over the edited modules) vs retention after the `kfac` edit, Spearman rho:", "",
+              "| basis | all sources (tasks + memorized sets) | tasks only |", "|---|---|---|"]
+    for kind, pair in analysis["correlation"].items():
+        lines.append(f"| {kind} | {pair['all']['spearman']:.3f} (n={pair['all']['n']}) | {pair['tasks']['spearman']:.3f} (n={pair['tasks']['n']}) |")
+    lines += ["", "![loading vs retention](analysis/loading_vs_retention_whitened.png)", "",
+              "Per-layer tables, every source and the other plots: [analysis/analysis.md](analysis/analysis.md).", ""]
+    return lines
+
+
 def write_report(results: dict, out: Path) -> str:
     """Write results.json, report.md, retention.png, sweep.png into ``out``; return the main table."""
     out.mkdir(parents=True, exist_ok=True)
@@ -140,7 +168,7 @@ def write_report(results: dict, out: Path) -> str:
         "Strict: the greedy suffix equals the true one; loose: normalized token Levenshtein similarity >= 0.75; "
         "Lev.: mean normalized Levenshtein distance (higher = less memorized). Controls are never-trained sequences and quotes.",
         "", "## Retention by category (paper Figure 3 analogue)", "", retention_table(results), "", "![retention](retention.png)", "",
-        "## Tasks", "", task_table(results), "", "## Sweep", "", "![sweep](sweep.png)", "",
+        "## Tasks", "", task_table(results), "", *_analysis_lines(results), "## Sweep", "", "![sweep](sweep.png)", "",
         f"{len(results.get('sweep', []))} candidate edits scored on the tuning split and a held-out perplexity slice only.", "",
         "## Curvature spectra of the factors", "", "![spectra](spectrum.png)", "",
         "## Wall times", "", "| stage | seconds |", "|---|---|",

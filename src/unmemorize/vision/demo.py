@@ -8,7 +8,10 @@
    choice. Rule: lowest memorized % among edits that keep clean-train accuracy within
    ``clean_budget`` of the baseline;
 4. evaluate baseline, K-FAC, SVD on the same modules at matched clean-train accuracy, and the
-   random-pairs control; write report.md, results.json and plots.
+   random-pairs control;
+5. activation-ratio analysis (paper Figure 2, ViT panels): band ratios of noisy-label vs
+   clean-label training images in every fc1/fc2, K-FAC and SVD bases (``analysis/``);
+6. write report.md, results.json and plots.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from pathlib import Path
 
 import torch
 
+from ..analysis import band_analysis, image_batches
+from ..analysis.report import write_analysis
 from ..basis import decompose_factors
 from ..curvature import CollectConfig, ImageClassificationObjective, collect_factors
 from ..edit import EditConfig, edited
@@ -50,6 +55,19 @@ def _plan(model, blocks: list[int], rho: float) -> dict[str, float]:
 def _choose(points: list[dict], baseline: dict, budget: float) -> dict:
     allowed = [p for p in points if p["clean_train"] >= baseline["clean_train"] - budget] or points
     return min(allowed, key=lambda p: (p["memorized"], -p["clean_train"]))
+
+
+def _band_analysis(model, testbed, modules, bases, out: Path, positions: str) -> dict:
+    """Figure 2 for the ViT: noisy-label (memorized) training images vs clean-label training images,
+    and validation images vs clean training images, at the factors' positions (CLS by default)."""
+    images = testbed.train.images
+    tokens = (model.config.image_size // model.config.patch_size) ** 2 + 1
+    groups = {"clean": images[~testbed.noised], "memorized": images[testbed.noised], "validation": testbed.validation.images}
+    sources = {name: (lambda pixels=pixels: image_batches(pixels, tokens, positions, 256)) for name, pixels in groups.items()}
+    result = band_analysis(model, modules, bases, sources, "clean")
+    extra = write_analysis(result, out / "analysis", ["memorized", "validation"])
+    layers = {name: {kind: stats["ratio"]["memorized"] for kind, stats in entry["bases"].items()} for name, entry in result["modules"].items()}
+    return {"summary": extra["summary"], "memorized_ratios": layers, "counted_positions": result["counted_positions"], "folder": "analysis"}
 
 
 def run_vision_demo(config: VisionDemoConfig | None = None) -> dict:
@@ -107,6 +125,8 @@ def run_vision_demo(config: VisionDemoConfig | None = None) -> dict:
     with edited(model, plan, factors, EditConfig(method="random", seed=config.seed), bases=bases):
         random_point = evaluate_vision(model, testbed)
     lap("SVD, random control")
+    analysis = _band_analysis(model, testbed, targets, bases, out, config.positions)
+    lap("activation-ratio analysis (bands, K-FAC vs SVD)")
     label = f"blocks {'+'.join(map(str, chosen['blocks']))}, fc1+fc2"
     results = {
         "config": {**asdict(config), "vision": testbed.info, "targets": targets,
@@ -119,6 +139,7 @@ def run_vision_demo(config: VisionDemoConfig | None = None) -> dict:
         },
         "per_block": {"kfac": [best_per_block[b] for b in blocks], "svd": svd_per_block},
         "sweep": sweep + svd_points,
+        "analysis": analysis,
         "wall_seconds": walls,
     }
     table = write_vision_report(results, out)
@@ -126,6 +147,23 @@ def run_vision_demo(config: VisionDemoConfig | None = None) -> dict:
     print(table)
     print(f"\nreport: {out / 'report.md'}   total {sum(walls.values()):.1f} s")
     return results
+
+
+def _analysis_lines(results: dict) -> list[str]:
+    analysis = results.get("analysis")
+    if not analysis:
+        return []
+    lines = ["## Activation-ratio analysis (paper Figure 2, ViT panels)", "",
+             "fc1/fc2 inputs at the factors' positions, projected on curvature-ordered bands; ratio = mean band activation on "
+             "noisy-label (memorized) training images / on clean-label training images. Separation = ln(r_bottom50) - ln(r_top10).", "",
+             "| comparison | basis | blocks x fc | bottom-50% > 1 | top-10% < 1 | both | mean separation | max separation |",
+             "|---|---|---|---|---|---|---|---|"]
+    for source, per_basis in analysis["summary"].items():
+        for kind, s in per_basis.items():
+            lines.append(f"| {source} / clean | {kind} | {s['modules']} | {s['bottom50_above_1']} | {s['top10_below_1']} | {s['both']} | "
+                         f"{s['mean_separation']:.3f} | {s['max_separation']:.3f} |")
+    lines += ["", "![bands](analysis/bands_memorized.png)", "", "Per-module tables: [analysis/analysis.md](analysis/analysis.md).", ""]
+    return lines
 
 
 def write_vision_report(results: dict, out: Path) -> str:
@@ -177,7 +215,7 @@ def write_vision_report(results: dict, out: Path) -> str:
             "|---|---|---|---|---|---|---|---|",
             *[f"| {k['blocks'][0]} | {k['rho']} | {100 * k['memorized']:.1f} | {100 * k['recovery']:.1f} | {100 * k['clean_train']:.1f} | "
               f"{100 * k['validation']:.1f} | {100 * s['memorized']:.1f} | {100 * s['validation']:.1f} |" for k, s in zip(kfac, svd)],
-            "", "![memorized vs validation](memorized_vs_validation.png)", "", "## Wall times", "", "| stage | seconds |", "|---|---|",
+            "", "![memorized vs validation](memorized_vs_validation.png)", "", *_analysis_lines(results), "## Wall times", "", "| stage | seconds |", "|---|---|",
             *[f"| {k} | {v:.1f} |" for k, v in results["wall_seconds"].items()], ""]
     (out / "report.md").write_text("\n".join(text))
     return table
