@@ -63,6 +63,7 @@ def plot_band_ratios(result: dict, source: str, path: str | Path) -> Path:
             ax.axhline(1.0, color="grey", lw=0.8, ls="--")
             ax.set_title(f"{projection} input: {BASIS_TITLES.get(kind, kind)}", fontsize=8)
             ax.set_xlabel("layer")
+            ax.set_xticks(layers)
             if col == 0:
                 ax.set_ylabel(_label(source, result))
     axes[0][0].legend(fontsize=7, title="band", title_fontsize=7)
