@@ -11,7 +11,7 @@ from torch import nn
 from transformers import ViTConfig, ViTForImageClassification
 
 from unmemorize.analysis import (
-    BAND_NAMES, TokenSequence, band_analysis, image_batches, load_text_source, pairs_readout, rank_correlation, svd_readout,
+    BAND_NAMES, TokenSequence, auc, band_analysis, image_batches, load_text_source, pairs_readout, rank_correlation, svd_readout,
     text_batches, whitened_readout,
 )
 from unmemorize.analysis.bands import BAND_EDGES, top_pair_column_counts
@@ -233,3 +233,36 @@ def test_text_sources_group_tasks_and_mark_continuations(tmp_path):
     assert groups["qa"][0].ids == the_cat + tokenizer(" dog", add_special_tokens=False)["input_ids"]
     assert groups["qa"][0].continuation_start == len(the_cat) - 1
     assert groups["mc"][0].ids[-1] == tokenizer(" dog", add_special_tokens=False)["input_ids"][-1]
+
+
+def test_auc_is_the_mann_whitney_probability():
+    assert auc([3.0, 4.0], [1.0, 2.0]) == 1.0 and auc([1.0], [2.0]) == 0.0 and auc([1.0, 2.0], [2.0]) == pytest.approx(0.25)
+    rng = np.random.default_rng(1)
+    pos, neg = rng.normal(size=7), rng.normal(size=9)
+    brute = np.mean([[1.0 if p > q else 0.5 if p == q else 0.0 for q in neg] for p in pos])
+    assert auc(pos, neg) == pytest.approx(brute)
+
+
+def test_example_retention_matches_a_hand_computation():
+    """Two modules, one task of 5 rows (4 correct before, 2 of them lost), loading by the definition."""
+    from unmemorize.analysis.retention import example_retention, per_task_retention
+
+    clean = {"m1": [2.0, 1.0, 1.0, 0.5], "m2": [4.0, 1.0, 1.0, 1.0]}
+    rows = {"m1": torch.tensor([[2.0, 1, 1, 1.0], [1.0, 1, 1, 0.5], [2.0, 1, 1, 0.25], [4.0, 1, 1, 2.0], [2.0, 1, 1, 0.5]], dtype=torch.float64),
+            "m2": torch.tensor([[4.0, 1, 1, 2.0], [4.0, 1, 1, 1.0], [8.0, 1, 1, 1.0], [4.0, 1, 1, 4.0], [4.0, 1, 1, 1.0]], dtype=torch.float64)}
+    result = {"reference": "clean", "modules": {m: {"bases": {"svd": {"mean": {"clean": clean[m]}}}} for m in clean},
+              "per_sequence": {"qa": {m: {"svd": rows[m]} for m in clean}}}
+    groups = {"qa": [(k, TokenSequence([1, 2])) for k in range(5)]}
+    before, after = [True, True, True, True, False], [False, True, True, False, False]
+    examples = example_retention(result, groups, before, after)
+    loading = [np.mean([np.log(float(rows[m][k, -1]) / clean[m][-1]) - np.log(float(rows[m][k, 0]) / clean[m][0]) for m in clean])
+               for k in range(5)]
+    lost, kept = [loading[0], loading[3]], [loading[1], loading[2]]
+    task = examples["svd"]["tasks"]["qa"]
+    assert (task["correct_before"], task["lost"], task["kept"]) == (4, 2, 2)
+    assert task["mean_loading_lost"] == pytest.approx(np.mean(lost)) and task["mean_loading_kept"] == pytest.approx(np.mean(kept))
+    assert task["auc"] == pytest.approx(np.mean([[float(a > b) + 0.5 * float(a == b) for b in kept] for a in lost]))
+    assert examples["svd"]["pooled"]["auc"] == task["auc"]
+    assert per_task_retention(groups, before, after) == {"qa": 0.5}
+    # a task the base model has not learned (< 50%) is skipped
+    assert example_retention(result, groups, [True, False, False, False, False], after)["svd"]["tasks"] == {}

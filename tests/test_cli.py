@@ -291,3 +291,49 @@ def test_analyze_compare_divides_the_two_sources_band_means(workspace, tmp_path)
     expected = [m / c for m, c in zip(stats["mean"]["memorized"], stats["mean"]["control"])]
     assert stats["ratio"]["memorized/control"] == pytest.approx(expected, rel=1e-12)
     assert "memorized/control" in result["summary"] and (out / "bands_memorized_vs_control.png").is_file()
+
+
+def test_analyze_with_an_edited_model_measures_retention_per_task_and_per_row(workspace, tmp_path, capsys):
+    """Labels are set to the base model's own choices, so every row is correct before the edit;
+    retention must then equal the edited model's accuracy, evaluated here independently."""
+    from unmemorize.evaluate import evaluate_tasks
+    from unmemorize.evaluate.tasks import choice_log_likelihoods
+    from unmemorize.models import load_model
+
+    model, tokenizer = load_model(str(workspace / "llama"))
+    prompts = ["the cat sees the", "a dog likes a", "the king walks into the", "one bird sings near the", "the child eats the",
+               "some fish runs under a", "the queen holds the", "every teacher finds a"]
+    choices = ["red", "house", "tree", "river"]
+    rows = []
+    for prompt in prompts:
+        ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        scores = choice_log_likelihoods(model, [ids] * 4, [tokenizer(" " + c, add_special_tokens=False)["input_ids"] for c in choices])
+        rows.append({"task": "pick", "category": "logic", "prompt": prompt, "choices": choices, "label": int(torch.tensor(scores).argmax())})
+    tasks = tmp_path / "pick.jsonl"
+    tasks.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert evaluate_tasks(model, tokenizer, str(tasks)).tasks["pick"].accuracy == 1.0
+    edited = tmp_path / "edited"
+    assert main(["edit", "--model", str(workspace / "llama"), "--factors", str(workspace / "factors"), "--out", str(edited), "--rho", "0.3"]) == 0
+    edited_model, _ = load_model(str(edited))
+    after = evaluate_tasks(edited_model, tokenizer, str(tasks))
+    memorized, _, _ = write_analysis_inputs(tmp_path)
+    out = tmp_path / "a"
+    assert main(["analyze", "--model", str(workspace / "llama"), "--factors", str(workspace / "factors"), "--clean",
+                 str(workspace / "clean.txt"), "--memorized", str(memorized), "--tasks", str(tasks), "--edited", str(edited),
+                 "--out", str(out), "--max-tokens", "300"]) == 0
+    result = json.loads((out / "analysis.json").read_text())
+    for kind in ("whitened", "pairs", "svd"):
+        task = result["examples"][kind]["tasks"]["pick"]
+        assert task["correct_before"] == 8 and task["kept"] == round(8 * after.tasks["pick"].accuracy)
+        assert task["lost"] + task["kept"] == 8
+    points = {p["source"]: p["retention"] for p in result["correlation"]["svd"]["all"]["points"]}
+    assert points["pick"] == pytest.approx(after.tasks["pick"].accuracy)
+    assert "Per example" in (out / "analysis.md").read_text() and "AUC" in capsys.readouterr().out
+
+
+def test_analyze_edited_needs_tasks(workspace, tmp_path, capsys):
+    memorized, _, _ = write_analysis_inputs(tmp_path)
+    line = error_of(capsys, ["analyze", "--model", str(workspace / "llama"), "--factors", str(workspace / "factors"), "--clean",
+                             str(workspace / "clean.txt"), "--memorized", str(memorized), "--edited", str(workspace / "llama"),
+                             "--out", str(tmp_path / "a")])
+    assert "--edited needs --tasks FILE" in line

@@ -120,8 +120,11 @@ def _build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--tasks", help="Task .jsonl (prompt + gold answer per row); one source per task name.")
     analyze.add_argument("--compare", action="append", metavar="A/B", default=[],
                          help="Also compare two sources directly, e.g. memorized/control (repeatable).")
-    analyze.add_argument("--retention", help="JSON {source: retention after an edit} or a demo results.json: adds the "
-                         "loading-vs-retention scatter and its Spearman correlation.")
+    after = analyze.add_mutually_exclusive_group()
+    after.add_argument("--edited", help="Edited model folder (from 'unmemorize edit'): --tasks are evaluated on both models, "
+                       "giving each task's retention and, per row, whether low-curvature loading predicts what the edit breaks.")
+    after.add_argument("--retention", help="JSON {source: retention after an edit} or a demo results.json: adds the "
+                       "loading-vs-retention scatter and its Spearman correlation.")
     analyze.add_argument("--out", required=True, help="Folder for analysis.json, analysis.md and the plots.")
     analyze.add_argument("--overwrite", action="store_true", help="Replace an existing output folder.")
     _add_target_options(analyze)
@@ -287,7 +290,10 @@ def _parse_sources(args) -> dict[str, str]:
 def _run_analyze(args) -> None:
     from ._atomic import atomic_dir, check_output_dir
     from .analysis import AnalyzeConfig, add_comparison, band_analysis, image_batches, load_image_source, load_text_source, text_batches
+    from .analysis import TokenSequence
     from .analysis.report import retention_from_file, write_analysis
+    from .analysis.retention import example_retention, per_task_retention, task_sequences
+    from .evaluate import evaluate_tasks, load_tasks
     from .basis import decompose_factors
     from .curvature import load_factors
     from .models import load_model
@@ -301,6 +307,10 @@ def _run_analyze(args) -> None:
     if any(b != "svd" for b in basis_names) and not args.factors:
         raise UnmemorizeError(f"--bases {config.bases} needs --factors DIR (or use --bases svd)")
     retention = retention_from_file(args.retention) if args.retention else None
+    if args.edited and not args.tasks:
+        raise UnmemorizeError("--edited needs --tasks FILE: retention is measured on the tasks")
+    if args.edited and not Path(args.edited, "config.json").is_file():
+        raise UnmemorizeError(f"--edited {args.edited!r} is not a model folder (config.json is missing)")
     model, tokenizer = load_model(args.model, args.model_dtype, args.device, args.trust_remote_code)
     if args.targets or args.layers or args.proj or not args.factors:
         modules = resolve_targets(model, args.targets, args.layers, args.proj)
@@ -330,14 +340,34 @@ def _run_analyze(args) -> None:
             groups = load_text_source(path, tokenizer, config.seq_len, config.max_tokens)
             sequences = [s for group in groups.values() for s in group]
             sources[name] = lambda sequences=sequences: text_batches(sequences, positions, config.batch_size, pad_id)
-        if args.tasks:
-            for task, sequences in load_text_source(args.tasks, tokenizer, config.seq_len, config.max_tokens).items():
-                name = task or "tasks"
-                if name in sources:
-                    raise UnmemorizeError(f"task name {name!r} collides with a source name")
-                task_names.append(name)
-                sources[name] = lambda sequences=sequences: text_batches(sequences, positions, config.batch_size, pad_id)
-    result = band_analysis(model, modules, bases, sources, "clean", basis_names, config.floor)
+        if args.edited:  # every task row, in file order, so that rows can be matched with their evaluation
+            task_rows = load_tasks(args.tasks)
+            task_groups = task_sequences(task_rows, tokenizer)
+            task_inputs = {task: [s for _, s in members] for task, members in task_groups.items()}
+        elif args.tasks:
+            task_inputs = {task or "tasks": seqs for task, seqs in load_text_source(args.tasks, tokenizer, config.seq_len, config.max_tokens).items()}
+        else:
+            task_inputs = {}
+        for name, sequences in task_inputs.items():
+            if name in sources:
+                raise UnmemorizeError(f"task name {name!r} collides with a source name")
+            task_names.append(name)
+            sequences = [TokenSequence(s.ids[: config.seq_len], s.continuation_start) for s in sequences]
+            sources[name] = lambda sequences=sequences: text_batches(sequences, positions, config.batch_size, pad_id)
+    result = band_analysis(model, modules, bases, sources, "clean", basis_names, config.floor,
+                           per_sequence=task_names if args.edited else ())
+    examples = None
+    edited_modules = None
+    if args.edited:
+        before = evaluate_tasks(model, tokenizer, task_rows).correct
+        del model
+        edited_model, _ = load_model(args.edited, args.model_dtype, args.device, args.trust_remote_code)
+        after = evaluate_tasks(edited_model, tokenizer, task_rows).correct
+        record = Path(args.edited, "unmemorize_edit.json")
+        if record.is_file():
+            edited_modules = [m for m in json.loads(record.read_text()).get("modules", {}) if m in result["modules"]] or None
+        retention = per_task_retention(task_groups, before, after)
+        examples = example_retention(result, task_groups, before, after, edited_modules)
     compared = list(paths)
     for spec in args.compare:
         source, sep, reference = spec.partition("/")
@@ -347,7 +377,7 @@ def _run_analyze(args) -> None:
     result["config"] = {**dataclasses.asdict(config), "positions": positions, "model": args.model, "factors": args.factors,
                         "sources": {"clean": args.clean, **paths, **({"tasks": args.tasks} if args.tasks else {})}}
     with atomic_dir(args.out, args.overwrite) as tmp:
-        extra = write_analysis(result, tmp, compared, task_names, retention)
+        extra = write_analysis(result, tmp, compared, task_names, retention, edited_modules, examples)
     for source, summary in extra["summary"].items():
         for kind, s in summary.items():
             print(f"{source.replace('/', ' / ') if '/' in source else source + ' / clean'}, {kind}: {s['both']}/{s['modules']} layers with bottom-50% > 1 and top-10% < 1; "
@@ -355,6 +385,10 @@ def _run_analyze(args) -> None:
     for kind, pair in extra["correlation"].items():
         print(f"retention vs low-curvature loading ({kind}): Spearman {pair['all']['spearman']:.3f} over {pair['all']['n']} sources, "
               f"{pair['tasks']['spearman']:.3f} over {pair['tasks']['n']} tasks")
+    for kind, block in (examples or {}).items():
+        pooled = block["pooled"]
+        print(f"per example ({kind}): {pooled['lost']} of {pooled['lost'] + pooled['kept']} correct rows lost; "
+              f"AUC(loading: lost > kept) = {pooled['auc']:.3f}")
     print(f"wrote {args.out}")
 
 

@@ -30,10 +30,12 @@ import torch
 
 from .analysis import add_comparison, band_analysis, load_text_source, text_batches
 from .analysis.report import write_analysis
+from .analysis.retention import example_retention, task_sequences
 from .basis import decompose_factors
 from .curvature import CollectConfig, collect_from_files
 from .edit import EditConfig, edited
 from .edit.search import candidate_plans, search_plan
+from .evaluate import evaluate_tasks, load_tasks
 from .models import load_model
 from .report import write_report
 from .spectrum import plot_spectra
@@ -87,24 +89,29 @@ def _svd_matched(model, suite, plan, target_ppl):
     return best, points
 
 
-def _band_analysis(model, tokenizer, folder: Path, modules, bases, kfac: dict, out: Path, quick: bool) -> dict:
-    """Step 6: sources from the testbed's files; retention of the label-tuned K-FAC edit."""
+def _band_analysis(model, tokenizer, folder: Path, modules, bases, factors, plan, kfac: dict, out: Path, quick: bool) -> dict:
+    """Step 6: sources from the testbed's files; retention of the label-tuned K-FAC edit, per task and per row."""
     data = folder / "data"
     budget = 4_000 if quick else 20_000
     files = {"clean": data / "heldout.txt", "memorized": data / "memorized_validation.jsonl", "quotes": data / "quotes.jsonl",
              "control": data / "control_sequences.jsonl"}
     groups = {name: [s for g in load_text_source(path, tokenizer, 128, budget).values() for s in g] for name, path in files.items()}
-    tasks = load_text_source(data / "tasks.jsonl", tokenizer, 128, budget)
-    groups.update(tasks)
+    rows = load_tasks(data / "tasks.jsonl")
+    tasks = task_sequences(rows, tokenizer)
+    groups.update({task: [sequence for _, sequence in members] for task, members in tasks.items()})
     pad_id = tokenizer.pad_token_id
     sources = {name: (lambda seqs=seqs: text_batches(seqs, "next_token", 16, pad_id)) for name, seqs in groups.items()}
-    result = band_analysis(model, modules, bases, sources, "clean")
+    result = band_analysis(model, modules, bases, sources, "clean", per_sequence=list(tasks))
     compared = ["memorized", "quotes", "control", add_comparison(result, "memorized", "control")]
     retention = {name: task["retention"] for name, task in kfac["tasks"].items() if task["learned"]}
     retention.update(memorized=kfac["category_retention"]["memorized_validation"], quotes=kfac["category_retention"]["quotes"])
-    extra = write_analysis(result, out / "analysis", compared, list(tasks), retention, list(kfac["module_names"]))
+    before = evaluate_tasks(model, tokenizer, rows).correct
+    with edited(model, plan, factors, bases=bases):
+        after = evaluate_tasks(model, tokenizer, rows).correct
+    examples = example_retention(result, tasks, before, after, list(plan))
+    extra = write_analysis(result, out / "analysis", compared, list(tasks), retention, list(plan), examples)
     layers = {name: {kind: stats["ratio"]["memorized"] for kind, stats in entry["bases"].items()} for name, entry in result["modules"].items()}
-    return {"summary": extra["summary"], "correlation": extra["correlation"], "memorized_ratios": layers,
+    return {"summary": extra["summary"], "correlation": extra["correlation"], "examples": examples, "memorized_ratios": layers,
             "counted_positions": result["counted_positions"], "folder": "analysis"}
 
 
@@ -171,7 +178,7 @@ def run_demo(config: DemoConfig | None = None) -> dict:
     lap("label-free search (clean perplexity only) + evaluation")
     for name in [m for m in methods if m != "baseline"]:
         add_retention(methods[name], baseline)
-    analysis = _band_analysis(model, tokenizer, folder, targets, bases, {**methods["kfac"], "module_names": list(plan)}, out, config.quick)
+    analysis = _band_analysis(model, tokenizer, folder, targets, bases, factors, plan, methods["kfac"], out, config.quick)
     lap("activation-ratio analysis (bands, K-FAC vs SVD)")
     info = __import__("json").loads((folder / "testbed.json").read_text())
     results = {

@@ -145,6 +145,18 @@ def _analysis_lines(results: dict) -> list[str]:
               "| basis | all sources (tasks + memorized sets) | tasks only |", "|---|---|---|"]
     for kind, pair in analysis["correlation"].items():
         lines.append(f"| {kind} | {pair['all']['spearman']:.3f} (n={pair['all']['n']}) | {pair['tasks']['spearman']:.3f} (n={pair['tasks']['n']}) |")
+    examples = analysis.get("examples")
+    if examples:
+        kinds = list(examples)
+        tasks = list(next(iter(examples.values()))["tasks"])
+        lines += ["", "Per example (rows the base model answers correctly): AUC = P(low-curvature loading of a row the edit breaks > "
+                  "that of a row it keeps); 0.5 = no information.", "",
+                  "| task | lost / correct before | " + " | ".join(f"AUC {k}" for k in kinds) + " |", "|---|---|" + "---|" * len(kinds)]
+        for task in [*tasks, "pooled"]:
+            first = examples[kinds[0]]["tasks"][task] if task != "pooled" else examples[kinds[0]]["pooled"]
+            cells = [examples[k]["tasks"][task]["auc"] if task != "pooled" else examples[k]["pooled"]["auc"] for k in kinds]
+            lines.append(f"| {task} | {first['lost']} / {first['lost'] + first['kept']} | " + " | ".join(
+                "-" if c is None or c != c else f"{c:.3f}" for c in cells) + " |")
     lines += ["", "![loading vs retention](analysis/loading_vs_retention_whitened.png)", "",
               "Per-layer tables, every source and the other plots: [analysis/analysis.md](analysis/analysis.md).", ""]
     return lines

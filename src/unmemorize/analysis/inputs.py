@@ -30,7 +30,7 @@ from ..data import iter_windows, list_data_files, pad_batch
 from ..errors import UnmemorizeError
 from ..evaluate.jsonl import id_list, read_jsonl
 from ..evaluate.memorization import parse_memorization_row
-from ..evaluate.tasks import parse_task_row
+from ..evaluate.tasks import TaskRow, parse_task_row
 
 TEXT_POSITIONS = ("next_token", "continuation", "all")
 IMAGE_POSITIONS = ("cls", "all")
@@ -56,15 +56,20 @@ def _ids(tokenizer, text: str, where: str) -> list[int]:
     return ids
 
 
+def task_sequence(task: TaskRow, tokenizer) -> TokenSequence:
+    """prompt + " " + gold answer (or the labelled choice); the continuation starts after the prompt."""
+    prompt = _ids(tokenizer, task.prompt, task.where)
+    answer = task.answer if task.answer is not None else task.choices[task.label]
+    return TokenSequence(prompt + _ids(tokenizer, " " + answer, task.where), len(prompt) - 1)
+
+
 def _row_sequence(row: dict, where: str, tokenizer) -> tuple[str | None, TokenSequence]:
     if any(key in row for key in ("prefix_ids", "suffix_ids", "prefix", "suffix")):
         item = parse_memorization_row(row, where, tokenizer)
         return None, TokenSequence(item.prefix_ids + item.suffix_ids, len(item.prefix_ids) - 1)
     if "prompt" in row and "task" in row:
         task = parse_task_row(row, where)
-        prompt = _ids(tokenizer, task.prompt, where)
-        answer = task.answer if task.answer is not None else task.choices[task.label]
-        return task.task, TokenSequence(prompt + _ids(tokenizer, " " + answer, where), len(prompt) - 1)
+        return task.task, task_sequence(task, tokenizer)
     if "input_ids" in row:
         return None, TokenSequence(id_list(row["input_ids"], where, "input_ids"))
     if isinstance(row.get("text"), str):

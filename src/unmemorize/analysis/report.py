@@ -7,6 +7,7 @@ import json
 import math
 from pathlib import Path
 
+from .retention import example_table
 from .plots import plot_band_ratios, plot_loading_vs_retention, ratio_table
 from .run import retention_correlation, summarize, task_loading
 
@@ -57,12 +58,13 @@ def loading_table(result: dict, sources: list[str], modules: list[str] | None = 
 
 
 def write_analysis(result: dict, out: str | Path, compared: list[str], tasks: list[str] = (), retention: dict | None = None,
-                   modules_for_tasks: list[str] | None = None) -> dict:
+                   modules_for_tasks: list[str] | None = None, examples: dict | None = None) -> dict:
     """Write every artefact into ``out``; returns {"summary", "correlation"} (also stored in the JSON).
 
     ``compared``: sources (or ``"a/b"`` keys from ``add_comparison``) that get a section and a
     Figure-2 plot. Correlations of loading vs retention are computed over every source with a
-    retention ("all") and over the task sources only ("tasks").
+    retention ("all") and over the task sources only ("tasks"). ``examples``: the per-example
+    result of ``retention.example_retention``, tabled and stored.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -95,8 +97,14 @@ def write_analysis(result: dict, out: str | Path, compared: list[str], tasks: li
             text += [f"### Retention vs loading, {kind} basis: Spearman rho = {corr['spearman']:.3f} over {corr['n']} sources, "
                      f"{pair['tasks']['spearman']:.3f} over the {pair['tasks']['n']} tasks alone", "",
                      f"![loading vs retention](loading_vs_retention_{kind}.png)", ""]
-    extra = {"summary": summaries, "correlation": correlations, "tasks": list(tasks)}
-    (out / "analysis.json").write_text(json.dumps(_finite({**result, **extra}), indent=2))
+    if examples:
+        text += ["## Per example: do rows the edit breaks lean on low curvature?", "",
+                 "Rows the base model answers correctly; loading = mean over the edited modules of ln(a_bottom50 / clean) - "
+                 "ln(a_top10 / clean) over the row's positions; AUC = P(loading of a lost row > loading of a kept row), 0.5 = "
+                 "no information.", "", example_table(examples), ""]
+    extra = {"summary": summaries, "correlation": correlations, "tasks": list(tasks), **({"examples": examples} if examples else {})}
+    saved = {k: v for k, v in result.items() if k != "per_sequence"}
+    (out / "analysis.json").write_text(json.dumps(_finite({**saved, **extra}), indent=2))
     (out / "analysis.md").write_text("\n".join(text))
     return extra
 

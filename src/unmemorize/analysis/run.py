@@ -79,11 +79,15 @@ def _projection_name(module_name: str) -> str:
 
 @torch.no_grad()
 def band_analysis(model, modules: list[str], bases: dict[str, ModuleBasis], sources: dict[str, Batches], reference: str = "clean",
-                  basis_names: list[str] = ("whitened", "pairs", "svd"), floor: float = DEFAULT_FLOOR) -> dict:
+                  basis_names: list[str] = ("whitened", "pairs", "svd"), floor: float = DEFAULT_FLOOR,
+                  per_sequence: Iterable[str] = ()) -> dict:
     """Band means and ratios for every module, basis and source (see module doc).
 
     ``sources`` maps a name to a function returning batches of (model inputs, counted mask);
-    ``reference`` names the source the ratios divide by.
+    ``reference`` names the source the ratios divide by. For the sources named in
+    ``per_sequence`` the result also holds ``result["per_sequence"][source][module][basis]``: a
+    (sequences, bands) float64 tensor of each sequence's mean a_b over its counted positions
+    (not JSON; ``write_analysis`` leaves it out).
     """
     if reference not in sources:
         raise UnmemorizeError(f"the reference source {reference!r} is missing")
@@ -107,7 +111,9 @@ def band_analysis(model, modules: list[str], bases: dict[str, ModuleBasis], sour
             readouts[name, kind] = readout
     means = {(s, m, k): BandMeans(len(BAND_NAMES)) for s in sources for m in modules for k in basis_names}
     counted: dict[str, int] = {}
-    current = {"source": None, "mask": None}
+    current = {"source": None, "mask": None, "offset": 0}
+    per_sequence = set(per_sequence)
+    sequence_sums: dict[tuple, list[torch.Tensor]] = {}
 
     def hook_for(name):
         def hook(module, args):
@@ -116,8 +122,15 @@ def band_analysis(model, modules: list[str], bases: dict[str, ModuleBasis], sour
             if mask.shape != inputs.shape[:-1]:
                 raise UnmemorizeError(f"{name}: input shape {tuple(inputs.shape)} does not match the position mask {tuple(mask.shape)}")
             rows = inputs[mask].to(dtype)
+            owners = mask.nonzero()[:, 0] if current["source"] in per_sequence else None
             for kind in basis_names:
-                means[current["source"], name, kind].update(readouts[name, kind].band_activations(rows).double())
+                activations = readouts[name, kind].band_activations(rows).double()
+                means[current["source"], name, kind].update(activations)
+                if owners is not None:
+                    sums = torch.zeros(mask.shape[0], activations.shape[1], dtype=torch.float64, device=activations.device)
+                    sums.index_add_(0, owners, activations)
+                    per_row = sums / mask.sum(1, keepdim=True).clamp_min(1).to(sums)
+                    sequence_sums.setdefault((current["source"], name, kind), []).append(per_row.cpu())
         return hook
 
     handles = [named[name].register_forward_pre_hook(hook_for(name)) for name in modules]
@@ -131,6 +144,9 @@ def band_analysis(model, modules: list[str], bases: dict[str, ModuleBasis], sour
                 current["mask"] = mask
                 model(**{k: v.to(device) for k, v in inputs.items()})
                 counted[source] += int(mask.sum())
+        missing_sources = per_sequence - set(sources)
+        if missing_sources:
+            raise UnmemorizeError(f"per_sequence names unknown sources: {sorted(missing_sources)}")
     finally:
         for handle in handles:
             handle.remove()
@@ -145,6 +161,8 @@ def band_analysis(model, modules: list[str], bases: dict[str, ModuleBasis], sour
             ratio = {s: band_ratios(mean[s], mean[reference]) for s in sources if s != reference}
             entry["bases"][kind] = {"mean": mean, "ratio": ratio, "separation": {s: separation_score(r) for s, r in ratio.items()}}
         result["modules"][name] = entry
+    if per_sequence:
+        result["per_sequence"] = {s: {m: {k: torch.cat(sequence_sums[s, m, k]) for k in basis_names} for m in modules} for s in per_sequence}
     return result
 
 
@@ -190,6 +208,29 @@ def task_loading(result: dict, basis: str, modules: list[str] | None = None) -> 
         values = [v for v in values if math.isfinite(v)]
         loading[source] = sum(values) / len(values) if values else float("nan")
     return loading
+
+
+def sequence_loading(result: dict, source: str, basis: str, modules: list[str] | None = None) -> torch.Tensor:
+    """Per sequence of ``source``: mean over modules of ln(a_bottom50 / clean) - ln(a_top10 / clean),
+    from ``band_analysis(..., per_sequence=[source])`` (the per-example version of ``task_loading``)."""
+    names = modules or list(result["modules"])
+    reference = result["reference"]
+    terms = []
+    for name in names:
+        per_row = result["per_sequence"][source][name][basis]
+        clean = result["modules"][name]["bases"][basis]["mean"][reference]
+        terms.append(torch.log(per_row[:, -1] / clean[-1]) - torch.log(per_row[:, 0] / clean[0]))
+    return torch.stack(terms).mean(0)
+
+
+def auc(positives, negatives) -> float:
+    """P(a positive scores above a negative), ties counted 1/2 (the Mann-Whitney U / (n_pos n_neg))."""
+    pos, neg = torch.as_tensor(positives, dtype=torch.float64), torch.as_tensor(negatives, dtype=torch.float64)
+    if len(pos) == 0 or len(neg) == 0:
+        return float("nan")
+    greater = (pos[:, None] > neg[None, :]).double().sum()
+    ties = (pos[:, None] == neg[None, :]).double().sum()
+    return float((greater + 0.5 * ties) / (len(pos) * len(neg)))
 
 
 def retention_correlation(loading: dict[str, float], retention: dict[str, float]) -> dict:

@@ -22,7 +22,7 @@ Task accuracy = correct rows / rows; category accuracy = mean of its tasks' accu
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -175,10 +175,11 @@ class TaskScore:
 
 @dataclass
 class TaskResults:
-    """Per task accuracy and n; per category the mean of its tasks' accuracies."""
+    """Per task accuracy and n; per category the mean of its tasks' accuracies; per row, correct or not."""
 
     tasks: dict[str, TaskScore]
     categories: dict[str, float]
+    correct: list[bool] = field(default_factory=list)  # in the order of the rows evaluated
 
     def to_dict(self) -> dict:
         return {"tasks": {name: asdict(score) for name, score in self.tasks.items()}, "categories": dict(self.categories)}
@@ -204,4 +205,4 @@ def evaluate_tasks(model, tokenizer, rows: str | Path | list, batch_size: int = 
     by_category: dict[str, list[float]] = defaultdict(list)
     for score in tasks.values():
         by_category[score.category].append(score.accuracy)
-    return TaskResults(tasks, {name: sum(accs) / len(accs) for name, accs in by_category.items()})
+    return TaskResults(tasks, {name: sum(accs) / len(accs) for name, accs in by_category.items()}, correct)

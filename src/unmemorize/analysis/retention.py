@@ -1,0 +1,89 @@
+"""Figure 4 made quantitative: does leaning on low-curvature bands predict what an edit breaks?
+
+Two levels, both reported:
+
+* per task -- ``task_loading`` (mean separation of the task's inputs vs clean) against the task's
+  retention (edited / baseline accuracy), Spearman's rho over tasks (few points);
+* per example -- for every task row the base model answers correctly, its own loading (the mean
+  over the analysed modules of ln(a_bottom50 / clean) - ln(a_top10 / clean) over its positions)
+  and whether the edited model still answers it. AUC = P(loading of a lost row > loading of a
+  kept row): 0.5 means the loading says nothing, > 0.5 that lost rows lean on low curvature.
+  Reported within each task (controls for the task) and pooled over tasks.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+
+from ..evaluate.tasks import TaskRow
+from ..testbed.suite import LEARNED
+from .inputs import TokenSequence, task_sequence
+from .run import auc, sequence_loading
+
+
+def task_sequences(rows: list[TaskRow], tokenizer) -> dict[str, list[tuple[int, TokenSequence]]]:
+    """Per task, (row index, prompt + gold answer sequence) in row order."""
+    groups: dict[str, list[tuple[int, TokenSequence]]] = defaultdict(list)
+    for index, row in enumerate(rows):
+        groups[row.task].append((index, task_sequence(row, tokenizer)))
+    return dict(groups)
+
+
+def example_retention(result: dict, groups: dict[str, list[tuple[int, TokenSequence]]], correct_before: list[bool],
+                      correct_after: list[bool], modules: list[str] | None = None) -> dict:
+    """Per basis: per learned task and pooled, the AUC of loading for lost vs kept rows (see module doc).
+
+    ``result`` must come from ``band_analysis(..., per_sequence=<the task names>)`` with the
+    task sources built from ``groups``. Tasks with baseline accuracy below 50% are skipped.
+    """
+    basis_names = list(next(iter(result["modules"].values()))["bases"])
+    out = {}
+    for kind in basis_names:
+        per_task, pooled_lost, pooled_kept = {}, [], []
+        for task, members in groups.items():
+            before = [correct_before[i] for i, _ in members]
+            accuracy = sum(before) / len(before)
+            if accuracy < LEARNED:
+                continue
+            loading = sequence_loading(result, task, kind, modules)
+            lost = [float(loading[k]) for k, (i, _) in enumerate(members) if correct_before[i] and not correct_after[i]]
+            kept = [float(loading[k]) for k, (i, _) in enumerate(members) if correct_before[i] and correct_after[i]]
+            pooled_lost += lost
+            pooled_kept += kept
+            per_task[task] = {"correct_before": len(lost) + len(kept), "lost": len(lost), "kept": len(kept), "auc": auc(lost, kept),
+                              "mean_loading_lost": _mean(lost), "mean_loading_kept": _mean(kept)}
+        out[kind] = {"tasks": per_task, "pooled": {"lost": len(pooled_lost), "kept": len(pooled_kept), "auc": auc(pooled_lost, pooled_kept),
+                                                   "mean_loading_lost": _mean(pooled_lost), "mean_loading_kept": _mean(pooled_kept)}}
+    return out
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else math.nan
+
+
+def example_table(examples: dict) -> str:
+    """Markdown: per basis and task, lost / kept counts, mean loadings and the AUC."""
+    lines = ["| basis | task | correct before | lost after edit | mean loading, lost | mean loading, kept | AUC (lost > kept) |",
+             "|---|---|---|---|---|---|---|"]
+
+    def fmt(value):
+        return "-" if value is None or not math.isfinite(value) else f"{value:.3f}"
+
+    for kind, block in examples.items():
+        for task, s in {**block["tasks"], "pooled": {**block["pooled"], "correct_before": block["pooled"]["lost"] + block["pooled"]["kept"]}}.items():
+            lines.append(f"| {kind} | {task} | {s['correct_before']} | {s['lost']} | {fmt(s['mean_loading_lost'])} | "
+                         f"{fmt(s['mean_loading_kept'])} | {fmt(s['auc'])} |")
+    return "\n".join(lines)
+
+
+def per_task_retention(groups: dict[str, list[tuple[int, TokenSequence]]], correct_before: list[bool], correct_after: list[bool]) -> dict[str, float]:
+    """Edited / baseline accuracy per learned task (baseline >= 50%)."""
+    retention = {}
+    for task, members in groups.items():
+        before = sum(correct_before[i] for i, _ in members)
+        after = sum(correct_after[i] for i, _ in members)
+        if before / len(members) >= LEARNED:
+            retention[task] = after / before
+    return retention
+
