@@ -266,3 +266,12 @@ def test_example_retention_matches_a_hand_computation():
     assert per_task_retention(groups, before, after) == {"qa": 0.5}
     # a task the base model has not learned (< 50%) is skipped
     assert example_retention(result, groups, [True, False, False, False, False], after)["svd"]["tasks"] == {}
+
+
+def test_auc_standard_error_matches_hanley_mcneil_and_shrinks_with_n():
+    from unmemorize.analysis.run import auc_standard_error
+
+    # Hanley & McNeil (1982), Table 1 style check: A = 0.5, n = 50 each -> sqrt((0.25 + 49 (1/3 - 1/4) * 2) / 2500)
+    assert auc_standard_error(0.5, 50, 50) == pytest.approx(np.sqrt((0.25 + 49 * (1 / 3 - 0.25) * 2) / 2500))
+    assert auc_standard_error(0.7, 200, 200) < auc_standard_error(0.7, 20, 20)
+    assert np.isnan(auc_standard_error(0.7, 0, 5))

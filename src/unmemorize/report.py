@@ -7,6 +7,7 @@ memorized families, and perplexity, per method) and Figure 3 (task retention by 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 CATEGORY_ORDER = ("memorized_validation", "quotes", "math", "closed_book_qa", "open_book_qa", "logic")
@@ -122,6 +123,19 @@ def _label_free_lines(results: dict) -> list[str]:
             "tuning split.", ""]
 
 
+def _verdicts(ratios: dict) -> str:
+    """Per module and basis: the paper's pattern (yes/no) and the separation ln(r_bottom50) - ln(r_top10)."""
+    kinds = list(next(iter(ratios.values())))
+    lines = ["| module | " + " | ".join(f"{k}: pattern, separation" for k in kinds) + " | K-FAC separation > SVD |",
+             "|---|" + "---|" * (len(kinds) + 1)]
+    for name, per_basis in ratios.items():
+        separation = {k: math.log(r[-1]) - math.log(r[0]) for k, r in per_basis.items()}
+        cells = [f"{'yes' if r[-1] > 1 and r[0] < 1 else 'no'}, {separation[k]:.3f}" for k, r in per_basis.items()]
+        clearer = "/".join("yes" if separation[k] > separation["svd"] else "no" for k in kinds if k != "svd") if "svd" in separation else "-"
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {clearer} |")
+    return "\n".join(lines)
+
+
 def _analysis_lines(results: dict) -> list[str]:
     analysis = results.get("analysis")
     if not analysis:
@@ -139,6 +153,7 @@ def _analysis_lines(results: dict) -> list[str]:
             name = source.replace("/", " / ") if "/" in source else f"{source} / clean"
             lines.append(f"| {name} | {kind} | {s['modules']} | {s['bottom50_above_1']} | {s['top10_below_1']} | {s['both']} | "
                          f"{s['mean_separation']:.3f} | {s['max_separation']:.3f} |")
+    lines += ["", "Per layer, memorized / clean (pattern = bottom-50% ratio > 1 and top-10% ratio < 1):", "", _verdicts(analysis["memorized_ratios"])]
     lines += ["", "![bands, memorized / clean](analysis/bands_memorized.png)", "",
               "![bands, memorized / control](analysis/bands_memorized_vs_control.png)", "",
               "Task loading (mean separation over the edited modules) vs retention after the `kfac` edit, Spearman rho:", "",
@@ -150,13 +165,13 @@ def _analysis_lines(results: dict) -> list[str]:
         kinds = list(examples)
         tasks = list(next(iter(examples.values()))["tasks"])
         lines += ["", "Per example (rows the base model answers correctly): AUC = P(low-curvature loading of a row the edit breaks > "
-                  "that of a row it keeps); 0.5 = no information.", "",
+                  "that of a row it keeps); 0.5 = no information; +- the Hanley-McNeil standard error.", "",
                   "| task | lost / correct before | " + " | ".join(f"AUC {k}" for k in kinds) + " |", "|---|---|" + "---|" * len(kinds)]
         for task in [*tasks, "pooled"]:
             first = examples[kinds[0]]["tasks"][task] if task != "pooled" else examples[kinds[0]]["pooled"]
-            cells = [examples[k]["tasks"][task]["auc"] if task != "pooled" else examples[k]["pooled"]["auc"] for k in kinds]
+            cells = [examples[k]["tasks"][task] if task != "pooled" else examples[k]["pooled"] for k in kinds]
             lines.append(f"| {task} | {first['lost']} / {first['lost'] + first['kept']} | " + " | ".join(
-                "-" if c is None or c != c else f"{c:.3f}" for c in cells) + " |")
+                "-" if c["auc"] is None or c["auc"] != c["auc"] else f"{c['auc']:.3f} +- {c['auc_se']:.3f}" for c in cells) + " |")
     lines += ["", "![loading vs retention](analysis/loading_vs_retention_whitened.png)", "",
               "Per-layer tables, every source and the other plots: [analysis/analysis.md](analysis/analysis.md).", ""]
     return lines

@@ -30,6 +30,28 @@ def _label(source: str, result: dict) -> str:
     return source.replace("/", " / ") if "/" in source else f"{source} / {result['reference']}"
 
 
+def verdict_table(result: dict, source: str) -> str:
+    """Markdown, one row per module: does each basis show bottom-50% > 1 and top-10% < 1, its
+    separation, and whether each K-FAC basis separates more than the SVD basis."""
+    basis_names = list(next(iter(result["modules"].values()))["bases"])
+    kfac = [b for b in basis_names if b != "svd"]
+    header = ["module", *[f"{b}: bottom50 > 1 and top10 < 1" for b in basis_names], *[f"{b} sep." for b in basis_names]]
+    if "svd" in basis_names:
+        header += [f"{b} sep. > svd sep." for b in kfac]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name, entry in result["modules"].items():
+        stats = entry["bases"]
+        cells = [name]
+        for kind in basis_names:
+            ratios = stats[kind]["ratio"][source]
+            cells.append("yes" if ratios[-1] > 1 and ratios[0] < 1 else "no")
+        cells += [_fmt(stats[kind]["separation"][source]) for kind in basis_names]
+        if "svd" in basis_names:
+            cells += ["yes" if stats[k]["separation"][source] > stats["svd"]["separation"][source] else "no" for k in kfac]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def _save(fig, path: str | Path) -> Path:
     import matplotlib.pyplot as plt
 

@@ -8,7 +8,7 @@ import math
 from pathlib import Path
 
 from .retention import example_table
-from .plots import plot_band_ratios, plot_loading_vs_retention, ratio_table
+from .plots import plot_band_ratios, plot_loading_vs_retention, ratio_table, verdict_table
 from .run import retention_correlation, summarize, task_loading
 
 
@@ -83,7 +83,8 @@ def write_analysis(result: dict, out: str | Path, compared: list[str], tasks: li
         slug = source.replace("/", "_vs_")
         plot_band_ratios(result, source, out / f"bands_{slug}.png")
         title = source.replace("/", " / ") if "/" in source else f"{source} / {result['reference']}"
-        text += [f"## {title}", "", *_summary_lines(result, source), "", f"![bands](bands_{slug}.png)", "", ratio_table(result, source), ""]
+        text += [f"## {title}", "", *_summary_lines(result, source), "", f"![bands](bands_{slug}.png)", "", verdict_table(result, source), "",
+                 "Band ratios (top10 / 10-25 / 25-50 / bottom50):", "", ratio_table(result, source), ""]
     others = [s for s in result["counted_positions"] if s != result["reference"]]
     text += ["## Low-curvature loading per source", "",
              "Mean separation against the reference over " + (", ".join(modules_for_tasks) if modules_for_tasks else "all analysed modules") + ".",

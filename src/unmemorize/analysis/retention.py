@@ -8,7 +8,8 @@ Two levels, both reported:
   over the analysed modules of ln(a_bottom50 / clean) - ln(a_top10 / clean) over its positions)
   and whether the edited model still answers it. AUC = P(loading of a lost row > loading of a
   kept row): 0.5 means the loading says nothing, > 0.5 that lost rows lean on low curvature.
-  Reported within each task (controls for the task) and pooled over tasks.
+  Reported within each task (controls for the task) and pooled over tasks, with the Hanley-McNeil
+  standard error (it treats rows as independent).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from collections import defaultdict
 from ..evaluate.tasks import TaskRow
 from ..testbed.suite import LEARNED
 from .inputs import TokenSequence, task_sequence
-from .run import auc, sequence_loading
+from .run import auc, auc_standard_error, sequence_loading
 
 
 def task_sequences(rows: list[TaskRow], tokenizer) -> dict[str, list[tuple[int, TokenSequence]]]:
@@ -51,11 +52,15 @@ def example_retention(result: dict, groups: dict[str, list[tuple[int, TokenSeque
             kept = [float(loading[k]) for k, (i, _) in enumerate(members) if correct_before[i] and correct_after[i]]
             pooled_lost += lost
             pooled_kept += kept
-            per_task[task] = {"correct_before": len(lost) + len(kept), "lost": len(lost), "kept": len(kept), "auc": auc(lost, kept),
-                              "mean_loading_lost": _mean(lost), "mean_loading_kept": _mean(kept)}
-        out[kind] = {"tasks": per_task, "pooled": {"lost": len(pooled_lost), "kept": len(pooled_kept), "auc": auc(pooled_lost, pooled_kept),
-                                                   "mean_loading_lost": _mean(pooled_lost), "mean_loading_kept": _mean(pooled_kept)}}
+            per_task[task] = {"correct_before": len(lost) + len(kept), **_stats(lost, kept)}
+        out[kind] = {"tasks": per_task, "pooled": _stats(pooled_lost, pooled_kept)}
     return out
+
+
+def _stats(lost: list[float], kept: list[float]) -> dict:
+    value = auc(lost, kept)
+    return {"lost": len(lost), "kept": len(kept), "auc": value, "auc_se": auc_standard_error(value, len(lost), len(kept)),
+            "mean_loading_lost": _mean(lost), "mean_loading_kept": _mean(kept)}
 
 
 def _mean(values: list[float]) -> float:
@@ -64,7 +69,7 @@ def _mean(values: list[float]) -> float:
 
 def example_table(examples: dict) -> str:
     """Markdown: per basis and task, lost / kept counts, mean loadings and the AUC."""
-    lines = ["| basis | task | correct before | lost after edit | mean loading, lost | mean loading, kept | AUC (lost > kept) |",
+    lines = ["| basis | task | correct before | lost after edit | mean loading, lost | mean loading, kept | AUC (lost > kept) +- SE |",
              "|---|---|---|---|---|---|---|"]
 
     def fmt(value):
@@ -73,7 +78,7 @@ def example_table(examples: dict) -> str:
     for kind, block in examples.items():
         for task, s in {**block["tasks"], "pooled": {**block["pooled"], "correct_before": block["pooled"]["lost"] + block["pooled"]["kept"]}}.items():
             lines.append(f"| {kind} | {task} | {s['correct_before']} | {s['lost']} | {fmt(s['mean_loading_lost'])} | "
-                         f"{fmt(s['mean_loading_kept'])} | {fmt(s['auc'])} |")
+                         f"{fmt(s['mean_loading_kept'])} | {fmt(s['auc'])} +- {fmt(s['auc_se'])} |")
     return "\n".join(lines)
 
 

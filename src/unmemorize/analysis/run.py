@@ -233,6 +233,16 @@ def auc(positives, negatives) -> float:
     return float((greater + 0.5 * ties) / (len(pos) * len(neg)))
 
 
+def auc_standard_error(value: float, positives: int, negatives: int) -> float:
+    """Hanley & McNeil (1982) standard error of an AUC from n_pos positives and n_neg negatives:
+    sqrt((A(1-A) + (n_pos-1)(Q1-A^2) + (n_neg-1)(Q2-A^2)) / (n_pos n_neg)), Q1 = A/(2-A), Q2 = 2A^2/(1+A)."""
+    if not positives or not negatives or not math.isfinite(value):
+        return float("nan")
+    q1, q2 = value / (2 - value), 2 * value**2 / (1 + value)
+    variance = (value * (1 - value) + (positives - 1) * (q1 - value**2) + (negatives - 1) * (q2 - value**2)) / (positives * negatives)
+    return math.sqrt(max(variance, 0.0))
+
+
 def retention_correlation(loading: dict[str, float], retention: dict[str, float]) -> dict:
     """Spearman rho between low-curvature loading and retention over the sources both name."""
     names = [n for n in loading if n in retention and retention[n] is not None and math.isfinite(loading[n])]
