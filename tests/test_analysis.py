@@ -275,3 +275,16 @@ def test_auc_standard_error_matches_hanley_mcneil_and_shrinks_with_n():
     assert auc_standard_error(0.5, 50, 50) == pytest.approx(np.sqrt((0.25 + 49 * (1 / 3 - 0.25) * 2) / 2500))
     assert auc_standard_error(0.7, 200, 200) < auc_standard_error(0.7, 20, 20)
     assert np.isnan(auc_standard_error(0.7, 0, 5))
+
+
+def test_modules_per_pass_gives_the_same_result(tiny_lm):
+    model, _ = tiny_lm("llama")
+    modules = ["model.layers.0.mlp.gate_proj", "model.layers.0.mlp.down_proj", "model.layers.1.mlp.up_proj"]
+    sequences = [TokenSequence(ids) for ids in random_sequences([10, 8, 6], model.config.vocab_size)]
+    other = [TokenSequence(ids) for ids in random_sequences([7, 9], model.config.vocab_size, seed=3)]
+    sources = {"clean": lambda: text_batches(sequences, "next_token", 2, 0), "other": lambda: text_batches(other, "next_token", 2, 0)}
+    together = band_analysis(model, modules, {}, sources, basis_names=["svd"], per_sequence=["other"])
+    split = band_analysis(model, modules, {}, sources, basis_names=["svd"], per_sequence=["other"], modules_per_pass=1)
+    assert together["modules"] == split["modules"] and together["counted_positions"] == split["counted_positions"]
+    for name in modules:
+        assert torch.equal(together["per_sequence"]["other"][name]["svd"], split["per_sequence"]["other"][name]["svd"])

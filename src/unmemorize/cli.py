@@ -355,7 +355,7 @@ def _run_analyze(args) -> None:
             sequences = [TokenSequence(s.ids[: config.seq_len], s.continuation_start) for s in sequences]
             sources[name] = lambda sequences=sequences: text_batches(sequences, positions, config.batch_size, pad_id)
     result = band_analysis(model, modules, bases, sources, "clean", basis_names, config.floor,
-                           per_sequence=task_names if args.edited else ())
+                           per_sequence=task_names if args.edited else (), modules_per_pass=config.modules_per_pass)
     examples = None
     edited_modules = None
     if args.edited:

@@ -48,6 +48,8 @@ class AnalyzeConfig:
     max_tokens: int = field(default=20_000, metadata={"help": "Token budget per source (per task for task files)."})
     batch_size: int = field(default=16, metadata={"help": "Sequences or images per forward pass."})
     floor: float = field(default=DEFAULT_FLOOR, metadata={"help": "Whitened basis: mu is clamped at floor * mu_max before A^-1/2."})
+    modules_per_pass: int = field(default=0, metadata={"help": "Analyse this many modules per pass over the sources (0: all at "
+                                  "once); bounds the memory of the (d_in x d_in) read-outs."})
 
     def basis_list(self) -> list[str]:
         names = [b.strip() for b in self.bases.split(",") if b.strip()]
@@ -60,6 +62,8 @@ class AnalyzeConfig:
         self.basis_list()
         if self.positions not in ("auto", "next_token", "continuation", "all", "cls"):
             raise UnmemorizeError(f"--positions {self.positions!r}: choose auto, next_token, continuation, all or cls")
+        if self.modules_per_pass < 0:
+            raise UnmemorizeError("--modules-per-pass must be >= 0")
         for name in ("seq_len", "max_tokens", "batch_size"):
             if getattr(self, name) < 1:
                 raise UnmemorizeError(f"--{name.replace('_', '-')} must be >= 1")
@@ -80,7 +84,7 @@ def _projection_name(module_name: str) -> str:
 @torch.no_grad()
 def band_analysis(model, modules: list[str], bases: dict[str, ModuleBasis], sources: dict[str, Batches], reference: str = "clean",
                   basis_names: list[str] = ("whitened", "pairs", "svd"), floor: float = DEFAULT_FLOOR,
-                  per_sequence: Iterable[str] = ()) -> dict:
+                  per_sequence: Iterable[str] = (), modules_per_pass: int = 0) -> dict:
     """Band means and ratios for every module, basis and source (see module doc).
 
     ``sources`` maps a name to a function returning batches of (model inputs, counted mask);
@@ -88,6 +92,10 @@ def band_analysis(model, modules: list[str], bases: dict[str, ModuleBasis], sour
     ``per_sequence`` the result also holds ``result["per_sequence"][source][module][basis]``: a
     (sequences, bands) float64 tensor of each sequence's mean a_b over its counted positions
     (not JSON; ``write_analysis`` leaves it out).
+
+    Memory: each module holds one (d_in, d_in) read-out per basis on the model's device (float32
+    on accelerators: 3 x 485 MB for a 7B down-projection). ``modules_per_pass = k > 0`` builds the
+    read-outs of k modules at a time and runs the sources once per group.
     """
     if reference not in sources:
         raise UnmemorizeError(f"the reference source {reference!r} is missing")
@@ -100,22 +108,18 @@ def band_analysis(model, modules: list[str], bases: dict[str, ModuleBasis], sour
         absent = [m for m in modules if m not in bases]
         if absent:
             raise UnmemorizeError(f"no K-FAC factors for {', '.join(absent[:5])}; collect them or use --bases svd")
+    per_sequence = set(per_sequence)
+    if per_sequence - set(sources):
+        raise UnmemorizeError(f"per_sequence names unknown sources: {sorted(per_sequence - set(sources))}")
     device = next(model.parameters()).device
     dtype = torch.float64 if device.type == "cpu" else torch.float32
-    readouts = {}
-    for name in modules:
-        for kind in basis_names:
-            readout = build_readout(kind, get_weight(named[name]), bases.get(name), BAND_EDGES, floor)
-            readout.directions = readout.directions.to(device, dtype)
-            readout.band_weights = readout.band_weights.to(device, dtype)
-            readouts[name, kind] = readout
     means = {(s, m, k): BandMeans(len(BAND_NAMES)) for s in sources for m in modules for k in basis_names}
     counted: dict[str, int] = {}
-    current = {"source": None, "mask": None, "offset": 0}
-    per_sequence = set(per_sequence)
+    current = {"source": None, "mask": None}
     sequence_sums: dict[tuple, list[torch.Tensor]] = {}
+    widths: dict[str, int] = {}
 
-    def hook_for(name):
+    def hook_for(name, readouts):
         def hook(module, args):
             inputs = args[0]
             mask = current["mask"].to(inputs.device)
@@ -124,7 +128,7 @@ def band_analysis(model, modules: list[str], bases: dict[str, ModuleBasis], sour
             rows = inputs[mask].to(dtype)
             owners = mask.nonzero()[:, 0] if current["source"] in per_sequence else None
             for kind in basis_names:
-                activations = readouts[name, kind].band_activations(rows).double()
+                activations = readouts[kind].band_activations(rows).double()
                 means[current["source"], name, kind].update(activations)
                 if owners is not None:
                     sums = torch.zeros(mask.shape[0], activations.shape[1], dtype=torch.float64, device=activations.device)
@@ -133,29 +137,38 @@ def band_analysis(model, modules: list[str], bases: dict[str, ModuleBasis], sour
                     sequence_sums.setdefault((current["source"], name, kind), []).append(per_row.cpu())
         return hook
 
-    handles = [named[name].register_forward_pre_hook(hook_for(name)) for name in modules]
     was_training = model.training
     model.eval()
+    chunk = modules_per_pass if modules_per_pass > 0 else len(modules)
     try:
-        for source, batches in sources.items():
-            current["source"] = source
-            counted[source] = 0
-            for inputs, mask in batches():
-                current["mask"] = mask
-                model(**{k: v.to(device) for k, v in inputs.items()})
-                counted[source] += int(mask.sum())
-        missing_sources = per_sequence - set(sources)
-        if missing_sources:
-            raise UnmemorizeError(f"per_sequence names unknown sources: {sorted(missing_sources)}")
+        for first in range(0, len(modules), chunk):  # one pass over every source per group of modules
+            handles = []
+            for name in modules[first: first + chunk]:
+                readouts = {}
+                for kind in basis_names:
+                    readout = build_readout(kind, get_weight(named[name]), bases.get(name), BAND_EDGES, floor)
+                    readout.directions = readout.directions.to(device, dtype)
+                    readout.band_weights = readout.band_weights.to(device, dtype)
+                    readouts[kind] = readout
+                widths[name] = int(readout.directions.shape[1])
+                handles.append(named[name].register_forward_pre_hook(hook_for(name, readouts)))
+            try:
+                for source, batches in sources.items():
+                    current["source"] = source
+                    counted[source] = 0
+                    for inputs, mask in batches():
+                        current["mask"] = mask
+                        model(**{k: v.to(device) for k, v in inputs.items()})
+                        counted[source] += int(mask.sum())
+            finally:
+                for handle in handles:
+                    handle.remove()
     finally:
-        for handle in handles:
-            handle.remove()
         model.train(was_training)
     result = {"bands": list(BAND_NAMES), "band_edges": list(BAND_EDGES), "reference": reference, "counted_positions": counted,
               "modules": {}}
     for name in modules:
-        entry = {"layer": layer_index(name), "projection": _projection_name(name), "d_in": int(readouts[name, basis_names[0]].directions.shape[1]),
-                 "bases": {}}
+        entry = {"layer": layer_index(name), "projection": _projection_name(name), "d_in": widths[name], "bases": {}}
         for kind in basis_names:
             mean = {s: means[s, name, kind].mean for s in sources}
             ratio = {s: band_ratios(mean[s], mean[reference]) for s in sources if s != reference}
