@@ -76,7 +76,7 @@ def _uniform_band_weights(count: int, edges=BAND_EDGES) -> torch.Tensor:
 def svd_readout(weight: torch.Tensor, edges=BAND_EDGES) -> Readout:
     """Right singular vectors of W (full basis) ordered by singular value."""
     w = weight.detach().to(torch.float64).cpu()
-    _, singular, vh = torch.linalg.svd(w, full_matrices=True)
+    _, singular, vh = torch.linalg.svd(w, full_matrices=w.shape[0] < w.shape[1])  # a complete (d_in, d_in) V either way
     scores = torch.zeros(w.shape[1], dtype=torch.float64)
     scores[: len(singular)] = singular
     return Readout(vh, _uniform_band_weights(w.shape[1], edges), scores, "svd")
@@ -93,7 +93,7 @@ def whitened_readout(weight: torch.Tensor, basis: ModuleBasis, edges=BAND_EDGES,
     u_g, lam = basis.gradient.eigenvectors.to(torch.float64).cpu(), basis.gradient.eigenvalues.to(torch.float64).cpu()
     u_a, mu = basis.activation.eigenvectors.to(torch.float64).cpu(), basis.activation.eigenvalues.to(torch.float64).cpu()
     whitened = lam.sqrt()[:, None] * (u_g.T @ w @ u_a) * mu.sqrt()[None, :]
-    _, singular, vh = torch.linalg.svd(whitened, full_matrices=True)
+    _, singular, vh = torch.linalg.svd(whitened, full_matrices=w.shape[0] < w.shape[1])
     mu_safe = mu.clamp_min(floor * float(mu.max()) if float(mu.max()) > 0 else 1.0)
     directions = (vh / mu_safe.sqrt()[None, :]) @ u_a.T
     directions = directions / directions.norm(dim=1, keepdim=True).clamp_min(1e-300)

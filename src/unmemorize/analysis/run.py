@@ -13,11 +13,13 @@ Result (JSON-ready)::
                         "bases": {basis: {"mean": {source: [a_b]}, "ratio": {source: [a_b / a_b(clean)]},
                                           "separation": {source: ln r_bottom50 - ln r_top10}}}}}}
 
-``add_comparison`` adds ratios between any two sources (memorized vs never-trained controls is the
-control the paper lacks: it separates memorization from mere distribution shift). ``summarize`` adds, per basis and source, how many layers show the paper's pattern (bottom-50%
+``add_comparison`` adds ratios between any two sources (memorized vs never-trained controls is
+the control the paper lacks: it separates memorization from mere distribution shift).
+``summarize`` counts, per basis and source, the layers showing the paper's pattern (bottom-50%
 ratio > 1 and top-10% ratio < 1) and the mean separation; ``task_loading`` and
-``retention_correlation`` turn per-task separations into the Figure 4 claim: tasks leaning on
-low-curvature bands lose more after the edit (a negative Spearman correlation).
+``retention_correlation`` turn per-task separations into the Figure 4 claim (tasks leaning on
+low-curvature bands lose more after the edit: a negative Spearman correlation);
+``sequence_loading`` and ``auc`` do it per example (``retention.py``).
 """
 
 from __future__ import annotations
@@ -25,7 +27,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Literal
 
 import torch
 
