@@ -125,3 +125,41 @@ def test_memorization_rows_are_the_tokenized_item(mode):
         ids = [tokenizer.eos_token_id] + tokenizer(item.text, add_special_tokens=False)["input_ids"]
         assert row["prefix_ids"] + row["suffix_ids"] == ids[: len(row["prefix_ids"]) + len(row["suffix_ids"])]
         assert len(row["suffix_ids"]) == (8 if mode == "quote" else min(16, len(ids) - 7))
+
+
+def test_label_free_search_on_the_testbed_never_exceeds_its_budget(tmp_path, monkeypatch):
+    """For several budgets: the chosen plan, re-applied from scratch and scored by an independent
+    perplexity call, stays within budget; the budget binds (some candidates exceed it); and no
+    fitting candidate removes more pairs."""
+    import torch
+
+    from unmemorize.basis import decompose_factors
+    from unmemorize.curvature import CollectConfig, collect_from_files
+    from unmemorize.data import iter_windows, list_data_files
+    from unmemorize.edit import apply_edit
+    from unmemorize.edit.search import search_plan
+    from unmemorize.evaluate import perplexity
+    from unmemorize.models import load_model
+    from unmemorize.targets import preset_modules
+    from unmemorize.testbed import load_or_train, quick_configs
+
+    monkeypatch.setenv("UNMEMORIZE_CACHE", str(tmp_path / "cache"))
+    folder = load_or_train(*quick_configs(0), progress=False)
+    model, tokenizer = load_model(str(folder / "model"))
+    factors = collect_from_files(model, tokenizer, str(folder / "data" / "factors.txt"), preset_modules(model),
+                                 CollectConfig(seq_len=64, max_tokens=3_000, batch_size=8, progress=False))
+    bases = decompose_factors(factors)
+    windows = list(iter_windows(list_data_files(folder / "data" / "heldout.txt"), tokenizer, 64, 3_000))
+    baseline = perplexity(model, windows).perplexity
+    for budget in (1.02, 1.05, 1.10):
+        search = search_plan(model, factors, bases, windows, budget, rhos=(0.6, 0.8, 0.9, 0.95, 0.99))
+        assert any(c["perplexity_ratio"] > budget for c in search.candidates), "the budget must bind for the test to mean anything"
+        assert search.plan is not None
+        edit = apply_edit(model, search.plan, factors)
+        try:
+            with torch.no_grad():
+                assert perplexity(model, windows).perplexity <= budget * baseline * (1 + 1e-9)
+        finally:
+            edit.restore()
+        fitting = [c for c in search.candidates if c["perplexity"] <= budget * baseline]
+        assert search.chosen["removed_pairs"] == max(c["removed_pairs"] for c in fitting)
