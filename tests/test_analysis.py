@@ -78,8 +78,8 @@ def test_whitened_basis_is_the_svd_basis_when_a_and_g_are_identity(shape):
     identity = basis_of(torch.eye(d_out, dtype=torch.float64), torch.eye(d_in, dtype=torch.float64))
     whitened, svd = whitened_readout(weight, identity), svd_readout(weight)
     torch.testing.assert_close(whitened.scores, svd.scores, rtol=1e-12, atol=1e-12)
-    rank = min(d_out, d_in)  # beyond it: W's null space, the same subspace in another basis, all inside the bottom band
-    torch.testing.assert_close(whitened.directions[:rank].abs(), svd.directions[:rank].abs(), rtol=0, atol=1e-10)  # up to sign
+    assert whitened.directions.shape == svd.directions.shape == (min(d_out, d_in), d_in)  # thin: W's row space
+    torch.testing.assert_close(whitened.directions.abs(), svd.directions.abs(), rtol=0, atol=1e-10)  # the same vectors up to sign
     torch.testing.assert_close(whitened.band_activations(x), svd.band_activations(x), rtol=1e-10, atol=1e-12)
     # negative control: a non-identity A changes the basis
     other = whitened_readout(weight, basis_of(torch.eye(d_out, dtype=torch.float64), random_psd(d_in, 6, decay=0.5)))
@@ -266,6 +266,11 @@ def test_example_retention_matches_a_hand_computation():
     assert per_task_retention(groups, before, after) == {"qa": 0.5}
     # a task the base model has not learned (< 50%) is skipped
     assert example_retention(result, groups, [True, False, False, False, False], after)["svd"]["tasks"] == {}
+    # a row with no counted position (NaN band means) is left out, not scored
+    result["per_sequence"]["qa"]["m1"]["svd"][1] = float("nan")
+    task = example_retention(result, groups, before, after)["svd"]["tasks"]["qa"]
+    assert (task["lost"], task["kept"]) == (2, 1) and task["auc"] == pytest.approx(
+        np.mean([[float(a > loading[2]) + 0.5 * float(a == loading[2])] for a in lost]))
 
 
 def test_auc_standard_error_matches_hanley_mcneil_and_shrinks_with_n():
@@ -288,3 +293,87 @@ def test_modules_per_pass_gives_the_same_result(tiny_lm):
     assert together["modules"] == split["modules"] and together["counted_positions"] == split["counted_positions"]
     for name in modules:
         assert torch.equal(together["per_sequence"]["other"][name]["svd"], split["per_sequence"]["other"][name]["svd"])
+
+
+def matrix_power(matrix, power):
+    values, vectors = torch.linalg.eigh(matrix)
+    return vectors @ torch.diag(values.clamp_min(0) ** power) @ vectors.T
+
+
+@pytest.mark.parametrize("shape", [(9, 6), (5, 8)])
+def test_whitened_readout_equals_the_svd_of_the_explicitly_whitened_weight(shape):
+    """Rows A^-1/2 q_k / |A^-1/2 q_k| from the SVD of M = G^1/2 W A^1/2 built with matrix square roots."""
+    d_out, d_in = shape
+    a, g = random_psd(d_in, 12, decay=0.6), random_psd(d_out, 13, decay=0.7)
+    weight = torch.randn(d_out, d_in, dtype=torch.float64, generator=torch.Generator().manual_seed(14))
+    _, singular, vh = torch.linalg.svd(matrix_power(g, 0.5) @ weight @ matrix_power(a, 0.5), full_matrices=False)
+    rows = vh @ matrix_power(a, -0.5)
+    rows = rows / rows.norm(dim=1, keepdim=True)
+    readout = whitened_readout(weight, basis_of(g, a))
+    torch.testing.assert_close(readout.scores, singular, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(readout.directions.abs(), rows.abs(), rtol=0, atol=1e-8)
+
+
+def test_wide_layers_bands_ignore_the_null_space_of_w():
+    """d_in > d_out: adding any input W cannot see changes no band activation (the bands do not
+    depend on an arbitrary basis of that null space)."""
+    d_out, d_in = 4, 10
+    weight = torch.randn(d_out, d_in, dtype=torch.float64, generator=torch.Generator().manual_seed(15))
+    basis = basis_of(random_psd(d_out, 16), random_psd(d_in, 17, decay=0.7))
+    null = torch.linalg.svd(weight, full_matrices=True)[2][d_out:]  # (6, 10), W @ null.T = 0
+    x = torch.randn(30, d_in, dtype=torch.float64, generator=torch.Generator().manual_seed(18))
+    shifted = x + torch.randn(30, d_in - d_out, dtype=torch.float64, generator=torch.Generator().manual_seed(19)) @ null * 5
+    for readout in (svd_readout(weight), whitened_readout(weight, basis)):
+        assert readout.directions.shape == (d_out, d_in)
+        torch.testing.assert_close(readout.band_activations(shifted), readout.band_activations(x), rtol=1e-9, atol=1e-10)
+    pairs = pairs_readout(basis)  # A's full eigenbasis: the null-space shift is seen (negative control)
+    assert (pairs.band_activations(shifted) - pairs.band_activations(x)).abs().max() > 1e-2
+
+
+def test_auc_standard_error_on_an_asymmetric_case():
+    from unmemorize.analysis.run import auc_standard_error
+
+    a, n_pos, n_neg = 0.8, 10, 100
+    q1, q2 = a / (2 - a), 2 * a * a / (1 + a)
+    expected = np.sqrt((a * (1 - a) + (n_pos - 1) * (q1 - a * a) + (n_neg - 1) * (q2 - a * a)) / (n_pos * n_neg))
+    assert auc_standard_error(a, n_pos, n_neg) == pytest.approx(expected)
+    assert auc_standard_error(a, n_pos, n_neg) != pytest.approx(auc_standard_error(a, n_neg, n_pos))  # roles matter
+
+
+def test_per_sequence_means_equal_brute_force_and_follow_the_sequence_order(tiny_lm):
+    model, _ = tiny_lm("llama")
+    name = "model.layers.1.mlp.up_proj"
+    sequences = [TokenSequence(ids, 2) for ids in random_sequences([7, 12, 5, 9, 3], model.config.vocab_size, seed=4)]
+    sequences.append(TokenSequence([5, 6, 7], 5))  # continuation beyond its end: no counted position
+    result = band_analysis(model, [name], {}, {"clean": lambda: text_batches(sequences, "next_token", 4, 0),
+                                               "task": lambda: text_batches(sequences, "continuation", 4, 0, skip_first=3)},
+                           basis_names=["svd"], per_sequence=["task"])
+    per_row = result["per_sequence"]["task"][name]["svd"]
+    readout = svd_readout(get_weight(dict(model.named_modules())[name]))
+    for k, sequence in enumerate(sequences):
+        counted = sequence.counted("continuation", 3)
+        if not counted:
+            assert torch.isnan(per_row[k]).all()
+            continue
+        with capture_module_io(model, [name]) as captured:
+            model(input_ids=torch.tensor([sequence.ids]))
+        expected = readout.band_activations(captured[name][0][0, counted].detach()).mean(0)
+        torch.testing.assert_close(per_row[k], expected, rtol=1e-7, atol=1e-12)
+    assert result["counted_positions"]["task"] == sum(len(s.counted("continuation", 3)) for s in sequences)
+    assert sequences[0].counted("continuation", 3) == [3, 4, 5] and sequences[4].counted("continuation", 3) == []
+
+
+def test_readout_memory_budget_splits_modules_into_passes_with_the_same_result(tiny_lm):
+    from unmemorize.analysis.run import _module_groups
+
+    model, _ = tiny_lm("llama")
+    modules = [n for n, _ in model.named_modules() if n.endswith("_proj") and ".mlp." in n]
+    named = dict(model.named_modules())
+    one_module = 3 * 32 * 32 * 8 / 2**30  # gate/up: three (32, 32) float64 read-outs
+    assert _module_groups(named, modules, ["whitened", "pairs", "svd"], 0, 100.0, torch.float64) == [modules]
+    groups = _module_groups(named, modules, ["whitened", "pairs", "svd"], 0, 1.5 * one_module, torch.float64)
+    assert [m for g in groups for m in g] == modules and len(groups) == len(modules)
+    sequences = [TokenSequence(ids) for ids in random_sequences([10, 6], model.config.vocab_size)]
+    sources = {"clean": lambda: text_batches(sequences, "next_token", 2, 0)}
+    assert band_analysis(model, modules, {}, sources, basis_names=["svd"])["modules"] == \
+        band_analysis(model, modules, {}, sources, basis_names=["svd"], readout_memory_gb=1e-9)["modules"]

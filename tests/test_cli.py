@@ -259,9 +259,11 @@ def test_analyze_svd_only_needs_no_factors(workspace, tmp_path):
 @pytest.mark.parametrize("extra, message", [
     (["--bases", "kfac"], "--bases 'kfac': choose from whitened, pairs, svd"),
     (["--source", "noequals"], "must be NAME=PATH"),
-    (["--positions", "cls", "--bases", "svd"], "positions for text must be one of"),
+    (["--positions", "cls", "--bases", "svd"], "--positions 'cls' does not apply to a language model"),
+    (["--seq-len", "1"], "--seq-len must be >= 2"),
+    (["--compare", "memorized"], "must be A/B with two source names"),
     (["--retention", "{missing}"], "unreadable"),
-    (["--compare", "memorized/nothing"], "must be A/B with two source names"),
+    (["--compare", "memorized/nothing"], "both must be source names from clean, memorized"),
 ])
 def test_analyze_bad_input_gives_one_error_and_no_output(workspace, tmp_path, capsys, extra, message):
     memorized, _, _ = write_analysis_inputs(tmp_path)

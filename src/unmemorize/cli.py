@@ -272,6 +272,7 @@ def _run_spectrum(args) -> None:
 
 
 def _parse_sources(args) -> dict[str, str]:
+    """--memorized and --source NAME=PATH as {name: path} (the clean reference is added by the caller)."""
     sources = {}
     if args.memorized:
         sources["memorized"] = args.memorized
@@ -289,20 +290,21 @@ def _parse_sources(args) -> dict[str, str]:
 
 def _run_analyze(args) -> None:
     from ._atomic import atomic_dir, check_output_dir
-    from .analysis import AnalyzeConfig, add_comparison, band_analysis, image_batches, load_image_source, load_text_source, text_batches
-    from .analysis import TokenSequence
-    from .analysis.report import retention_from_file, write_analysis
+    from .analysis import AnalyzeConfig, TokenSequence, add_comparison, band_analysis
+    from .analysis.inputs import image_sources, load_text_source, resolve_positions, sequence_batches, text_sources
+    from .analysis.report import print_summary, retention_from_file, write_analysis
     from .analysis.retention import example_retention, per_task_retention, task_sequences
-    from .evaluate import evaluate_tasks, load_tasks
     from .basis import decompose_factors
     from .curvature import load_factors
+    from .evaluate import evaluate_tasks, load_tasks
     from .models import load_model
     from .targets import resolve_targets
 
     config = _config_from_args(AnalyzeConfig, args)
     config.validate()
     basis_names = config.basis_list()
-    paths = _parse_sources(args)
+    paths = {"clean": args.clean, **_parse_sources(args)}
+    comparisons = [_parse_comparison(spec) for spec in args.compare]
     check_output_dir(args.out, args.overwrite)
     if any(b != "svd" for b in basis_names) and not args.factors:
         raise UnmemorizeError(f"--bases {config.bases} needs --factors DIR (or use --bases svd)")
@@ -312,34 +314,21 @@ def _run_analyze(args) -> None:
     if args.edited and not Path(args.edited, "config.json").is_file():
         raise UnmemorizeError(f"--edited {args.edited!r} is not a model folder (config.json is missing)")
     model, tokenizer = load_model(args.model, args.model_dtype, args.device, args.trust_remote_code)
+    images, positions = resolve_positions(model, tokenizer, config.positions)
     if args.targets or args.layers or args.proj or not args.factors:
         modules = resolve_targets(model, args.targets, args.layers, args.proj)
     else:
         modules = _factor_modules(args.factors)
-    bases = {}
-    if args.factors and any(b != "svd" for b in basis_names):
-        factors = load_factors(args.factors, model=model, modules=modules)
-        bases = decompose_factors(factors)
-    images = hasattr(model.config, "image_size") and tokenizer is None
-    sources, task_names = {}, []
+    bases = decompose_factors(load_factors(args.factors, model=model, modules=modules)) if any(b != "svd" for b in basis_names) else {}
+    task_names, task_rows, task_groups = [], None, None
     if images:
-        if args.tasks:
-            raise UnmemorizeError("--tasks is for language models; give image sources with --source NAME=FILE.safetensors")
-        positions = "cls" if config.positions == "auto" else config.positions
-        tokens = (model.config.image_size // model.config.patch_size) ** 2 + 1
-        for name, path in {"clean": args.clean, **paths}.items():
-            pixels = load_image_source(path).to(next(model.parameters()).dtype)
-            sources[name] = lambda pixels=pixels: image_batches(pixels, tokens, positions, config.batch_size)
+        if args.tasks or config.skip_first:
+            raise UnmemorizeError("--tasks and --skip-first are for language models; give image sources with --source NAME=FILE.safetensors")
+        sources = image_sources(paths, model, positions, config.batch_size, config.max_tokens)
     else:
         if tokenizer is None:
             raise UnmemorizeError(f"{args.model}: no tokenizer found; text sources need one")
-        positions = "next_token" if config.positions == "auto" else config.positions
-        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        loaded = {"clean": args.clean, **paths}
-        for name, path in loaded.items():
-            groups = load_text_source(path, tokenizer, config.seq_len, config.max_tokens)
-            sequences = [s for group in groups.values() for s in group]
-            sources[name] = lambda sequences=sequences: text_batches(sequences, positions, config.batch_size, pad_id)
+        sources = text_sources(paths, tokenizer, positions, config.seq_len, config.max_tokens, config.batch_size, config.skip_first)
         if args.edited:  # every task row, in file order, so that rows can be matched with their evaluation
             task_rows = load_tasks(args.tasks)
             task_groups = task_sequences(task_rows, tokenizer)
@@ -348,16 +337,19 @@ def _run_analyze(args) -> None:
             task_inputs = {task or "tasks": seqs for task, seqs in load_text_source(args.tasks, tokenizer, config.seq_len, config.max_tokens).items()}
         else:
             task_inputs = {}
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         for name, sequences in task_inputs.items():
             if name in sources:
                 raise UnmemorizeError(f"task name {name!r} collides with a source name")
             task_names.append(name)
             sequences = [TokenSequence(s.ids[: config.seq_len], s.continuation_start) for s in sequences]
-            sources[name] = lambda sequences=sequences: text_batches(sequences, positions, config.batch_size, pad_id)
-    result = band_analysis(model, modules, bases, sources, "clean", basis_names, config.floor,
-                           per_sequence=task_names if args.edited else (), modules_per_pass=config.modules_per_pass)
-    examples = None
-    edited_modules = None
+            sources[name] = sequence_batches(sequences, positions, config.batch_size, pad_id, config.skip_first)
+    for source, reference in comparisons:
+        if source not in sources or reference not in sources:
+            raise UnmemorizeError(f"--compare {source}/{reference}: both must be source names from {', '.join(sources)}")
+    result = band_analysis(model, modules, bases, sources, "clean", basis_names, config.floor, per_sequence=task_names if args.edited else (),
+                           modules_per_pass=config.modules_per_pass, readout_memory_gb=config.readout_memory_gb)
+    examples = edited_modules = None
     if args.edited:
         before = evaluate_tasks(model, tokenizer, task_rows).correct
         del model
@@ -368,28 +360,20 @@ def _run_analyze(args) -> None:
             edited_modules = [m for m in json.loads(record.read_text()).get("modules", {}) if m in result["modules"]] or None
         retention = per_task_retention(task_groups, before, after)
         examples = example_retention(result, task_groups, before, after, edited_modules)
-    compared = list(paths)
-    for spec in args.compare:
-        source, sep, reference = spec.partition("/")
-        if not sep or source not in sources or reference not in sources:
-            raise UnmemorizeError(f"--compare {spec!r} must be A/B with two source names from {', '.join(sources)}")
-        compared.append(add_comparison(result, source, reference))
+    compared = [name for name in paths if name != "clean"] + [add_comparison(result, s, r) for s, r in comparisons]
     result["config"] = {**dataclasses.asdict(config), "positions": positions, "model": args.model, "factors": args.factors,
-                        "sources": {"clean": args.clean, **paths, **({"tasks": args.tasks} if args.tasks else {})}}
+                        "sources": {**paths, **({"tasks": args.tasks} if args.tasks else {})}}
     with atomic_dir(args.out, args.overwrite) as tmp:
         extra = write_analysis(result, tmp, compared, task_names, retention, edited_modules, examples)
-    for source, summary in extra["summary"].items():
-        for kind, s in summary.items():
-            print(f"{source.replace('/', ' / ') if '/' in source else source + ' / clean'}, {kind}: {s['both']}/{s['modules']} layers with bottom-50% > 1 and top-10% < 1; "
-                  f"mean separation {s['mean_separation']:.3f}")
-    for kind, pair in extra["correlation"].items():
-        print(f"retention vs low-curvature loading ({kind}): Spearman {pair['all']['spearman']:.3f} over {pair['all']['n']} sources, "
-              f"{pair['tasks']['spearman']:.3f} over {pair['tasks']['n']} tasks")
-    for kind, block in (examples or {}).items():
-        pooled = block["pooled"]
-        print(f"per example ({kind}): {pooled['lost']} of {pooled['lost'] + pooled['kept']} correct rows lost; "
-              f"AUC(loading: lost > kept) = {pooled['auc']:.3f}")
+    print_summary(extra)
     print(f"wrote {args.out}")
+
+
+def _parse_comparison(spec: str) -> tuple[str, str]:
+    source, sep, reference = spec.partition("/")
+    if not sep or not source or not reference or "/" in reference:
+        raise UnmemorizeError(f"--compare {spec!r} must be A/B with two source names, e.g. memorized/control")
+    return source, reference
 
 
 def _run_demo(args) -> None:

@@ -11,17 +11,20 @@ activation of one input is the weighted RMS read-out
 and the band ratio of a source S against the clean reference is mean_{x in S} a_b(x) /
 mean_{x in clean} a_b(x). Bases (all computed in float64):
 
-* ``svd`` -- W = U S V^T (full V): r_k = v_k ordered by singular value, uniform weights over the
-  k's of each band (the paper's "SVD activation" V^T x). Input directions W ignores (zero
-  singular values, e.g. most of a down-projection's input space) fill the bottom bands.
+* ``svd`` -- the thin SVD W = U S V^T: r_k = v_k ordered by singular value, uniform weights over
+  the k's of each band (the paper's "SVD activation" V^T x). There are min(d_out, d_in) rows: for
+  a wide input (a down-projection, d_in > d_out) the bands cover W's row space and the input
+  directions W ignores belong to no band (any basis of that null space would be arbitrary, and
+  bands cutting through it would depend on it).
 * ``whitened`` (default K-FAC basis) -- the SVD of the Fisher-whitened weight
   M = G^{1/2} W A^{1/2} = P S Q^T. Then W = sum_k s_k G^{-1/2} p_k q_k^T A^{-1/2}: rank-one
   components that are orthogonal in the K-FAC metric, and s_k^2 = vec(W_k)^T (A (x) G) vec(W_k)
   is the curvature-weighted energy of component k (the second-order loss cost of deleting it).
   Component k reads its input through q_k^T A^{-1/2}, so r_k = A^{-1/2} q_k / |A^{-1/2} q_k|,
-  ordered by s_k, uniform weights. With A = I and G = I this IS the ``svd`` basis; with G = I
-  and W = I it is A's eigenbasis ordered by mu. A^{-1/2} uses mu clamped below at
-  ``floor * mu_max`` (directions clean inputs never visit stay finite).
+  ordered by s_k, uniform weights; min(d_out, d_in) components, as for ``svd``. With A = I and
+  G = I this IS the ``svd`` basis; with G = I and W = I it is A's eigenbasis ordered by mu.
+  A^{-1/2} uses mu clamped below at ``floor * mu_max`` (directions clean inputs never visit stay
+  finite). Components with equal s_k (e.g. s_k = 0 when G is rank-deficient) come in LAPACK's order.
 * ``pairs`` (the paper's literal reading) -- r_j = the eigenvectors of A (u_Aj), and band b holds
   the (i, j) pairs whose curvature lambda_i mu_j ranks in b's percentile range among all
   d_out * d_in pairs. The Fisher eigenvector u_Gi u_Aj^T maps x to u_Gi (u_Aj . x), whose norm is
@@ -74,12 +77,10 @@ def _uniform_band_weights(count: int, edges=BAND_EDGES) -> torch.Tensor:
 
 
 def svd_readout(weight: torch.Tensor, edges=BAND_EDGES) -> Readout:
-    """Right singular vectors of W (full basis) ordered by singular value."""
+    """Right singular vectors of W (thin SVD: min(d_out, d_in) rows) ordered by singular value."""
     w = weight.detach().to(torch.float64).cpu()
-    _, singular, vh = torch.linalg.svd(w, full_matrices=w.shape[0] < w.shape[1])  # a complete (d_in, d_in) V either way
-    scores = torch.zeros(w.shape[1], dtype=torch.float64)
-    scores[: len(singular)] = singular
-    return Readout(vh, _uniform_band_weights(w.shape[1], edges), scores, "svd")
+    _, singular, vh = torch.linalg.svd(w, full_matrices=False)
+    return Readout(vh, _uniform_band_weights(len(singular), edges), singular, "svd")
 
 
 def whitened_readout(weight: torch.Tensor, basis: ModuleBasis, edges=BAND_EDGES, floor: float = DEFAULT_FLOOR) -> Readout:
@@ -93,13 +94,11 @@ def whitened_readout(weight: torch.Tensor, basis: ModuleBasis, edges=BAND_EDGES,
     u_g, lam = basis.gradient.eigenvectors.to(torch.float64).cpu(), basis.gradient.eigenvalues.to(torch.float64).cpu()
     u_a, mu = basis.activation.eigenvectors.to(torch.float64).cpu(), basis.activation.eigenvalues.to(torch.float64).cpu()
     whitened = lam.sqrt()[:, None] * (u_g.T @ w @ u_a) * mu.sqrt()[None, :]
-    _, singular, vh = torch.linalg.svd(whitened, full_matrices=w.shape[0] < w.shape[1])
+    _, singular, vh = torch.linalg.svd(whitened, full_matrices=False)
     mu_safe = mu.clamp_min(floor * float(mu.max()) if float(mu.max()) > 0 else 1.0)
     directions = (vh / mu_safe.sqrt()[None, :]) @ u_a.T
     directions = directions / directions.norm(dim=1, keepdim=True).clamp_min(1e-300)
-    scores = torch.zeros(w.shape[1], dtype=torch.float64)
-    scores[: len(singular)] = singular
-    return Readout(directions, _uniform_band_weights(w.shape[1], edges), scores, "whitened")
+    return Readout(directions, _uniform_band_weights(len(singular), edges), singular, "whitened")
 
 
 def top_pair_column_counts(lam: torch.Tensor, mu: torch.Tensor, count: int) -> np.ndarray:

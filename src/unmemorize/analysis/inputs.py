@@ -15,7 +15,10 @@ An image source is a ``.safetensors`` file holding ``pixel_values`` (N, C, H, W)
 Which positions of a sequence count is chosen by ``positions`` (``analysis.run``):
 ``next_token`` (default; every position that predicts a next token, the positions K-FAC's A
 is collected over), ``continuation`` (only positions predicting the continuation/answer; rows
-without one count as ``next_token``), ``all``; for images ``cls`` (default) or ``all`` tokens.
+that have none -- .txt windows, ``text`` and ``input_ids`` rows -- count as ``next_token``, and
+a row cut by ``seq_len`` before its continuation counts nothing), ``all``; for images ``cls``
+(default) or ``all`` tokens. ``skip_first = k`` leaves out each sequence's first k positions
+(e.g. k = 1 drops the attention-sink position, whose activations are atypical).
 """
 
 from __future__ import annotations
@@ -41,12 +44,12 @@ class TokenSequence:
     ids: list[int]
     continuation_start: int = 0  # first position that predicts a continuation token
 
-    def counted(self, positions: str) -> list[int]:
+    def counted(self, positions: str, skip_first: int = 0) -> list[int]:
         last = len(self.ids) - 1
         if positions == "all":
-            return list(range(len(self.ids)))
+            return list(range(skip_first, len(self.ids)))
         start = self.continuation_start if positions == "continuation" else 0
-        return list(range(min(start, last), last))
+        return list(range(max(start, skip_first), last))
 
 
 def _ids(tokenizer, text: str, where: str) -> list[int]:
@@ -120,7 +123,8 @@ def load_image_source(path: str | Path, max_images: int | None = None) -> torch.
     return pixels[:max_images] if max_images else pixels
 
 
-def text_batches(sequences: list[TokenSequence], positions: str, batch_size: int, pad_id: int) -> Iterator[tuple[dict, torch.Tensor]]:
+def text_batches(sequences: list[TokenSequence], positions: str, batch_size: int, pad_id: int,
+                 skip_first: int = 0) -> Iterator[tuple[dict, torch.Tensor]]:
     """(model inputs, counted-position mask (B, T)) for right-padded batches of sequences."""
     if positions not in TEXT_POSITIONS:
         raise UnmemorizeError(f"positions for text must be one of {TEXT_POSITIONS}, got {positions!r}")
@@ -129,7 +133,7 @@ def text_batches(sequences: list[TokenSequence], positions: str, batch_size: int
         batch = pad_batch([s.ids for s in chunk], pad_id)
         mask = torch.zeros_like(batch["input_ids"], dtype=torch.bool)
         for row, sequence in enumerate(chunk):
-            mask[row, sequence.counted(positions)] = True
+            mask[row, sequence.counted(positions, skip_first)] = True
         yield batch, mask
 
 
@@ -145,3 +149,45 @@ def image_batches(pixels: torch.Tensor, tokens: int, positions: str, batch_size:
         else:
             mask[:] = True
         yield {"pixel_values": chunk}, mask
+
+
+def resolve_positions(model, tokenizer, positions: str) -> tuple[bool, str]:
+    """(is the model an image classifier, the positions to count); 'auto' -> next_token / cls.
+
+    Errors on a positions value of the other modality, before any work."""
+    images = hasattr(model.config, "image_size") and tokenizer is None
+    if positions == "auto":
+        return images, "cls" if images else "next_token"
+    allowed = IMAGE_POSITIONS if images else TEXT_POSITIONS
+    if positions not in allowed:
+        kind = "an image model" if images else "a language model"
+        raise UnmemorizeError(f"--positions {positions!r} does not apply to {kind}; choose from {', '.join(allowed)}")
+    return images, positions
+
+
+def image_sources(paths: dict[str, str], model, positions: str, batch_size: int, max_positions: int) -> dict:
+    """name -> batches function for .safetensors image sources; at most ``max_positions`` counted per source."""
+    tokens = (model.config.image_size // model.config.patch_size) ** 2 + 1
+    per_image = 1 if positions == "cls" else tokens
+    dtype = next(model.parameters()).dtype
+    sources = {}
+    for name, path in paths.items():
+        pixels = load_image_source(path, max(1, max_positions // per_image)).to(dtype)
+        sources[name] = lambda pixels=pixels: image_batches(pixels, tokens, positions, batch_size)
+    return sources
+
+
+def sequence_batches(sequences: list[TokenSequence], positions: str, batch_size: int, pad_id: int, skip_first: int = 0):
+    """A re-iterable batches function over ``sequences`` (what ``band_analysis`` takes per source)."""
+    return lambda: text_batches(sequences, positions, batch_size, pad_id, skip_first)
+
+
+def text_sources(paths: dict[str, str], tokenizer, positions: str, seq_len: int, max_tokens: int, batch_size: int,
+                 skip_first: int = 0) -> dict:
+    """name -> batches function for text sources (every group of a file pooled into one source)."""
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    sources = {}
+    for name, path in paths.items():
+        sequences = [s for group in load_text_source(path, tokenizer, seq_len, max_tokens).values() for s in group]
+        sources[name] = sequence_batches(sequences, positions, batch_size, pad_id, skip_first)
+    return sources

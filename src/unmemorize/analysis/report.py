@@ -25,15 +25,17 @@ def retention_from_file(path: str | Path) -> dict[str, float]:
     except (OSError, json.JSONDecodeError) as exc:
         raise UnmemorizeError(f"--retention {path}: unreadable ({exc})") from None
     if isinstance(data, dict) and "methods" in data:
-        method = data["methods"].get("kfac")
-        if method is None:
-            raise UnmemorizeError(f"--retention {path}: a results.json without a 'kfac' method")
-        retention = {name: task["retention"] for name, task in method["tasks"].items() if task.get("learned", True)}
-        categories = method.get("category_retention", {})
+        try:
+            method = data["methods"]["kfac"]
+            retention = {name: task["retention"] for name, task in method["tasks"].items() if task.get("learned", True)}
+            categories = method.get("category_retention", {})
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise UnmemorizeError(f"--retention {path}: not a demo results.json with a 'kfac' method and task retentions "
+                                  f"(missing {exc})") from None
         for source, key in (("memorized", "memorized_validation"), ("quotes", "quotes")):
             if categories.get(key) is not None:
                 retention[source] = categories[key]
-        return retention
+        return {k: v for k, v in retention.items() if isinstance(v, (int, float))}
     if not isinstance(data, dict) or not all(isinstance(v, (int, float)) for v in data.values()):
         raise UnmemorizeError(f"--retention {path}: expected {{\"task\": retention, ...}} or a demo results.json")
     return {k: float(v) for k, v in data.items()}
@@ -108,6 +110,22 @@ def write_analysis(result: dict, out: str | Path, compared: list[str], tasks: li
     (out / "analysis.json").write_text(json.dumps(_finite({**saved, **extra}), indent=2))
     (out / "analysis.md").write_text("\n".join(text))
     return extra
+
+
+def print_summary(extra: dict) -> None:
+    """The headline numbers of ``write_analysis``'s return value, one line each."""
+    for source, summary in extra["summary"].items():
+        name = source.replace("/", " / ") if "/" in source else f"{source} / clean"
+        for kind, s in summary.items():
+            print(f"{name}, {kind}: {s['both']}/{s['modules']} layers with bottom-50% > 1 and top-10% < 1; "
+                  f"mean separation {s['mean_separation']:.3f}")
+    for kind, pair in extra["correlation"].items():
+        print(f"retention vs low-curvature loading ({kind}): Spearman {pair['all']['spearman']:.3f} over {pair['all']['n']} sources, "
+              f"{pair['tasks']['spearman']:.3f} over {pair['tasks']['n']} tasks")
+    for kind, block in extra.get("examples", {}).items():
+        pooled = block["pooled"]
+        print(f"per example ({kind}): {pooled['lost']} of {pooled['lost'] + pooled['kept']} correct rows lost; "
+              f"AUC(loading: lost > kept) = {pooled['auc']:.3f}")
 
 
 def _finite(value):

@@ -36,7 +36,9 @@ def example_retention(result: dict, groups: dict[str, list[tuple[int, TokenSeque
     """Per basis: per learned task and pooled, the AUC of loading for lost vs kept rows (see module doc).
 
     ``result`` must come from ``band_analysis(..., per_sequence=<the task names>)`` with the
-    task sources built from ``groups``. Tasks with baseline accuracy below 50% are skipped.
+    task sources built from ``groups``. Tasks with baseline accuracy below 50% are skipped; rows
+    with no counted position (NaN loading, e.g. a prompt longer than ``seq_len`` with
+    ``positions="continuation"``) are left out.
     """
     basis_names = list(next(iter(result["modules"].values()))["bases"])
     out = {}
@@ -48,8 +50,11 @@ def example_retention(result: dict, groups: dict[str, list[tuple[int, TokenSeque
             if accuracy < LEARNED:
                 continue
             loading = sequence_loading(result, task, kind, modules)
-            lost = [float(loading[k]) for k, (i, _) in enumerate(members) if correct_before[i] and not correct_after[i]]
-            kept = [float(loading[k]) for k, (i, _) in enumerate(members) if correct_before[i] and correct_after[i]]
+            if len(loading) != len(members):
+                raise ValueError(f"task {task!r}: {len(loading)} analysed sequences for {len(members)} rows")
+            usable = [(float(loading[k]), i) for k, (i, _) in enumerate(members) if math.isfinite(float(loading[k]))]
+            lost = [value for value, i in usable if correct_before[i] and not correct_after[i]]
+            kept = [value for value, i in usable if correct_before[i] and correct_after[i]]
             pooled_lost += lost
             pooled_kept += kept
             per_task[task] = {"correct_before": len(lost) + len(kept), **_stats(lost, kept)}

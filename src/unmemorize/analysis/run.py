@@ -32,7 +32,7 @@ import torch
 
 from ..basis import ModuleBasis
 from ..errors import UnmemorizeError
-from ..models import get_weight
+from ..models import get_weight, weight_shape
 from ..targets import layer_index
 from .bands import BAND_EDGES, BAND_NAMES, BASES, DEFAULT_FLOOR, BandMeans, band_ratios, build_readout, rank_correlation, separation_score
 
@@ -45,12 +45,17 @@ class AnalyzeConfig:
                        "panel: SVD of G^1/2 W A^1/2), pairs (K-FAC, the paper's A eigenbasis with lambda*mu pair bands), svd."})
     positions: str = field(default="auto", metadata={"help": "Counted positions: next_token (text default), continuation, "
                            "all; images: cls (default) or all. 'auto' picks next_token / cls."})
+    skip_first: int = field(default=0, metadata={"help": "Leave out each sequence's first k positions (1: the attention-sink "
+                            "position). Text only."})
     seq_len: int = field(default=128, metadata={"help": "Longest sequence or window, in tokens."})
-    max_tokens: int = field(default=20_000, metadata={"help": "Token budget per source (per task for task files)."})
+    max_tokens: int = field(default=20_000, metadata={"help": "Token budget per source (per task for task files); images: "
+                            "counted positions per source."})
     batch_size: int = field(default=16, metadata={"help": "Sequences or images per forward pass."})
     floor: float = field(default=DEFAULT_FLOOR, metadata={"help": "Whitened basis: mu is clamped at floor * mu_max before A^-1/2."})
-    modules_per_pass: int = field(default=0, metadata={"help": "Analyse this many modules per pass over the sources (0: all at "
-                                  "once); bounds the memory of the (d_in x d_in) read-outs."})
+    modules_per_pass: int = field(default=0, metadata={"help": "Analyse this many modules per pass over the sources; 0: as many "
+                                  "as --readout-memory-gb allows."})
+    readout_memory_gb: float = field(default=4.0, metadata={"help": "With --modules-per-pass 0: largest total size of the "
+                                     "read-outs held at once (one pass over the sources per group of modules)."})
 
     def basis_list(self) -> list[str]:
         names = [b.strip() for b in self.bases.split(",") if b.strip()]
@@ -63,9 +68,13 @@ class AnalyzeConfig:
         self.basis_list()
         if self.positions not in ("auto", "next_token", "continuation", "all", "cls"):
             raise UnmemorizeError(f"--positions {self.positions!r}: choose auto, next_token, continuation, all or cls")
-        if self.modules_per_pass < 0:
-            raise UnmemorizeError("--modules-per-pass must be >= 0")
-        for name in ("seq_len", "max_tokens", "batch_size"):
+        if self.modules_per_pass < 0 or self.skip_first < 0:
+            raise UnmemorizeError("--modules-per-pass and --skip-first must be >= 0")
+        if not self.readout_memory_gb > 0:
+            raise UnmemorizeError("--readout-memory-gb must be > 0")
+        if self.seq_len < 2:
+            raise UnmemorizeError("--seq-len must be >= 2 (a sequence needs a position that predicts a next token)")
+        for name in ("max_tokens", "batch_size"):
             if getattr(self, name) < 1:
                 raise UnmemorizeError(f"--{name.replace('_', '-')} must be >= 1")
         if not 0 < self.floor < 1:
@@ -85,18 +94,20 @@ def _projection_name(module_name: str) -> str:
 @torch.no_grad()
 def band_analysis(model, modules: list[str], bases: dict[str, ModuleBasis], sources: dict[str, Batches], reference: str = "clean",
                   basis_names: list[str] = ("whitened", "pairs", "svd"), floor: float = DEFAULT_FLOOR,
-                  per_sequence: Iterable[str] = (), modules_per_pass: int = 0) -> dict:
+                  per_sequence: Iterable[str] = (), modules_per_pass: int = 0, readout_memory_gb: float = 4.0) -> dict:
     """Band means and ratios for every module, basis and source (see module doc).
 
     ``sources`` maps a name to a function returning batches of (model inputs, counted mask);
     ``reference`` names the source the ratios divide by. For the sources named in
     ``per_sequence`` the result also holds ``result["per_sequence"][source][module][basis]``: a
-    (sequences, bands) float64 tensor of each sequence's mean a_b over its counted positions
-    (not JSON; ``write_analysis`` leaves it out).
+    (sequences, bands) float64 tensor of each sequence's mean a_b over its counted positions, NaN
+    for a sequence left with none (not JSON; ``write_analysis`` leaves it out).
 
-    Memory: each module holds one (d_in, d_in) read-out per basis on the model's device (float32
-    on accelerators: 3 x 485 MB for a 7B down-projection). ``modules_per_pass = k > 0`` builds the
-    read-outs of k modules at a time and runs the sources once per group.
+    Memory: each module holds one (k, d_in) read-out per basis on the model's device, k <= d_in
+    (float32 on accelerators: ~540 MB for the three bases of a 7B gate/up, ~1 GB for a down
+    projection). Modules are analysed in groups, one pass over the sources per group:
+    ``modules_per_pass = k > 0`` modules at a time, or by default as many consecutive modules as
+    fit in ``readout_memory_gb``.
     """
     if reference not in sources:
         raise UnmemorizeError(f"the reference source {reference!r} is missing")
@@ -134,17 +145,17 @@ def band_analysis(model, modules: list[str], bases: dict[str, ModuleBasis], sour
                 if owners is not None:
                     sums = torch.zeros(mask.shape[0], activations.shape[1], dtype=torch.float64, device=activations.device)
                     sums.index_add_(0, owners, activations)
-                    per_row = sums / mask.sum(1, keepdim=True).clamp_min(1).to(sums)
+                    counts = mask.sum(1, keepdim=True).to(sums)
+                    per_row = torch.where(counts > 0, sums / counts.clamp_min(1), torch.nan)  # no counted position: NaN
                     sequence_sums.setdefault((current["source"], name, kind), []).append(per_row.cpu())
         return hook
 
     was_training = model.training
     model.eval()
-    chunk = modules_per_pass if modules_per_pass > 0 else len(modules)
     try:
-        for first in range(0, len(modules), chunk):  # one pass over every source per group of modules
-            handles = []
-            for name in modules[first: first + chunk]:
+        for group in _module_groups(named, modules, basis_names, modules_per_pass, readout_memory_gb, dtype):
+            handles = []  # one pass over every source per group of modules
+            for name in group:
                 readouts = {}
                 for kind in basis_names:
                     readout = build_readout(kind, get_weight(named[name]), bases.get(name), BAND_EDGES, floor)
@@ -178,6 +189,23 @@ def band_analysis(model, modules: list[str], bases: dict[str, ModuleBasis], sour
     if per_sequence:
         result["per_sequence"] = {s: {m: {k: torch.cat(sequence_sums[s, m, k]) for k in basis_names} for m in modules} for s in per_sequence}
     return result
+
+
+def _module_groups(named, modules, basis_names, modules_per_pass, memory_gb, dtype) -> list[list[str]]:
+    if modules_per_pass > 0:
+        return [modules[k: k + modules_per_pass] for k in range(0, len(modules), modules_per_pass)]
+    itemsize = torch.empty(0, dtype=dtype).element_size()
+    groups, size = [[]], 0.0
+    for name in modules:
+        d_out, d_in = weight_shape(named[name])
+        rows = {"pairs": d_in}
+        need = sum(rows.get(kind, min(d_out, d_in)) * d_in for kind in basis_names) * itemsize / 2**30
+        if groups[-1] and size + need > memory_gb:
+            groups.append([])
+            size = 0.0
+        groups[-1].append(name)
+        size += need
+    return groups
 
 
 def add_comparison(result: dict, source: str, reference: str) -> str:
