@@ -242,7 +242,15 @@ def test_analyze_writes_table_json_and_plots(workspace, tmp_path, capsys):
     assert set(entry["bases"]["pairs"]["ratio"]) == {"memorized", "animals", "colors"} and len(entry["bases"]["svd"]["ratio"]["memorized"]) == 4
     assert result["counted_positions"]["memorized"] == 4 * 10 and result["counted_positions"]["clean"] <= 500
     correlation = result["correlation"]["whitened"]
-    assert correlation["all"]["n"] == 3 and correlation["tasks"]["n"] == 2 and -1 <= correlation["all"]["spearman"] <= 1
+    assert correlation["all"]["n"] == 3 and correlation["tasks"]["n"] == 2
+    stats = pytest.importorskip("scipy.stats")
+    points = correlation["all"]["points"]
+    assert {p["source"]: p["retention"] for p in points} == {"memorized": 0.0, "animals": 0.5, "colors": 1.0}
+    for p in points:  # each point's loading is the mean separation over the analysed modules
+        separations = [m["bases"]["whitened"]["separation"][p["source"]] for m in result["modules"].values()]
+        assert p["loading"] == pytest.approx(sum(separations) / len(separations))
+    expected = stats.spearmanr([p["loading"] for p in points], [p["retention"] for p in points]).statistic
+    assert correlation["all"]["spearman"] == pytest.approx(expected)
     for name in ("analysis.md", "bands_memorized.png", "loading_vs_retention_whitened.png"):
         assert (out / name).stat().st_size > 0
     assert "| model.layers.0.mlp.gate_proj |" in (out / "analysis.md").read_text() and not leftovers(out)
