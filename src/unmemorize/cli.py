@@ -109,7 +109,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
     analyze = commands.add_parser("analyze", help="Band activation ratios memorized/clean in K-FAC and SVD bases (Figures 2, 4).",
                                   description="Project the inputs of the chosen layers on curvature-ordered bases (K-FAC and "
-                                  "SVD), group them in bands (top 10%%, 10-25%%, 25-50%%, bottom 50%%) and compare the mean band "
+                                  "SVD), group them in bands (top 10%, 10-25%, 25-50%, bottom 50%) and compare the mean band "
                                   "activation of memorized (and task) inputs with clean ones: table, JSON, plots, separation score.")
     _add_model_options(analyze)
     analyze.add_argument("--factors", help="Factor folder (needed for the K-FAC bases; without it use --bases svd).")
