@@ -38,3 +38,16 @@ def atomic_dir(out: str | Path, overwrite: bool = False):
         shutil.rmtree(old, ignore_errors=True)
     else:
         tmp.rename(path)
+
+
+def save_figure(fig, path: str | Path, dpi: int = 120) -> Path:
+    """Save a matplotlib figure to ``path`` through a temporary sibling (never a half-written PNG) and close it."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp.png")
+    fig.savefig(tmp, dpi=dpi)
+    plt.close(fig)
+    tmp.replace(path)
+    return path

@@ -296,6 +296,7 @@ def _run_analyze(args) -> None:
     from .analysis.retention import example_retention, per_task_retention, task_sequences
     from .basis import decompose_factors
     from .curvature import load_factors
+    from .data import pad_token_id
     from .evaluate import evaluate_tasks, load_tasks
     from .models import load_model
     from .targets import resolve_targets
@@ -337,7 +338,7 @@ def _run_analyze(args) -> None:
             task_inputs = {task or "tasks": seqs for task, seqs in load_text_source(args.tasks, tokenizer, config.seq_len, config.max_tokens).items()}
         else:
             task_inputs = {}
-        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        pad_id = pad_token_id(tokenizer)
         for name, sequences in task_inputs.items():
             if name in sources:
                 raise UnmemorizeError(f"task name {name!r} collides with a source name")

@@ -116,6 +116,15 @@ def pad_batch(windows: list[list[int]], pad_id: int = 0) -> dict[str, torch.Tens
     return {"input_ids": ids, "attention_mask": mask}
 
 
+def pad_token_id(tokenizer) -> int:
+    """The id used to pad batches: the tokenizer's pad token, else its EOS token, else 0 (padded
+    positions are masked, so the choice never changes a result)."""
+    for name in ("pad_token_id", "eos_token_id"):
+        if getattr(tokenizer, name, None) is not None:
+            return int(getattr(tokenizer, name))
+    return 0
+
+
 def next_token_positions(attention_mask: torch.Tensor) -> torch.Tensor:
     """(B, T) bool: a real token at t with a real next token at t + 1 (last position and padding excluded)."""
     mask = attention_mask.bool()

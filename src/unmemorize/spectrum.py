@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ._atomic import save_figure
 from .basis import ModuleBasis
 from .edit.selection import select_pairs
 
@@ -88,10 +89,4 @@ def plot_spectra(bases: dict[str, ModuleBasis], path: str | Path) -> Path:
     if len(bases) <= 12:
         axes[3].legend(fontsize=6)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return save_figure(fig, path)

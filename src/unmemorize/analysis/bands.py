@@ -44,6 +44,7 @@ import numpy as np
 import torch
 
 from ..basis import ModuleBasis
+from ..edit.selection import as_sorted_spectrum
 
 BAND_EDGES = (0.0, 0.10, 0.25, 0.50, 1.0)
 BAND_NAMES = ("top10", "10-25", "25-50", "bottom50")
@@ -108,8 +109,7 @@ def top_pair_column_counts(lam: torch.Tensor, mu: torch.Tensor, count: int) -> n
     smaller j). With both spectra sorted descending the top set is a staircase, so each row keeps
     a prefix of columns; the cut value is found with one partition over all products.
     """
-    lam = np.asarray(lam.detach().cpu().double().numpy() if isinstance(lam, torch.Tensor) else lam, np.float64)
-    mu = np.asarray(mu.detach().cpu().double().numpy() if isinstance(mu, torch.Tensor) else mu, np.float64)
+    lam, mu = as_sorted_spectrum(lam, "lambda (G eigenvalues)"), as_sorted_spectrum(mu, "mu (A eigenvalues)")
     m, n = len(lam), len(mu)
     if count <= 0:
         return np.zeros(n, np.int64)

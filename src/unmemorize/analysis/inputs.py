@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from ..data import iter_windows, list_data_files, pad_batch
+from ..data import iter_windows, list_data_files, pad_batch, pad_token_id
 from ..errors import UnmemorizeError
 from ..evaluate.jsonl import id_list, read_jsonl
 from ..evaluate.memorization import parse_memorization_row
@@ -185,7 +185,7 @@ def sequence_batches(sequences: list[TokenSequence], positions: str, batch_size:
 def text_sources(paths: dict[str, str], tokenizer, positions: str, seq_len: int, max_tokens: int, batch_size: int,
                  skip_first: int = 0) -> dict:
     """name -> batches function for text sources (every group of a file pooled into one source)."""
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    pad_id = pad_token_id(tokenizer)
     sources = {}
     for name, path in paths.items():
         sequences = [s for group in load_text_source(path, tokenizer, seq_len, max_tokens).values() for s in group]

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from .._atomic import save_figure
+
 BASIS_TITLES = {"whitened": "K-FAC (whitened weight)", "pairs": "K-FAC (A eigenbasis, lambda*mu pairs)", "svd": "SVD of W"}
 
 
@@ -52,18 +54,6 @@ def verdict_table(result: dict, source: str) -> str:
     return "\n".join(lines)
 
 
-def _save(fig, path: str | Path) -> Path:
-    import matplotlib.pyplot as plt
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
-
-
 def plot_band_ratios(result: dict, source: str, path: str | Path) -> Path:
     """Figure 2 analogue: rows = projections, columns = bases; one line per band across layers."""
     import matplotlib
@@ -92,7 +82,7 @@ def plot_band_ratios(result: dict, source: str, path: str | Path) -> Path:
     numerator = source.split("/")[0]
     fig.suptitle(f"Mean band activation, {_label(source, result)} (> 1: the band is used more by {numerator})", fontsize=10)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_loading_vs_retention(correlation: dict, path: str | Path, title: str = "") -> Path:
@@ -111,4 +101,4 @@ def plot_loading_vs_retention(correlation: dict, path: str | Path, title: str = 
     ax.set_ylabel("retention after the edit")
     ax.set_title(title or f"Spearman rho = {correlation['spearman']:.2f} (n = {correlation['n']})", fontsize=9)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)

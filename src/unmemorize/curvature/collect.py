@@ -33,7 +33,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..data import data_fingerprint, iter_batches, iter_windows, list_data_files
+from ..data import data_fingerprint, iter_batches, iter_windows, list_data_files, pad_token_id
 from ..errors import UnmemorizeError
 from ..models import get_weight, parse_dtype, weight_shape
 from .factors import KFACFactors
@@ -269,9 +269,7 @@ def collect_from_files(model: nn.Module, tokenizer, data: str, targets: list[str
     config.validate()
     files = list_data_files(data)
     budget = config.max_tokens or None
-    pad_id = 0
-    if tokenizer is not None:
-        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+    pad_id = pad_token_id(tokenizer) if tokenizer is not None else 0
 
     def batches():
         return iter_batches(iter_windows(files, tokenizer, config.seq_len, budget), config.batch_size, pad_id)

@@ -75,7 +75,8 @@ class PairSelection:
         return torch.arange(self.num_columns, device=device)[None, :] < counts[:, None]
 
 
-def _as_sorted_spectrum(values, name: str) -> np.ndarray:
+def as_sorted_spectrum(values, name: str) -> np.ndarray:
+    """A float64 copy of a 1-D spectrum; errors unless it is non-empty, finite, >= 0 and sorted descending."""
     array = values.detach().cpu().double().numpy() if isinstance(values, torch.Tensor) else np.asarray(values, np.float64)
     if array.ndim != 1 or len(array) == 0:
         raise ValueError(f"{name} must be a non-empty 1-D spectrum")
@@ -131,8 +132,8 @@ class _Staircase:
 
 def select_pairs(lam, mu, rho: float) -> PairSelection:
     """The exact curvature-mass pair selection (see module docstring)."""
-    lam = _as_sorted_spectrum(lam, "lambda (G eigenvalues)")
-    mu = _as_sorted_spectrum(mu, "mu (A eigenvalues)")
+    lam = as_sorted_spectrum(lam, "lambda (G eigenvalues)")
+    mu = as_sorted_spectrum(mu, "mu (A eigenvalues)")
     rho = _check_rho(rho)
     m, n = len(lam), len(mu)
     total = float(lam.sum() * mu.sum())
@@ -178,8 +179,8 @@ def select_pairs(lam, mu, rho: float) -> PairSelection:
 
 def select_per_side(lam, mu, rho: float) -> PairSelection:
     """Keep the top eigenvectors of each factor holding a fraction rho of its own trace."""
-    lam = _as_sorted_spectrum(lam, "lambda (G eigenvalues)")
-    mu = _as_sorted_spectrum(mu, "mu (A eigenvalues)")
+    lam = as_sorted_spectrum(lam, "lambda (G eigenvalues)")
+    mu = as_sorted_spectrum(mu, "mu (A eigenvalues)")
     rho = _check_rho(rho)
     m, n = len(lam), len(mu)
 

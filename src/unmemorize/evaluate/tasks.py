@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from ..data import pad_batch
+from ..data import pad_batch, pad_token_id
 from ..errors import UnmemorizeError
 from .generate import check_token_ids, greedy_continuations, model_device
 from .jsonl import read_jsonl
@@ -105,12 +105,6 @@ def _ids(tokenizer, text: str, where: str) -> list[int]:
     return ids
 
 
-def _pad_id(tokenizer) -> int:
-    for name in ("pad_token_id", "eos_token_id"):
-        if getattr(tokenizer, name, None) is not None:
-            return int(getattr(tokenizer, name))
-    return 0
-
 
 def generative_correct(model, tokenizer, rows: list[TaskRow], batch_size: int = 64) -> list[bool]:
     """Whether each generative row's greedy answer matches (see module doc), in row order."""
@@ -121,7 +115,7 @@ def generative_correct(model, tokenizer, rows: list[TaskRow], batch_size: int = 
         groups[budget].append(k)
     correct = [False] * len(rows)
     for budget, members in groups.items():
-        outputs = greedy_continuations(model, [prompts[k] for k in members], budget, _pad_id(tokenizer), batch_size)
+        outputs = greedy_continuations(model, [prompts[k] for k in members], budget, pad_token_id(tokenizer), batch_size)
         for k, output in zip(members, outputs):
             correct[k] = answer_matches(tokenizer.decode(output, skip_special_tokens=True), rows[k].answer)
     return correct
