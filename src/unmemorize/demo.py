@@ -28,11 +28,13 @@ from typing import Literal
 
 import torch
 
-from .analysis import add_comparison, band_analysis, load_text_source, text_batches
+from .analysis import add_comparison, band_analysis
+from .analysis.inputs import sequence_batches, text_sources
 from .analysis.report import write_analysis
 from .analysis.retention import example_retention, task_sequences
 from .basis import decompose_factors
 from .curvature import CollectConfig, collect_from_files
+from .data import pad_token_id
 from .edit import EditConfig, edited
 from .edit.search import candidate_plans, search_plan
 from .evaluate import evaluate_tasks, load_tasks
@@ -95,12 +97,11 @@ def _band_analysis(model, tokenizer, folder: Path, modules, bases, factors, plan
     budget = 4_000 if quick else 20_000
     files = {"clean": data / "heldout.txt", "memorized": data / "memorized_validation.jsonl", "quotes": data / "quotes.jsonl",
              "control": data / "control_sequences.jsonl"}
-    groups = {name: [s for g in load_text_source(path, tokenizer, 128, budget).values() for s in g] for name, path in files.items()}
+    sources = text_sources(files, tokenizer, "next_token", 128, budget, 16)
     rows = load_tasks(data / "tasks.jsonl")
     tasks = task_sequences(rows, tokenizer)
-    groups.update({task: [sequence for _, sequence in members] for task, members in tasks.items()})
-    pad_id = tokenizer.pad_token_id
-    sources = {name: (lambda seqs=seqs: text_batches(seqs, "next_token", 16, pad_id)) for name, seqs in groups.items()}
+    for task, members in tasks.items():
+        sources[task] = sequence_batches([sequence for _, sequence in members], "next_token", 16, pad_token_id(tokenizer))
     result = band_analysis(model, modules, bases, sources, "clean", per_sequence=list(tasks))
     compared = ["memorized", "quotes", "control", add_comparison(result, "memorized", "control")]
     retention = {name: task["retention"] for name, task in kfac["tasks"].items() if task["learned"]}

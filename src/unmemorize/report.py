@@ -10,6 +10,8 @@ import json
 import math
 from pathlib import Path
 
+from .analysis.report import summary_table
+
 CATEGORY_ORDER = ("memorized_validation", "quotes", "math", "closed_book_qa", "open_book_qa", "logic")
 
 
@@ -146,13 +148,7 @@ def _analysis_lines(results: dict) -> list[str]:
              "(default; SVD of G^1/2 W A^1/2), `pairs` (the paper's A eigenbasis with lambda*mu pair bands), `svd` (W's right "
              "singular vectors). Separation = ln(r_bottom50) - ln(r_top10). `memorized/control` compares memorized "
              "sequences with never-trained sequences of the same form directly.", "",
-             "| comparison | basis | layers | bottom-50% > 1 | top-10% < 1 | both | mean separation | max separation |",
-             "|---|---|---|---|---|---|---|---|"]
-    for source, per_basis in analysis["summary"].items():
-        for kind, s in per_basis.items():
-            name = source.replace("/", " / ") if "/" in source else f"{source} / clean"
-            lines.append(f"| {name} | {kind} | {s['modules']} | {s['bottom50_above_1']} | {s['top10_below_1']} | {s['both']} | "
-                         f"{s['mean_separation']:.3f} | {s['max_separation']:.3f} |")
+             *summary_table(analysis["summary"])]
     lines += ["", "Per layer, memorized / clean (pattern = bottom-50% ratio > 1 and top-10% ratio < 1):", "", _verdicts(analysis["memorized_ratios"])]
     lines += ["", "![bands, memorized / clean](analysis/bands_memorized.png)", "",
               "![bands, memorized / control](analysis/bands_memorized_vs_control.png)", "",

@@ -28,8 +28,9 @@ def ratio_table(result: dict, source: str) -> str:
     return "\n".join(lines)
 
 
-def _label(source: str, result: dict) -> str:
-    return source.replace("/", " / ") if "/" in source else f"{source} / {result['reference']}"
+def comparison_label(source: str, reference: str = "clean") -> str:
+    """'memorized / clean' for a source, 'memorized / control' for an ``add_comparison`` key."""
+    return source.replace("/", " / ") if "/" in source else f"{source} / {reference}"
 
 
 def verdict_table(result: dict, source: str) -> str:
@@ -77,10 +78,10 @@ def plot_band_ratios(result: dict, source: str, path: str | Path) -> Path:
             ax.set_xlabel("layer")
             ax.set_xticks(layers)
             if col == 0:
-                ax.set_ylabel(_label(source, result))
+                ax.set_ylabel(comparison_label(source, result['reference']))
     axes[0][0].legend(fontsize=7, title="band", title_fontsize=7)
     numerator = source.split("/")[0]
-    fig.suptitle(f"Mean band activation, {_label(source, result)} (> 1: the band is used more by {numerator})", fontsize=10)
+    fig.suptitle(f"Mean band activation, {comparison_label(source, result['reference'])} (> 1: the band is used more by {numerator})", fontsize=10)
     fig.tight_layout()
     return save_figure(fig, path)
 

@@ -8,7 +8,7 @@ import math
 from pathlib import Path
 
 from .retention import example_table
-from .plots import plot_band_ratios, plot_loading_vs_retention, ratio_table, verdict_table
+from .plots import comparison_label, plot_band_ratios, plot_loading_vs_retention, ratio_table, verdict_table
 from .run import retention_correlation, summarize, task_loading
 
 
@@ -41,12 +41,14 @@ def retention_from_file(path: str | Path) -> dict[str, float]:
     return {k: float(v) for k, v in data.items()}
 
 
-def _summary_lines(result: dict, source: str) -> list[str]:
-    lines = [f"| basis | layers | bottom-50% ratio > 1 | top-10% ratio < 1 | both | mean separation | max separation |",
-             "|---|---|---|---|---|---|---|"]
-    for kind, s in summarize(result, source).items():
-        lines.append(f"| {kind} | {s['modules']} | {s['bottom50_above_1']} | {s['top10_below_1']} | {s['both']} | "
-                     f"{s['mean_separation']:.3f} | {s['max_separation']:.3f} |")
+def summary_table(summaries: dict[str, dict], reference: str = "clean", unit: str = "layers") -> list[str]:
+    """Markdown rows of ``summarize`` results, {source: {basis: summary}}: one row per comparison and basis."""
+    lines = [f"| comparison | basis | {unit} | bottom-50% > 1 | top-10% < 1 | both | mean separation | max separation |",
+             "|---|---|---|---|---|---|---|---|"]
+    for source, per_basis in summaries.items():
+        for kind, s in per_basis.items():
+            lines.append(f"| {comparison_label(source, reference)} | {kind} | {s['modules']} | {s['bottom50_above_1']} | "
+                         f"{s['top10_below_1']} | {s['both']} | {s['mean_separation']:.3f} | {s['max_separation']:.3f} |")
     return lines
 
 
@@ -84,8 +86,8 @@ def write_analysis(result: dict, out: str | Path, compared: list[str], tasks: li
     for source in compared:
         slug = source.replace("/", "_vs_")
         plot_band_ratios(result, source, out / f"bands_{slug}.png")
-        title = source.replace("/", " / ") if "/" in source else f"{source} / {result['reference']}"
-        text += [f"## {title}", "", *_summary_lines(result, source), "", f"![bands](bands_{slug}.png)", "", verdict_table(result, source), "",
+        text += [f"## {comparison_label(source, result['reference'])}", "",
+                 *summary_table({source: summaries[source]}, result["reference"]), "", f"![bands](bands_{slug}.png)", "", verdict_table(result, source), "",
                  "Band ratios (top10 / 10-25 / 25-50 / bottom50):", "", ratio_table(result, source), ""]
     others = [s for s in result["counted_positions"] if s != result["reference"]]
     text += ["## Low-curvature loading per source", "",
@@ -115,9 +117,8 @@ def write_analysis(result: dict, out: str | Path, compared: list[str], tasks: li
 def print_summary(extra: dict) -> None:
     """The headline numbers of ``write_analysis``'s return value, one line each."""
     for source, summary in extra["summary"].items():
-        name = source.replace("/", " / ") if "/" in source else f"{source} / clean"
         for kind, s in summary.items():
-            print(f"{name}, {kind}: {s['both']}/{s['modules']} layers with bottom-50% > 1 and top-10% < 1; "
+            print(f"{comparison_label(source)}, {kind}: {s['both']}/{s['modules']} layers with bottom-50% > 1 and top-10% < 1; "
                   f"mean separation {s['mean_separation']:.3f}")
     for kind, pair in extra["correlation"].items():
         print(f"retention vs low-curvature loading ({kind}): Spearman {pair['all']['spearman']:.3f} over {pair['all']['n']} sources, "

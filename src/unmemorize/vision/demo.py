@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from ..analysis import band_analysis, image_batches
-from ..analysis.report import write_analysis
+from ..analysis.report import summary_table, write_analysis
 from ..basis import decompose_factors
 from ..curvature import CollectConfig, ImageClassificationObjective, collect_factors
 from ..edit import EditConfig, edited
@@ -156,12 +156,7 @@ def _analysis_lines(results: dict) -> list[str]:
     lines = ["## Activation-ratio analysis (paper Figure 2, ViT panels)", "",
              "fc1/fc2 inputs at the factors' positions, projected on curvature-ordered bands; ratio = mean band activation on "
              "noisy-label (memorized) training images / on clean-label training images. Separation = ln(r_bottom50) - ln(r_top10).", "",
-             "| comparison | basis | blocks x fc | bottom-50% > 1 | top-10% < 1 | both | mean separation | max separation |",
-             "|---|---|---|---|---|---|---|---|"]
-    for source, per_basis in analysis["summary"].items():
-        for kind, s in per_basis.items():
-            lines.append(f"| {source} / clean | {kind} | {s['modules']} | {s['bottom50_above_1']} | {s['top10_below_1']} | {s['both']} | "
-                         f"{s['mean_separation']:.3f} | {s['max_separation']:.3f} |")
+             *summary_table(analysis["summary"], unit="blocks x fc")]
     lines += ["", "![bands](analysis/bands_memorized.png)", "", "Per-module tables: [analysis/analysis.md](analysis/analysis.md).", ""]
     return lines
 
