@@ -129,7 +129,6 @@ def band_analysis(model, modules: list[str], bases: dict[str, ModuleBasis], sour
     counted: dict[str, int] = {}
     current = {"source": None, "mask": None}
     sequence_sums: dict[tuple, list[torch.Tensor]] = {}
-    widths: dict[str, int] = {}
 
     def hook_for(name, readouts):
         def hook(module, args):
@@ -138,14 +137,15 @@ def band_analysis(model, modules: list[str], bases: dict[str, ModuleBasis], sour
             if mask.shape != inputs.shape[:-1]:
                 raise UnmemorizeError(f"{name}: input shape {tuple(inputs.shape)} does not match the position mask {tuple(mask.shape)}")
             rows = inputs[mask].to(dtype)
-            owners = mask.nonzero()[:, 0] if current["source"] in per_sequence else None
+            if current["source"] in per_sequence:
+                owners = mask.nonzero()[:, 0]
+                counts = mask.sum(1, keepdim=True).to(torch.float64)
             for kind in basis_names:
                 activations = readouts[kind].band_activations(rows).double()
                 means[current["source"], name, kind].update(activations)
-                if owners is not None:
+                if current["source"] in per_sequence:
                     sums = torch.zeros(mask.shape[0], activations.shape[1], dtype=torch.float64, device=activations.device)
                     sums.index_add_(0, owners, activations)
-                    counts = mask.sum(1, keepdim=True).to(sums)
                     per_row = torch.where(counts > 0, sums / counts.clamp_min(1), torch.nan)  # no counted position: NaN
                     sequence_sums.setdefault((current["source"], name, kind), []).append(per_row.cpu())
         return hook
@@ -162,7 +162,6 @@ def band_analysis(model, modules: list[str], bases: dict[str, ModuleBasis], sour
                     readout.directions = readout.directions.to(device, dtype)
                     readout.band_weights = readout.band_weights.to(device, dtype)
                     readouts[kind] = readout
-                widths[name] = int(readout.directions.shape[1])
                 handles.append(named[name].register_forward_pre_hook(hook_for(name, readouts)))
             try:
                 for source, batches in sources.items():
@@ -180,7 +179,7 @@ def band_analysis(model, modules: list[str], bases: dict[str, ModuleBasis], sour
     result = {"bands": list(BAND_NAMES), "band_edges": list(BAND_EDGES), "reference": reference, "counted_positions": counted,
               "modules": {}}
     for name in modules:
-        entry = {"layer": layer_index(name), "projection": _projection_name(name), "d_in": widths[name], "bases": {}}
+        entry = {"layer": layer_index(name), "projection": _projection_name(name), "d_in": weight_shape(named[name])[1], "bases": {}}
         for kind in basis_names:
             mean = {s: means[s, name, kind].mean for s in sources}
             ratio = {s: band_ratios(mean[s], mean[reference]) for s in sources if s != reference}
