@@ -182,4 +182,5 @@ def load_factors(path: str | Path, model: nn.Module | None = None, modules: list
         _check_tensor(name, "A", activation[name], d_in)
         _check_tensor(name, "G", gradient[name], d_out)
     metadata = {k: v for k, v in info.items() if k not in ("modules", "num_positions")}
+    metadata["path"] = str(root)  # where the folder is: cached decompositions live beside the factors
     return KFACFactors({n: activation[n] for n in names}, {n: gradient[n] for n in names}, int(info.get("num_positions", 0)), metadata)
