@@ -7,16 +7,20 @@ u_i (x) v_j; for a weight W (d_out, d_in) the coefficient of component (i, j) is
 C_ij = u_i^T W v_j, i.e. C = U_G^T W U_A.
 
 Factors are symmetrized ((X + X^T) / 2) and decomposed with ``torch.linalg.eigh`` in float64 by
-default; round-off negatives are clamped to 0 (their count is kept).
+default (float32 as an option), on the CPU or an accelerator; round-off negatives are clamped to 0
+(their count is kept). ``unmemorize decompose`` stores the decompositions beside the factors
+(``basis_cache.py``); ``decompose_factors`` then reads them instead of running eigh again.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
 from .curvature.factors import KFACFactors
+from .errors import UnmemorizeError
 
 
 @dataclass
@@ -43,14 +47,33 @@ class Eigendecomposition:
         return int(torch.searchsorted(cumulative, torch.tensor(min(fraction, 1.0), dtype=cumulative.dtype)).item()) + 1
 
 
-def decompose(matrix: torch.Tensor, dtype: torch.dtype = torch.float64) -> Eigendecomposition:
-    """Symmetrize, ``eigh`` in ``dtype``, clamp negatives to 0, sort descending."""
-    sym = matrix.to(dtype)
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``None``/'cpu' -> CPU; 'auto' -> the first CUDA device if there is one, else CPU; 'cuda[:k]' must exist."""
+    if device is None or str(device) == "cpu":
+        return torch.device("cpu")
+    if str(device) == "auto":
+        return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise UnmemorizeError(f"--device {device!r} is not a torch device (use cpu, cuda, cuda:1 or auto)") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise UnmemorizeError(f"--device {device}: CUDA is not available on this machine (use --device cpu or auto)")
+    if resolved.type == "cuda" and resolved.index is not None and resolved.index >= torch.cuda.device_count():
+        raise UnmemorizeError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return resolved
+
+
+def decompose(matrix: torch.Tensor, dtype: torch.dtype = torch.float64, device: str | torch.device | None = None) -> Eigendecomposition:
+    """Symmetrize, ``eigh`` in ``dtype`` on ``device`` (default: where ``matrix`` is), clamp negatives
+    to 0, sort descending. The result is on ``matrix``'s device."""
+    home = matrix.device
+    sym = matrix.to(device=resolve_device(device) if device is not None else home, dtype=dtype)
     sym = (sym + sym.T) / 2
     values, vectors = torch.linalg.eigh(sym)  # ascending
     values, vectors = values.flip(0), vectors.flip(1)
-    negative = values < 0
-    return Eigendecomposition(values.clamp_min(0), vectors, int(negative.sum()))
+    negative = int((values < 0).sum())
+    return Eigendecomposition(values.clamp_min(0).to(home), vectors.to(home), negative)
 
 
 @dataclass
@@ -61,16 +84,44 @@ class ModuleBasis:
     activation: Eigendecomposition  # mu, U_A
 
 
-def decompose_factors(factors: KFACFactors, dtype: torch.dtype = torch.float64, modules: list[str] | None = None) -> dict[str, ModuleBasis]:
-    """Eigendecompose A and G of every (or the chosen) module; shared A is decomposed once."""
+def activation_owner(factors: KFACFactors, name: str) -> str:
+    """The module whose A ``name`` shares (modules reading the same input, e.g. q/k/v), or ``name``."""
+    owner = factors.metadata.get("shared_activation", {}).get(name, name)
+    return owner if owner in factors.activation else name
+
+
+def decompose_factors(
+    factors: KFACFactors,
+    dtype: torch.dtype = torch.float64,
+    modules: list[str] | None = None,
+    cache: Literal["auto", "require", "off"] = "auto",
+    device: str | torch.device | None = None,
+) -> dict[str, ModuleBasis]:
+    """Eigendecompose A and G of every (or the chosen) module; shared A is decomposed once.
+
+    ``cache``: with 'auto' (default), modules whose decomposition ``unmemorize decompose`` stored
+    beside the factor folder (``factors.metadata['path']``) in this ``dtype`` are read from there
+    after checking that they were computed from exactly these A and G (a mismatch raises, naming
+    the module); the others are computed. 'require' raises when the cache is missing or does not
+    cover a module; 'off' always computes. ``device`` runs eigh there (e.g. 'cuda'); results
+    come back to the factors' device.
+    """
+    if cache not in ("auto", "require", "off"):
+        raise UnmemorizeError(f"cache must be 'auto', 'require' or 'off', got {cache!r}")
     names = modules or factors.modules
-    shared = factors.metadata.get("shared_activation", {})
+    cached: dict[str, ModuleBasis] = {}
+    if cache != "off":
+        from .basis_cache import load_cached_bases
+
+        cached = load_cached_bases(factors, dtype, names, required=cache == "require")
     bases: dict[str, ModuleBasis] = {}
     done: dict[str, Eigendecomposition] = {}
     for name in names:
-        owner = shared.get(name, name)
-        owner = owner if owner in factors.activation else name
+        if name in cached:
+            bases[name] = cached[name]
+            continue
+        owner = activation_owner(factors, name)
         if owner not in done:
-            done[owner] = decompose(factors.activation[owner], dtype)
-        bases[name] = ModuleBasis(gradient=decompose(factors.gradient[name], dtype), activation=done[owner])
+            done[owner] = decompose(factors.activation[owner], dtype, device)
+        bases[name] = ModuleBasis(gradient=decompose(factors.gradient[name], dtype, device), activation=done[owner])
     return bases
