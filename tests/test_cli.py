@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import subprocess
@@ -45,7 +46,12 @@ def test_collect_writes_factors_with_provenance(workspace):
     info = json.loads((workspace / "factors" / "factors.json").read_text())
     assert info["fisher"] == "true" and info["seq_len"] == 32 and info["tokens"] == 2000
     assert info["architecture"] == "LlamaForCausalLM" and len(info["data"]["fingerprint"]) == 64
-    assert info["modules"]["model.layers.0.mlp.down_proj"] == {"A": [64, 64], "G": [32, 32], "file": "factors.safetensors"}
+    entry = dict(info["modules"]["model.layers.0.mlp.down_proj"])
+    fingerprint = entry.pop("weight_sha256")
+    assert entry == {"A": [64, 64], "G": [32, 32], "file": "factors.safetensors"}
+    # the fingerprint is sha256 of the checkpoint's weight rounded to bfloat16, read here straight from the file
+    weight = load_file(workspace / "llama" / "model.safetensors")["model.layers.0.mlp.down_proj.weight"]
+    assert fingerprint == hashlib.sha256(weight.to(torch.bfloat16).view(torch.int16).numpy().tobytes()).hexdigest()
     tensors = load_file(workspace / "factors" / "factors.safetensors")
     assert set(tensors) == {f"{n}.{k}" for n in info["modules"] for k in "AG"} and all(t.dtype == torch.float32 for t in tensors.values())
     assert info["num_positions"] > 0 and info["unmemorize_version"]
@@ -191,15 +197,21 @@ def test_missing_or_empty_data(workspace, tmp_path, capsys):
         assert message in line and not (tmp_path / "f").exists()
 
 
-def test_existing_output_without_overwrite(workspace, tmp_path, capsys):
+def test_existing_output_needs_overwrite_and_overwrite_only_replaces_our_own(workspace, tmp_path, capsys):
     out = tmp_path / "exists"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    line = error_of(capsys, ["edit", "--model", str(workspace / "llama"), "--factors", str(workspace / "factors"), "--out", str(out), "--rho", "0.9"])
+    argv = ["edit", "--model", str(workspace / "llama"), "--factors", str(workspace / "factors"), "--out", str(out), "--rho", "0.9"]
+    line = error_of(capsys, argv)
     assert "already exists; pass --overwrite" in line and (out / "keep.txt").read_text() == "mine"
-    assert main(["edit", "--model", str(workspace / "llama"), "--factors", str(workspace / "factors"), "--out", str(out), "--rho", "0.9",
-                 "--overwrite"]) == 0
-    assert not (out / "keep.txt").exists() and (out / "unmemorize_edit.json").exists() and not leftovers(out)
+    line = error_of(capsys, [*argv, "--overwrite"])  # a user's folder is never removed, even with --overwrite
+    assert "only replaces outputs unmemorize wrote" in line and (out / "keep.txt").read_text() == "mine"
+    (out / "keep.txt").unlink()
+    out.rmdir()
+    assert main(argv) == 0 and (out / ".unmemorize-output.json").is_file()
+    first = (out / "model.safetensors").read_bytes()
+    assert main([*argv[:-1], "0.5", "--overwrite"]) == 0  # our own output is replaced
+    assert (out / "model.safetensors").read_bytes() != first and not leftovers(out)
 
 
 def test_missing_model_directory(tmp_path, capsys):

@@ -1,53 +1,272 @@
-"""Write folders atomically: build in a temporary sibling, then rename into place."""
+"""Outputs that can never destroy data: checked first, claimed, built aside, swapped in.
+
+Every folder or file a command writes goes through ``claim_output`` (``atomic_dir`` and
+``atomic_file`` claim for you; a claim is re-entrant within one process):
+
+1. **Checked before any work.** The path is not empty, not the folder the command runs in (nor
+   one above it), not a symbolic link; its parent is a folder (created if missing).
+2. **Claimed atomically.** An exclusive ``flock`` on ``.<name>.lock`` beside the output, held for
+   the whole run: a concurrent run writing the same output fails at once, naming the holder's pid.
+   The kernel drops the lock when a process dies, even by SIGKILL, so a crash never leaves a
+   stale claim; the lock file is removed when the claim ends.
+3. **Leftovers recovered.** Holding the claim, the run finishes what a killed run of the same
+   output left: ``.<name>.tmp-*`` folders are removed; an overwrite killed between its two renames
+   (``out`` missing) is completed from the finished new copy, or rolled back to the old one.
+4. **An existing output is refused** unless ``overwrite``; even then only a folder this tool
+   wrote (its marker ``.unmemorize-output.json``, or, for folders of earlier versions, its
+   metadata file: ``LEGACY_MARKERS``) or a PNG it wrote (``Software: unmemorize`` in its metadata) is ever replaced.
+5. **Built aside, swapped in.** The new content is built in ``.<name>.tmp-*`` (mode from the
+   umask); the marker is written last, so a temporary folder with a marker is complete. Then
+   ``out -> .<name>.old-*``, ``tmp -> out``, the old copy is removed. At every instant ``out`` is
+   the old complete output, the new complete output, or (between the two renames) missing with
+   both complete copies beside it, which the next run writing ``out`` resolves (step 3).
+"""
 
 from __future__ import annotations
 
+import errno
+import fcntl
+import json
+import os
 import shutil
+import socket
 import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import UnmemorizeError
 
+MARKER = ".unmemorize-output.json"
+# folders of earlier versions, before the marker: their metadata file and a key only unmemorize writes there
+LEGACY_MARKERS = {"factors.json": "unmemorize_version", "unmemorize_edit.json": "unmemorize_version", "testbed.json": "key",
+                  "vision.json": "key", "results.json": "wall_seconds", "analysis.json": "counted_positions"}
+PNG_SOFTWARE = "unmemorize"
+_HELD: dict[str, list] = {}  # real path of the output -> [lock fd, depth]
 
-def check_output_dir(out: str | Path, overwrite: bool) -> Path:
-    """Refuse an existing, non-empty output folder unless ``overwrite``; call before any work."""
-    path = Path(out)
-    if path.exists() and not path.is_dir():
-        raise UnmemorizeError(f"output path {str(path)!r} exists and is not a folder")
-    if path.exists() and any(path.iterdir()) and not overwrite:
-        raise UnmemorizeError(f"output folder {str(path)!r} already exists; pass --overwrite to replace it")
+
+def umask() -> int:
+    """The process umask (read without changing it for other threads for longer than a call)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def output_path(out: str | Path, option: str = "--out") -> Path:
+    """Step 1: the output as an absolute path, or an error naming what is wrong with it."""
+    if out is None or str(out).strip() == "":
+        raise UnmemorizeError(f"{option} is empty; name the output to write")
+    path = Path(os.path.abspath(os.path.expanduser(str(out))))
+    cwd = Path.cwd().resolve()
+    if path == Path(path.anchor):
+        raise UnmemorizeError(f"{option} {str(out)!r} is the file-system root; name a new folder")
+    if path.is_symlink():
+        raise UnmemorizeError(f"{option} {str(out)!r} is a symbolic link; give the real path")
+    real = path.resolve()
+    if real == cwd or real in cwd.parents:
+        raise UnmemorizeError(f"{option} {str(out)!r} is the current folder or contains it; name a new folder")
+    parent = path.parent
+    for ancestor in [parent, *parent.parents]:
+        if ancestor.exists():
+            if not ancestor.is_dir():
+                raise UnmemorizeError(f"{option} {str(out)!r}: {str(ancestor)!r} is a file, not a folder")
+            break
     return path
+
+
+def written_by_unmemorize(path: Path) -> bool:
+    """True for a folder or PNG this tool wrote (see the module docstring, step 4)."""
+    if path.is_dir():
+        if (path / MARKER).is_file():
+            return True
+        for name, key in LEGACY_MARKERS.items():
+            try:
+                info = json.loads((path / name).read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue
+            if isinstance(info, dict) and key in info:
+                return True
+        return False
+    if path.is_file() and path.suffix.lower() == ".png":
+        try:
+            from PIL import Image
+
+            with Image.open(path) as image:
+                return image.info.get("Software") == PNG_SOFTWARE
+        except Exception:  # noqa: BLE001 - any unreadable file is not ours
+            return False
+    return False
+
+
+def _lock(path: Path) -> int:
+    lock_path = path.with_name(f".{path.name}.lock")
+    while True:
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666 & ~umask())
+        except OSError as exc:
+            raise UnmemorizeError(f"cannot write in {str(path.parent)!r}: {exc.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise UnmemorizeError(f"another unmemorize run ({holder}) is writing {str(path)!r}; wait for it or choose another output") from None
+        try:  # the previous holder may have removed the lock file between our open and flock
+            same = os.stat(lock_path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
+            return fd
+        os.close(fd)
+
+
+def _unlock(path: Path, fd: int) -> None:
+    try:
+        os.unlink(path.with_name(f".{path.name}.lock"))
+    except OSError:
+        pass
+    os.close(fd)
+
+
+def _leftovers(path: Path, kind: str) -> list[Path]:
+    prefix = f".{path.name}.{kind}-"
+    return sorted(p for p in path.parent.iterdir() if p.name.startswith(prefix)) if path.parent.is_dir() else []
+
+
+def _recover(path: Path) -> None:
+    """Step 3: resolve what killed runs of this output left (the claim is held)."""
+    temps, olds = _leftovers(path, "tmp"), _leftovers(path, "old")
+    if not path.exists():
+        complete = [t for t in temps if t.is_dir() and (t / MARKER).is_file()]
+        if complete:  # killed between the renames: the new copy is whole, finish the swap
+            complete[-1].rename(path)
+            temps.remove(complete[-1])
+        elif olds:  # killed with the old copy set aside and no whole new copy: put it back
+            olds[-1].rename(path)
+            olds.pop()
+    for leftover in temps + olds:
+        if leftover.is_dir() and not leftover.is_symlink():
+            shutil.rmtree(leftover, ignore_errors=True)
+        else:
+            leftover.unlink(missing_ok=True)
+
+
+def _check_existing(path: Path, overwrite: bool, kind: str) -> None:
+    """Step 4."""
+    if not path.exists():
+        return
+    if kind == "dir" and not path.is_dir():
+        raise UnmemorizeError(f"output {str(path)!r} exists and is not a folder")
+    if kind == "file" and path.is_dir():
+        raise UnmemorizeError(f"output {str(path)!r} is a folder; give a file name")
+    if kind == "dir" and not any(path.iterdir()):
+        return  # an empty folder holds nothing to lose
+    if not overwrite:
+        what = "folder" if kind == "dir" else "file"
+        raise UnmemorizeError(f"output {what} {str(path)!r} already exists; pass --overwrite to replace it")
+    if not written_by_unmemorize(path):
+        raise UnmemorizeError(f"--overwrite only replaces outputs unmemorize wrote, and {str(path)!r} is not one "
+                              f"(no {MARKER}); move it away or choose another output")
 
 
 @contextmanager
-def atomic_dir(out: str | Path, overwrite: bool = False):
-    """Yield a temporary folder next to ``out``; on success it replaces ``out``, on error it is removed."""
-    path = check_output_dir(out, overwrite)
+def claim_output(out: str | Path, overwrite: bool = False, kind: str = "dir", option: str = "--out"):
+    """Steps 1-4 for ``out`` (``kind`` 'dir' or 'file'); yields the absolute path, claimed until exit."""
+    path = output_path(out, option)
+    key = str(path)
+    if key in _HELD:
+        _HELD[key][1] += 1
+        try:
+            yield path
+        finally:
+            _HELD[key][1] -= 1
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    fd = _lock(path)
+    _HELD[key] = [fd, 1]
     try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if path.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
-        path.rename(old / "x")
-        tmp.rename(path)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        tmp.rename(path)
+        _recover(path)
+        _check_existing(path, overwrite, kind)
+        yield path
+    finally:
+        del _HELD[key]
+        _unlock(path, fd)
 
 
-def save_figure(fig, path: str | Path, dpi: int = 120) -> Path:
-    """Save a matplotlib figure to ``path`` through a temporary sibling (never a half-written PNG) and close it."""
+def _marker(kind: str) -> str:
+    from . import __version__
+
+    return json.dumps({"unmemorize_version": __version__, "kind": kind, "written": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+
+
+@contextmanager
+def atomic_dir(out: str | Path, overwrite: bool = False, kind: str = "output"):
+    """Yield a temporary folder next to ``out``; on success it replaces ``out`` (step 5), on error it is removed."""
+    with claim_output(out, overwrite, "dir") as path:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+        try:
+            yield tmp
+            os.chmod(tmp, 0o777 & ~umask())
+            (tmp / MARKER).write_text(_marker(kind))
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        _check_existing(path, overwrite, "dir")  # nothing new appeared while we worked (we hold the claim)
+        if path.exists():
+            old = path.with_name(f".{path.name}.old-{os.getpid()}-{tmp.name.rsplit('-', 1)[-1]}")
+            path.rename(old)
+            _fault_point("between-renames")
+            tmp.rename(path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(path)
+
+
+@contextmanager
+def atomic_file(out: str | Path, overwrite: bool = False, option: str = "--out"):
+    """Yield a temporary file path next to ``out``; on success it replaces ``out`` in one rename."""
+    with claim_output(out, overwrite, "file", option) as path:
+        handle, name = tempfile.mkstemp(prefix=f".{path.name}.tmp-", suffix=path.suffix, dir=path.parent)
+        os.close(handle)
+        tmp = Path(name)
+        try:
+            yield tmp
+            os.chmod(tmp, 0o666 & ~umask())
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        os.replace(tmp, path)
+
+
+def save_figure(fig, path: str | Path, dpi: int = 120, overwrite: bool = True) -> Path:
+    """Save a matplotlib figure through a temporary sibling (never a half-written image), tagged as ours, and close it."""
     import matplotlib.pyplot as plt
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=dpi)
-    plt.close(fig)
-    tmp.replace(path)
+    try:
+        with atomic_file(path, overwrite) as tmp:
+            metadata = {"Software": PNG_SOFTWARE} if path.suffix.lower() == ".png" else None
+            fig.savefig(tmp, dpi=dpi, format=path.suffix.lstrip(".") or "png", metadata=metadata)
+    finally:
+        plt.close(fig)
     return path
+
+
+def _fault_point(name: str) -> None:
+    """Crash-safety tests stop a run here: with UNMEMORIZE_FAULT_PAUSE=<name> the process writes
+    ``$UNMEMORIZE_FAULT_FILE`` and waits to be killed. Does nothing otherwise."""
+    if os.environ.get("UNMEMORIZE_FAULT_PAUSE") != name:
+        return
+    Path(os.environ["UNMEMORIZE_FAULT_FILE"]).write_text(str(os.getpid()))
+    while True:
+        time.sleep(0.05)
+
+
+def disk_error(exc: OSError) -> str:
+    """One line for a file-system error (full disk, permissions, read-only folder)."""
+    where = f" ({exc.filename})" if exc.filename else ""
+    if exc.errno == errno.ENOSPC:
+        return f"no space left on the device{where}; nothing was written"
+    return f"{exc.strerror or exc}{where}"

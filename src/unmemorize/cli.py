@@ -76,7 +76,7 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_model_options(collect)
     collect.add_argument("--data", required=True, help=".txt (a document per line), .jsonl ('text' or 'input_ids'), or a folder of them.")
     collect.add_argument("--out", required=True, help="Factor folder to write (factors.json + factors.safetensors).")
-    collect.add_argument("--overwrite", action="store_true", help="Replace an existing output folder.")
+    collect.add_argument("--overwrite", action="store_true", help="Replace an existing output folder (only one unmemorize wrote).")
     _add_target_options(collect)
     _add_config_options(collect, CollectConfig)
 
@@ -86,7 +86,7 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_model_options(edit)
     edit.add_argument("--factors", help="Factor folder from 'unmemorize collect' (needed for kfac and random).")
     edit.add_argument("--out", required=True, help="Model folder to write.")
-    edit.add_argument("--overwrite", action="store_true", help="Replace an existing output folder.")
+    edit.add_argument("--overwrite", action="store_true", help="Replace an existing output folder (only one unmemorize wrote).")
     amount = edit.add_mutually_exclusive_group(required=True)
     amount.add_argument("--rho", type=float, help="Curvature mass kept by every target, in [0, 1] (1: no edit). For "
                         "--method svd: energy kept, or the fraction pruned with --svd-mode prune.")
@@ -94,6 +94,8 @@ def _build_parser() -> argparse.ArgumentParser:
     amount.add_argument("--ppl-budget", type=float, help="Label-free tuning: search layers, projections and rho for the most "
                         "aggressive K-FAC plan whose perplexity on --heldout stays within this ratio of the baseline (e.g. 1.10).")
     edit.add_argument("--heldout", help="Clean held-out text (.txt/.jsonl) for --ppl-budget; never memorized examples.")
+    edit.add_argument("--allow-foreign-factors", action="store_true", help="Use factors whose recorded weight fingerprints "
+                      "differ from this model's (collected on other weights); recorded in unmemorize_edit.json.")
     _add_target_options(edit)
     _add_config_options(edit, EditConfig)
 
@@ -101,7 +103,9 @@ def _build_parser() -> argparse.ArgumentParser:
                                    description="Eigendecompose the factors and print, per module, effective ranks, "
                                    "ranks at 90/99% of each trace and the fraction of pairs each rho keeps; save a PNG plot.")
     spectrum.add_argument("--factors", required=True, help="Factor folder.")
-    spectrum.add_argument("--out", help="PNG file for the plot (default: <factors>/spectrum.png).")
+    spectrum.add_argument("--out", help="PNG file for the plot (default: <factors>/spectrum.png, the one file a command adds "
+                          "beside an input).")
+    spectrum.add_argument("--overwrite", action="store_true", help="Replace an existing plot (only a PNG unmemorize wrote).")
     spectrum.add_argument("--rhos", default="0.6,0.8,0.9,0.95,0.99", help="rho values for the kept-pairs columns.")
     spectrum.add_argument("--json", action="store_true", help="Print the table as JSON instead of Markdown.")
 
@@ -126,7 +130,8 @@ def _build_parser() -> argparse.ArgumentParser:
     after.add_argument("--retention", help="JSON {source: retention after an edit} or a demo results.json: adds the "
                        "loading-vs-retention scatter and its Spearman correlation.")
     analyze.add_argument("--out", required=True, help="Folder for analysis.json, analysis.md and the plots.")
-    analyze.add_argument("--overwrite", action="store_true", help="Replace an existing output folder.")
+    analyze.add_argument("--overwrite", action="store_true", help="Replace an existing output folder (only one unmemorize wrote).")
+    analyze.add_argument("--allow-foreign-factors", action="store_true", help="Use factors collected on other weights than --model's.")
     _add_target_options(analyze)
     _add_config_options(analyze, AnalyzeConfig)
 
@@ -155,64 +160,68 @@ def _version() -> str:
 
 def _run_collect(args) -> None:
     from .curvature import CollectConfig, ShardedFactorWriter, collect_from_files, save_factors
-    from ._atomic import check_output_dir
     from .data import list_data_files
     from .models import load_model
+    from .paths import command_output
     from .targets import resolve_targets
 
     config = _config_from_args(CollectConfig, args)
     config.validate()
-    check_output_dir(args.out, args.overwrite)
     list_data_files(args.data)
-    model, tokenizer = load_model(args.model, args.model_dtype, args.device, args.trust_remote_code)
-    targets = resolve_targets(model, args.targets, args.layers, args.proj)
-    print(f"collecting {config.fisher} Fisher factors for {len(targets)} modules of {type(model).__name__}", file=sys.stderr)
-    if 0 < config.modules_per_pass < len(targets):  # bounded memory: one shard per pass, written as it ends
-        with ShardedFactorWriter(args.out, model, args.overwrite) as writer:
-            factors = collect_from_files(model, tokenizer, args.data, targets, config, on_pass=writer.write_pass)
-            writer.finish(factors)
-    else:
-        factors = collect_from_files(model, tokenizer, args.data, targets, config)
-        save_factors(factors, args.out, model=model, overwrite=args.overwrite)
+    with command_output(args.out, args.overwrite, {"--model": args.model, "--data": args.data}) as out:
+        model, tokenizer = load_model(args.model, args.model_dtype, args.device, args.trust_remote_code)
+        targets = resolve_targets(model, args.targets, args.layers, args.proj)
+        print(f"collecting {config.fisher} Fisher factors for {len(targets)} modules of {type(model).__name__}", file=sys.stderr)
+        if 0 < config.modules_per_pass < len(targets):  # bounded memory: one shard per pass, written as it ends
+            with ShardedFactorWriter(out, model, args.overwrite) as writer:
+                factors = collect_from_files(model, tokenizer, args.data, targets, config, on_pass=writer.write_pass)
+                writer.finish(factors)
+        else:
+            factors = collect_from_files(model, tokenizer, args.data, targets, config)
+            save_factors(factors, out, model=model, overwrite=args.overwrite)
     meta = factors.metadata
     print(f"wrote {args.out}: {len(targets)} modules, {factors.num_positions} positions, {meta['tokens']} tokens, {meta['seconds']:.1f} s")
 
 
 def _run_edit(args) -> None:
-    from ._atomic import check_output_dir
     from .curvature import load_factors
     from .edit import EditConfig, apply_edit, load_plan, save_edited_model, uniform_plan
     from .models import load_model
+    from .paths import command_output
     from .targets import resolve_targets
 
     config = _config_from_args(EditConfig, args)
     config.validate()
     if args.rho is not None:
         uniform_plan([], args.rho)  # validates rho before any loading
-    check_output_dir(args.out, args.overwrite)
+    if args.ppl_budget is not None and not args.ppl_budget >= 1:
+        raise UnmemorizeError(f"--ppl-budget must be >= 1 (a perplexity ratio, e.g. 1.10), got {args.ppl_budget}")
     if config.method in ("kfac", "random") and not args.factors:
         raise UnmemorizeError(f"--method {config.method} needs --factors DIR")
-    model, tokenizer = load_model(args.model, args.model_dtype, args.device, args.trust_remote_code)
-    factors = None
-    search_record = None
-    if args.ppl_budget is not None:
-        plan, search_record, factors = _search_plan(args, model, tokenizer, config)
-    elif args.plan:
-        plan = load_plan(args.plan, model)
-    else:
-        if args.targets or args.layers or args.proj:
-            targets = resolve_targets(model, args.targets, args.layers, args.proj)
-        elif args.factors:
-            targets = _factor_modules(args.factors)
+    if args.factors:
+        _factor_modules(args.factors)  # a readable factor folder, before any loading
+    inputs = {"--model": args.model, "--factors": args.factors, "--plan": args.plan, "--heldout": args.heldout}
+    with command_output(args.out, args.overwrite, inputs) as out:
+        model, tokenizer = load_model(args.model, args.model_dtype, args.device, args.trust_remote_code)
+        factors = None
+        search_record = None
+        if args.ppl_budget is not None:
+            plan, search_record, factors = _search_plan(args, model, tokenizer, config)
+        elif args.plan:
+            plan = load_plan(args.plan, model)
         else:
-            targets = resolve_targets(model)
-        plan = uniform_plan(targets, args.rho)
-    if args.factors and factors is None:
-        factors = load_factors(args.factors, model=model, modules=list(plan))
-        factors.metadata["path"] = str(args.factors)
-    edit = apply_edit(model, plan, factors, config)
-    extra = {"model": args.model, **({"label_free_search": search_record} if search_record else {})}
-    save_edited_model(edit, args.out, tokenizer, overwrite=args.overwrite, extra=extra)
+            if args.targets or args.layers or args.proj:
+                targets = resolve_targets(model, args.targets, args.layers, args.proj)
+            elif args.factors:
+                targets = _factor_modules(args.factors)
+            else:
+                targets = resolve_targets(model)
+            plan = uniform_plan(targets, args.rho)
+        if args.factors and factors is None:
+            factors = load_factors(args.factors, model=model, modules=list(plan), allow_foreign=args.allow_foreign_factors)
+        edit = apply_edit(model, plan, factors, config)
+        extra = {"model": args.model, **({"label_free_search": search_record} if search_record else {})}
+        save_edited_model(edit, out, tokenizer, overwrite=args.overwrite, extra=extra)
     for name, stats in edit.modules.items():
         mass = f"mass {stats.kept_mass:.4f}" if stats.kept_mass is not None else ""
         print(f"{name}: rho={stats.rho:g} kept {stats.kept_pairs}/{stats.total_pairs} ({stats.kept_fraction:.4f}) {mass} "
@@ -227,10 +236,12 @@ def _search_plan(args, model, tokenizer, config):
     from .data import iter_windows, list_data_files
     from .edit.search import search_plan
 
+    from .models import model_limits
+
     if config.method != "kfac" or not args.factors or not args.heldout:
         raise UnmemorizeError("--ppl-budget needs --method kfac, --factors DIR and --heldout FILE")
-    factors = load_factors(args.factors, model=model)
-    windows = list(iter_windows(list_data_files(args.heldout), tokenizer, 128, 20_000))
+    factors = load_factors(args.factors, model=model, allow_foreign=args.allow_foreign_factors)
+    windows = list(iter_windows(list_data_files(args.heldout), tokenizer, 128, 20_000, *model_limits(model)))
     search = search_plan(model, factors, decompose_factors(factors), windows, args.ppl_budget)
     if search.plan is None:
         raise UnmemorizeError(f"no plan keeps perplexity within {args.ppl_budget} x baseline ({search.baseline_perplexity:.3f})")
@@ -242,32 +253,35 @@ def _search_plan(args, model, tokenizer, config):
 
 
 def _factor_modules(path: str) -> list[str]:
-    info_path = Path(path) / "factors.json"
-    if not info_path.is_file():
-        raise UnmemorizeError(f"{path!r} is not a factor folder: factors.json is missing")
-    try:
-        return list(json.loads(info_path.read_text())["modules"])
-    except (json.JSONDecodeError, KeyError) as exc:
-        raise UnmemorizeError(f"{info_path}: unreadable ({exc})") from None
+    from .curvature.factors import _read_info
+
+    if not Path(path).is_dir():
+        raise UnmemorizeError(f"--factors {path!r} is not a folder")
+    return list(_read_info(Path(path))["modules"])
 
 
 def _run_spectrum(args) -> None:
+    from ._atomic import save_figure
     from .basis import decompose_factors
     from .curvature import load_factors
+    from .edit.plan import rho_list
+    from .paths import command_output
     from .spectrum import format_table, plot_spectra, spectrum_rows
 
-    try:
-        rhos = [float(r) for r in args.rhos.split(",") if r.strip()]
-    except ValueError:
-        raise UnmemorizeError(f"--rhos {args.rhos!r} is not a comma-separated list of numbers") from None
-    for rho in rhos:
-        if not 0 <= rho <= 1:
-            raise UnmemorizeError(f"--rhos values must be in [0, 1], got {rho}")
-    factors = load_factors(args.factors)
-    bases = decompose_factors(factors)
-    rows = spectrum_rows(bases, rhos)
+    rhos = rho_list(args.rhos, "--rhos")
+    _factor_modules(args.factors)
+    default = args.out is None
+    out = Path(args.factors) / "spectrum.png" if default else Path(args.out)
+    if out.suffix.lower() not in (".png", ".pdf", ".svg"):
+        raise UnmemorizeError(f"--out {str(out)!r} must end in .png, .pdf or .svg")
+    # the default plot sits beside the factors: the input may not be replaced, but it may hold this one new file
+    inputs = {} if default else {"--factors": args.factors}
+    with command_output(out, args.overwrite, inputs, kind="file"):
+        factors = load_factors(args.factors)
+        bases = decompose_factors(factors)
+        rows = spectrum_rows(bases, rhos)
+        png = plot_spectra(bases, out, overwrite=args.overwrite)
     print(json.dumps(rows, indent=2) if args.json else format_table(rows))
-    png = plot_spectra(bases, args.out or Path(args.factors) / "spectrum.png")
     print(f"plot: {png}", file=sys.stderr)
 
 
@@ -289,38 +303,102 @@ def _parse_sources(args) -> dict[str, str]:
 
 
 def _run_analyze(args) -> None:
-    from ._atomic import atomic_dir, check_output_dir
-    from .analysis import AnalyzeConfig, TokenSequence, add_comparison, band_analysis
-    from .analysis.inputs import image_sources, load_text_source, resolve_positions, sequence_batches, text_sources
-    from .analysis.report import print_summary, retention_from_file, write_analysis
-    from .analysis.retention import example_retention, per_task_retention, task_sequences
-    from .basis import decompose_factors
-    from .curvature import load_factors
-    from .data import pad_token_id
-    from .evaluate import evaluate_tasks, load_tasks
-    from .models import load_model
-    from .targets import resolve_targets
+    from .analysis import AnalyzeConfig
+    from .analysis.report import retention_from_file
+    from .paths import command_output
 
     config = _config_from_args(AnalyzeConfig, args)
     config.validate()
     basis_names = config.basis_list()
     paths = {"clean": args.clean, **_parse_sources(args)}
     comparisons = [_parse_comparison(spec) for spec in args.compare]
-    check_output_dir(args.out, args.overwrite)
     if any(b != "svd" for b in basis_names) and not args.factors:
         raise UnmemorizeError(f"--bases {config.bases} needs --factors DIR (or use --bases svd)")
     retention = retention_from_file(args.retention) if args.retention else None
     if args.edited and not args.tasks:
         raise UnmemorizeError("--edited needs --tasks FILE: retention is measured on the tasks")
-    if args.edited and not Path(args.edited, "config.json").is_file():
-        raise UnmemorizeError(f"--edited {args.edited!r} is not a model folder (config.json is missing)")
+    edited_record = _edited_record(args.edited) if args.edited else None
+    if args.factors:
+        _factor_modules(args.factors)
+    inputs = {"--model": args.model, "--factors": args.factors, "--edited": args.edited, "--retention": args.retention,
+              "--tasks": args.tasks, **{f"--source {name}": path for name, path in paths.items()}}
+    with command_output(args.out, args.overwrite, inputs) as out:
+        _analyze(args, config, basis_names, paths, comparisons, retention, edited_record, out)
+
+
+def _edited_record(folder: str) -> dict:
+    """unmemorize_edit.json of an --edited folder: it names the edited modules (no silent 'all modules')."""
+    if not Path(folder, "config.json").is_file():
+        raise UnmemorizeError(f"--edited {folder!r} is not a model folder (config.json is missing)")
+    record = Path(folder, "unmemorize_edit.json")
+    if not record.is_file():
+        raise UnmemorizeError(f"--edited {folder!r} has no unmemorize_edit.json naming the edited modules; give a folder "
+                              "written by 'unmemorize edit'")
+    try:
+        info = json.loads(record.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UnmemorizeError(f"{record}: unreadable ({exc})") from None
+    if not isinstance(info, dict) or not isinstance(info.get("modules"), dict) or not info["modules"]:
+        raise UnmemorizeError(f"{record}: 'modules' must name the edited modules")
+    return info
+
+
+def _check_same_architecture(base_class: str, base_shapes: dict, edited, name: str) -> None:
+    """--edited must be an edit of --model: same class and the same parameter names and shapes."""
+    if type(edited).__name__ != base_class:
+        raise UnmemorizeError(f"--edited {name!r} is a {type(edited).__name__}, not an edit of the {base_class} given as --model")
+    edited_shapes = {k: tuple(v.shape) for k, v in edited.state_dict().items()}
+    if base_shapes != edited_shapes:
+        differing = sorted(set(base_shapes.items()) ^ set(edited_shapes.items()))
+        raise UnmemorizeError(f"--edited {name!r} has another architecture than --model (first difference: {differing[0][0]}); "
+                              "it cannot be an edit of it")
+
+
+def _check_edited_config(model, folder: str) -> None:
+    """Before any work: the --edited folder's config describes the same architecture as --model's."""
+    import transformers
+
+    try:
+        edited = transformers.AutoConfig.from_pretrained(folder).to_dict()
+    except Exception as exc:  # noqa: BLE001 - transformers raises many types here
+        raise UnmemorizeError(f"--edited {folder!r}: cannot read its config ({str(exc).splitlines()[0]})") from None
+    base = model.config.to_dict()
+    keys = ["model_type", "architectures"] + sorted(k for k, v in base.items() if isinstance(v, int) and not isinstance(v, bool)
+                                                    and k.endswith(("size", "layers", "heads", "positions", "_embd", "_layer")))
+    differing = [k for k in keys if base.get(k) != edited.get(k)]
+    if differing:
+        k = differing[0]
+        raise UnmemorizeError(f"--edited {folder!r} is not an edit of --model: its {k} is {edited.get(k)!r}, the model's is {base.get(k)!r}")
+
+
+def _analyze(args, config, basis_names, paths, comparisons, retention, edited_record, out) -> None:
+    from ._atomic import atomic_dir
+    from .analysis import TokenSequence, add_comparison, band_analysis
+    from .analysis.inputs import image_sources, load_text_source, resolve_positions, sequence_batches, text_sources
+    from .analysis.report import print_summary, write_analysis
+    from .analysis.retention import example_retention, per_task_retention, task_sequences
+    from .basis import decompose_factors
+    from .curvature import load_factors
+    from .data import check_token_ids, pad_token_id
+    from .evaluate import evaluate_tasks, load_tasks
+    from .models import load_model, model_limits
+    from .targets import resolve_targets
+
     model, tokenizer = load_model(args.model, args.model_dtype, args.device, args.trust_remote_code)
+    if args.edited:
+        _check_edited_config(model, args.edited)
+    limits = model_limits(model)
+    if limits[1] is not None and config.seq_len > limits[1]:
+        raise UnmemorizeError(f"--seq-len {config.seq_len} is longer than the model's {limits[1]} positions")
     images, positions = resolve_positions(model, tokenizer, config.positions)
     if args.targets or args.layers or args.proj or not args.factors:
         modules = resolve_targets(model, args.targets, args.layers, args.proj)
     else:
         modules = _factor_modules(args.factors)
-    bases = decompose_factors(load_factors(args.factors, model=model, modules=modules)) if any(b != "svd" for b in basis_names) else {}
+    if any(b != "svd" for b in basis_names):
+        bases = decompose_factors(load_factors(args.factors, model=model, modules=modules, allow_foreign=args.allow_foreign_factors))
+    else:
+        bases = {}
     task_names, task_rows, task_groups = [], None, None
     if images:
         if args.tasks or config.skip_first:
@@ -329,13 +407,18 @@ def _run_analyze(args) -> None:
     else:
         if tokenizer is None:
             raise UnmemorizeError(f"{args.model}: no tokenizer found; text sources need one")
-        sources = text_sources(paths, tokenizer, positions, config.seq_len, config.max_tokens, config.batch_size, config.skip_first)
+        sources = text_sources(paths, tokenizer, positions, config.seq_len, config.max_tokens, config.batch_size, config.skip_first,
+                               vocab_size=limits[0])
         if args.edited:  # every task row, in file order, so that rows can be matched with their evaluation
             task_rows = load_tasks(args.tasks)
             task_groups = task_sequences(task_rows, tokenizer)
+            for members in task_groups.values():
+                for _, sequence in members:
+                    check_token_ids(sequence.ids, args.tasks, limits[0])
             task_inputs = {task: [s for _, s in members] for task, members in task_groups.items()}
         elif args.tasks:
-            task_inputs = {task or "tasks": seqs for task, seqs in load_text_source(args.tasks, tokenizer, config.seq_len, config.max_tokens).items()}
+            task_inputs = {task or "tasks": seqs for task, seqs in
+                           load_text_source(args.tasks, tokenizer, config.seq_len, config.max_tokens, vocab_size=limits[0]).items()}
         else:
             task_inputs = {}
         pad_id = pad_token_id(tokenizer)
@@ -352,19 +435,21 @@ def _run_analyze(args) -> None:
                            modules_per_pass=config.modules_per_pass, readout_memory_gb=config.readout_memory_gb)
     examples = edited_modules = None
     if args.edited:
+        edited_modules = [m for m in edited_record["modules"] if m in result["modules"]]
+        if not edited_modules:
+            raise UnmemorizeError(f"--edited {args.edited!r} edited {', '.join(edited_record['modules'])}, none of which is analysed here")
+        base_class, base_shapes = type(model).__name__, {k: tuple(v.shape) for k, v in model.state_dict().items()}
         before = evaluate_tasks(model, tokenizer, task_rows).correct
         del model
         edited_model, _ = load_model(args.edited, args.model_dtype, args.device, args.trust_remote_code)
+        _check_same_architecture(base_class, base_shapes, edited_model, args.edited)
         after = evaluate_tasks(edited_model, tokenizer, task_rows).correct
-        record = Path(args.edited, "unmemorize_edit.json")
-        if record.is_file():
-            edited_modules = [m for m in json.loads(record.read_text()).get("modules", {}) if m in result["modules"]] or None
         retention = per_task_retention(task_groups, before, after)
         examples = example_retention(result, task_groups, before, after, edited_modules)
     compared = [name for name in paths if name != "clean"] + [add_comparison(result, s, r) for s, r in comparisons]
     result["config"] = {**dataclasses.asdict(config), "positions": positions, "model": args.model, "factors": args.factors,
                         "sources": {**paths, **({"tasks": args.tasks} if args.tasks else {})}}
-    with atomic_dir(args.out, args.overwrite) as tmp:
+    with atomic_dir(out, args.overwrite, kind="analysis") as tmp:
         extra = write_analysis(result, tmp, compared, task_names, retention, edited_modules, examples)
     print_summary(extra)
     print(f"wrote {args.out}")
@@ -380,12 +465,16 @@ def _parse_comparison(spec: str) -> tuple[str, str]:
 def _run_demo(args) -> None:
     from .demo import DemoConfig, run_demo
 
-    run_demo(_config_from_args(DemoConfig, args))
+    config = _config_from_args(DemoConfig, args)
+    config.validate()
+    run_demo(config)
 
 
 def _run_testbed(args) -> None:
+    from .errors import check_seed
     from .testbed import TrainConfig, WorldConfig, quick_configs, testbed_dir, train_testbed
 
+    check_seed(args.seed)
     world, train = quick_configs(args.seed) if args.quick else (WorldConfig(seed=args.seed), TrainConfig(seed=args.seed))
     folder = testbed_dir(world, train)
     if args.action == "train" and (args.retrain or not (folder / "testbed.json").is_file()):
@@ -397,20 +486,53 @@ def _run_testbed(args) -> None:
           f"{info['seconds']:.0f} s, final loss {info['loss_curve'][-1]['loss_ema'] if info['loss_curve'] else '?'}")
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised where the process is so that temporary outputs are removed on the way out."""
+
+
+def _on_sigterm(signum, frame):  # noqa: ARG001 - signal handler signature
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. Exit status: 0 done, 2 bad input (one ``unmemorize: error:`` line),
+    130 interrupted (Ctrl-C), 143 terminated (SIGTERM); an interrupted run leaves no partial output."""
+    import signal
+
     parser = _build_parser()
     args = parser.parse_args(argv)
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()  # our own progress bar and messages are enough
     runners = {"collect": _run_collect, "edit": _run_edit, "spectrum": _run_spectrum, "analyze": _run_analyze, "demo": _run_demo,
                "testbed": _run_testbed}
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if _main_thread() else None
     try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # our own progress bar and messages are enough
         runners[args.command](args)
     except UnmemorizeError as exc:
         print(f"unmemorize: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("unmemorize: interrupted; no partial output was left", file=sys.stderr)
+        return 130
+    except Terminated:
+        print("unmemorize: terminated; no partial output was left", file=sys.stderr)
+        return 143
+    except OSError as exc:  # full disk, read-only folder, permissions: the environment, not a bug
+        from ._atomic import disk_error
+
+        print(f"unmemorize: error: {disk_error(exc)}", file=sys.stderr)
+        return 2
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return 0
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
 
 
 def entry() -> None:  # pragma: no cover

@@ -44,33 +44,67 @@ def list_data_files(path: str | Path) -> list[Path]:
     return files
 
 
-def iter_records(files: Iterable[Path]) -> Iterator[str | list[int]]:
-    """Documents (``str``) and pre-tokenized windows (``list[int]``), in file order."""
-    for path in files:
+def check_token_ids(value, where: str, vocab_size: int | None = None, max_length: int | None = None,
+                    field: str = "input_ids") -> list[int]:
+    """A list of token ids the model can read, or an error naming ``where`` (file:line) and the problem.
+
+    Ids must be ints (not floats, booleans, strings or null) in [0, vocab_size); a sequence may
+    not be longer than the model's ``max_length`` positions."""
+    if not isinstance(value, list):
+        raise UnmemorizeError(f"{where}: {field!r} must be a list of token ids, got {type(value).__name__}")
+    for k, token in enumerate(value):
+        if isinstance(token, bool) or not isinstance(token, int):
+            raise UnmemorizeError(f"{where}: {field}[{k}] is {token!r} ({type(token).__name__}); token ids are integers")
+        if token < 0 or (vocab_size is not None and token >= vocab_size):
+            limit = f"0..{vocab_size - 1}" if vocab_size is not None else "non-negative"
+            raise UnmemorizeError(f"{where}: {field}[{k}] = {token} is outside the model's vocabulary ({limit})")
+    if max_length is not None and len(value) > max_length:
+        raise UnmemorizeError(f"{where}: {field} has {len(value)} tokens, more than the model's {max_length} positions")
+    return list(value)
+
+
+def text_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(line number, line) of a UTF-8 text file; an error naming the file for other bytes."""
+    try:
         with open(path, encoding="utf-8") as handle:
-            for line_no, line in enumerate(handle, 1):
-                line = line.strip()
-                if not line:
-                    continue
-                if path.suffix == ".txt":
-                    yield line
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise UnmemorizeError(f"{path}:{line_no}: not valid JSON ({exc.msg})") from None
-                if isinstance(row, dict) and isinstance(row.get("input_ids"), list):
-                    yield [int(t) for t in row["input_ids"]]
-                elif isinstance(row, dict) and isinstance(row.get("text"), str):
-                    yield row["text"]
-                else:
-                    raise UnmemorizeError(f"{path}:{line_no}: a .jsonl row needs a 'text' string or an 'input_ids' list")
+            yield from enumerate(handle, 1)
+    except UnicodeDecodeError as exc:
+        raise UnmemorizeError(f"{path}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start})") from None
 
 
-def iter_windows(files: list[Path], tokenizer, seq_len: int, max_tokens: int | None = None) -> Iterator[list[int]]:
-    """Token windows of at most ``seq_len`` tokens, ``max_tokens`` tokens in all (None: no budget)."""
+def iter_records(files: Iterable[Path], vocab_size: int | None = None, max_length: int | None = None) -> Iterator[str | list[int]]:
+    """Documents (``str``) and pre-tokenized windows (``list[int]``), in file order; ids are
+    validated as rows stream (``check_token_ids``), errors name file and line."""
+    for path in files:
+        for line_no, line in text_lines(path):
+            line = line.strip()
+            if not line:
+                continue
+            if path.suffix == ".txt":
+                yield line
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise UnmemorizeError(f"{path}:{line_no}: not valid JSON ({exc.msg})") from None
+            if isinstance(row, dict) and "input_ids" in row:
+                yield check_token_ids(row["input_ids"], f"{path}:{line_no}", vocab_size, max_length)
+            elif isinstance(row, dict) and isinstance(row.get("text"), str):
+                yield row["text"]
+            else:
+                raise UnmemorizeError(f"{path}:{line_no}: a .jsonl row needs a 'text' string or an 'input_ids' list")
+
+
+def iter_windows(files: list[Path], tokenizer, seq_len: int, max_tokens: int | None = None, vocab_size: int | None = None,
+                 max_length: int | None = None) -> Iterator[list[int]]:
+    """Token windows of at most ``seq_len`` tokens, ``max_tokens`` tokens in all (None: no budget).
+
+    ``vocab_size`` and ``max_length`` (the model's, see ``models.model_limits``) are checked for
+    every window: pre-tokenized rows as they are read, tokenized text as it is cut."""
     if seq_len < 2:
         raise UnmemorizeError(f"--seq-len must be at least 2, got {seq_len}")
+    if max_length is not None and seq_len > max_length:
+        raise UnmemorizeError(f"--seq-len {seq_len} is longer than the model's {max_length} positions")
     eos = getattr(tokenizer, "eos_token_id", None) if tokenizer is not None else None
     budget = float("inf") if max_tokens is None else max_tokens
     buffer: list[int] = []
@@ -82,7 +116,14 @@ def iter_windows(files: list[Path], tokenizer, seq_len: int, max_tokens: int | N
         emitted += len(window)
         return window
 
-    for record in iter_records(files):
+    def checked(window: list[int]) -> list[int]:
+        if vocab_size is not None and window and (max(window) >= vocab_size or min(window) < 0):
+            bad = next(t for t in window if t >= vocab_size or t < 0)
+            raise UnmemorizeError(f"the tokenizer produced id {bad}, outside the model's vocabulary (0..{vocab_size - 1}): "
+                                  "tokenizer and model do not match")
+        return window
+
+    for record in iter_records(files, vocab_size, max_length):
         if emitted >= budget:
             return
         if isinstance(record, list):  # pre-tokenized: one window, as is
@@ -98,11 +139,11 @@ def iter_windows(files: list[Path], tokenizer, seq_len: int, max_tokens: int | N
         while len(buffer) >= seq_len and emitted < budget:
             window, buffer = take(buffer[:seq_len]), buffer[seq_len:]
             if len(window) >= 2:
-                yield window
+                yield checked(window)
     if len(buffer) >= 2 and emitted < budget:
         window = take(buffer)
         if len(window) >= 2:
-            yield window
+            yield checked(window)
 
 
 def pad_batch(windows: list[list[int]], pad_id: int = 0) -> dict[str, torch.Tensor]:

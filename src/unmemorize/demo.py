@@ -36,7 +36,10 @@ from .basis import decompose_factors
 from .curvature import CollectConfig, collect_from_files
 from .data import pad_token_id
 from .edit import EditConfig, edited
+from .edit.plan import rho_list
 from .edit.search import candidate_plans, search_plan
+from .errors import UnmemorizeError, check_seed
+from ._atomic import atomic_dir
 from .evaluate import evaluate_tasks, load_tasks
 from .models import load_model
 from .report import write_report
@@ -62,6 +65,17 @@ class DemoConfig:
     vision_dataset: str = field(default="digits", metadata={"help": "Vision demo: 'digits' or a folder of Fashion-MNIST IDX files."})
     noise_fraction: float = field(default=0.1, metadata={"help": "Vision demo: fraction of training labels made wrong."})
     vision_positions: Literal["cls", "all"] = field(default="cls", metadata={"help": "Vision demo: K-FAC positions, 'cls' (the paper) or 'all' tokens."})
+    overwrite: bool = field(default=False, metadata={"help": "Replace an existing output folder (only one an earlier demo wrote)."})
+
+    def validate(self) -> None:
+        check_seed(self.seed)
+        rho_list(self.rhos, "--rhos")
+        if not 0 < self.ppl_budget:
+            raise UnmemorizeError(f"--ppl-budget must be > 0 (a relative increase, e.g. 0.10), got {self.ppl_budget}")
+        if self.factor_tokens < 1:
+            raise UnmemorizeError(f"--factor-tokens must be positive, got {self.factor_tokens}")
+        if not 0 <= self.noise_fraction < 1:
+            raise UnmemorizeError(f"--noise-fraction must be in [0, 1), got {self.noise_fraction}")
 
 
 def _sweep(model, suite, factors, bases, rhos):
@@ -117,15 +131,23 @@ def _band_analysis(model, tokenizer, folder: Path, modules, bases, factors, plan
 
 
 def run_demo(config: DemoConfig | None = None) -> dict:
+    """The whole experiment; ``config.out`` is claimed before any work and written atomically at the end."""
     config = config or DemoConfig()
+    config.validate()
     if config.vision:
         from .vision.demo import VisionDemoConfig, run_vision_demo
 
         out = "runs/demo-vision" if config.out == DemoConfig.out else config.out
         return run_vision_demo(VisionDemoConfig(out=out, quick=config.quick, seed=config.seed, fisher=config.fisher,
                                                 dataset=config.vision_dataset, noise_fraction=config.noise_fraction,
-                                                positions=config.vision_positions))
-    out = Path(config.out)
+                                                positions=config.vision_positions, overwrite=config.overwrite))
+    with atomic_dir(config.out, config.overwrite, kind="demo") as tmp:
+        results = _run_demo(config, tmp)
+    print(f"\nreport: {Path(config.out) / 'report.md'}   total {sum(results['wall_seconds'].values()):.1f} s")
+    return results
+
+
+def _run_demo(config: DemoConfig, out: Path) -> dict:
     walls: dict[str, float] = {}
     clock = time.perf_counter()
 
@@ -151,7 +173,7 @@ def run_demo(config: DemoConfig | None = None) -> dict:
                                  CollectConfig(fisher=config.fisher, seq_len=128, max_tokens=factor_tokens, batch_size=16, progress=False))
     bases = decompose_factors(factors)
     lap("K-FAC factors + eigendecomposition")
-    rhos = [float(r) for r in config.rhos.split(",")]
+    rhos = rho_list(config.rhos, "--rhos")
     candidates = _sweep(model, suite, factors, bases, rhos)
     chosen = _choose(candidates, baseline["sweep_perplexity"], config.ppl_budget)
     lap("sweep (tuning split + perplexity slice)")
@@ -203,5 +225,4 @@ def run_demo(config: DemoConfig | None = None) -> dict:
     lap("report")
     results["wall_seconds"] = walls
     print(main)
-    print(f"\nreport: {out / 'report.md'}   total {sum(walls.values()):.1f} s")
     return results

@@ -62,36 +62,101 @@ def parse_dtype(name: str) -> torch.dtype:
         raise UnmemorizeError(f"unknown dtype {name!r}; choose one of {', '.join(DTYPES)}") from None
 
 
+def check_device(device: str) -> torch.device:
+    """A torch device that exists on this machine, or an error saying what is available."""
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise UnmemorizeError(f"--device {device!r} is not a torch device (e.g. cpu, cuda, cuda:1, mps)") from None
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UnmemorizeError(f"--device {device!r}: CUDA is not available on this machine (torch {torch.__version__}); use --device cpu")
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise UnmemorizeError(f"--device {device!r}: only {torch.cuda.device_count()} CUDA device(s) are visible")
+    elif parsed.type == "mps":
+        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise UnmemorizeError(f"--device {device!r}: MPS is not available on this machine; use --device cpu")
+    elif parsed.type != "cpu":
+        raise UnmemorizeError(f"--device {device!r} is not supported; use cpu, cuda[:N] or mps")
+    return parsed
+
+
+def _check_hub_reachable(model: str) -> None:
+    """A hub id that is not cached must be fetched: fail in seconds, not after a minute of retries,
+    when the hub cannot be reached."""
+    import os
+    import socket
+    from urllib.parse import urlparse
+
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on"):
+        raise UnmemorizeError(f"model {model!r} is neither a local folder nor in the Hugging Face cache, and HF_HUB_OFFLINE is set")
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    try:
+        socket.create_connection((endpoint.hostname, port), timeout=5).close()
+    except OSError as exc:
+        raise UnmemorizeError(f"model {model!r} is not a local folder or cached, and the hub ({endpoint.hostname}) cannot be "
+                              f"reached: {getattr(exc, 'strerror', None) or exc}") from None
+
+
+def _check_loaded_weights(model: str, info: dict) -> None:
+    """Refuse a checkpoint whose weights do not all load: transformers initialises missing ones at random."""
+    missing = sorted(info.get("missing_keys") or [])
+    mismatched = sorted(str(k[0]) if isinstance(k, tuple) else str(k) for k in info.get("mismatched_keys") or [])
+    if missing or mismatched:
+        names = missing or mismatched
+        listed = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+        what = "has no weights for" if missing else "has weights of the wrong shape for"
+        unexpected = sorted(info.get("unexpected_keys") or [])
+        hint = f"; it holds unexpected weights such as {unexpected[0]}" if unexpected else ""
+        raise UnmemorizeError(f"checkpoint {model!r} {what} {listed} (they would be random): it does not match its config{hint}")
+
+
 def load_model(model: str, dtype: str = "float32", device: str = "cpu", trust_remote_code: bool = False):
     """Load a Hugging Face model and its tokenizer (if any) from a local directory or a hub id.
 
     Causal LMs are tried first, then image classifiers. Weights are read with safetensors when
-    the checkpoint has them; remote code runs only when ``trust_remote_code`` is set.
-    Returns ``(model, tokenizer_or_None)``; the model is in eval mode.
+    the checkpoint has them; remote code runs only when ``trust_remote_code`` is set. A
+    checkpoint that lacks weights of its own config (transformers would initialise them at
+    random) is refused, naming them. Returns ``(model, tokenizer_or_None)``; the model is in eval mode.
     """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageClassification, AutoTokenizer
 
-    local = Path(model)
+    torch_dtype = parse_dtype(dtype)
+    check_device(device)
+    local = Path(model).expanduser()
+    if not str(model).strip():
+        raise UnmemorizeError("--model is empty")
     if not local.exists() and (model.startswith((".", "/", "~")) or model.count("/") > 1):
         raise UnmemorizeError(f"model directory {model!r} does not exist")
+    if local.exists() and not local.is_dir():
+        raise UnmemorizeError(f"--model {model!r} is a file; give a model folder (config.json + weights) or a hub id")
+    if local.is_dir() and not (local / "config.json").is_file():
+        raise UnmemorizeError(f"model folder {model!r} has no config.json")
+    if not local.exists():
+        try:
+            AutoConfig.from_pretrained(model, trust_remote_code=trust_remote_code, local_files_only=True)
+        except Exception:  # noqa: BLE001 - not cached: it must come from the hub
+            _check_hub_reachable(model)
     try:
         config = AutoConfig.from_pretrained(model, trust_remote_code=trust_remote_code)
     except Exception as exc:  # noqa: BLE001 - transformers raises many types here
-        raise UnmemorizeError(f"cannot load a model config from {model!r}: {exc}") from None
-    kwargs = dict(dtype=parse_dtype(dtype), trust_remote_code=trust_remote_code)
+        raise UnmemorizeError(f"cannot load a model config from {model!r}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+    kwargs = dict(dtype=torch_dtype, trust_remote_code=trust_remote_code, output_loading_info=True)
     loaders = [AutoModelForCausalLM, AutoModelForImageClassification]
     errors = []
     for loader in loaders:
         if type(config) not in loader._model_mapping:  # noqa: SLF001 - public enough, stable for years
             continue
         try:
-            net = loader.from_pretrained(model, **kwargs)
+            net, info = loader.from_pretrained(model, **kwargs)
             break
         except Exception as exc:  # noqa: BLE001
-            errors.append(f"{loader.__name__}: {exc}")
+            errors.append(f"{loader.__name__}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
     else:
         detail = "; ".join(errors) or f"{type(config).__name__} is neither a causal LM nor an image classifier"
         raise UnmemorizeError(f"cannot load model {model!r}: {detail}")
+    _check_loaded_weights(model, info)
     net.to(device).eval()
     tokenizer = None
     try:
@@ -99,6 +164,32 @@ def load_model(model: str, dtype: str = "float32", device: str = "cpu", trust_re
     except Exception:  # noqa: BLE001 - image models have no tokenizer
         tokenizer = None
     return net, tokenizer
+
+
+def model_limits(model: nn.Module) -> tuple[int | None, int | None]:
+    """(vocabulary size, maximum positions) of a language model; None where the model has no such limit."""
+    vocab = None
+    try:
+        embeddings = model.get_input_embeddings()
+        vocab = int(embeddings.num_embeddings) if embeddings is not None else None
+    except (AttributeError, NotImplementedError):
+        pass
+    positions = None
+    for name in ("max_position_embeddings", "n_positions", "n_ctx", "seq_length"):
+        value = getattr(model.config, name, None)
+        if isinstance(value, int) and value > 0:
+            positions = value
+            break
+    return vocab, positions
+
+
+def weight_fingerprint(module: nn.Module) -> str:
+    """sha256 of the (d_out, d_in) weight rounded to bfloat16: the same for a checkpoint loaded in
+    float32 or bfloat16, different for any other weights of the same shape."""
+    import hashlib
+
+    weight = get_weight(module).detach().to(torch.bfloat16).contiguous().view(torch.int16).cpu()
+    return hashlib.sha256(weight.numpy().tobytes()).hexdigest()
 
 
 def model_source(model: nn.Module) -> str:

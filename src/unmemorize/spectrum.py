@@ -59,7 +59,7 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def plot_spectra(bases: dict[str, ModuleBasis], path: str | Path) -> Path:
+def plot_spectra(bases: dict[str, ModuleBasis], path: str | Path, overwrite: bool = True) -> Path:
     """Four panels: G and A eigenvalue decay (normalized, log scale), cumulative trace mass of
     both factors (solid: G, dashed: A), and the fraction of (i, j) pairs each rho keeps."""
     import matplotlib
@@ -89,4 +89,4 @@ def plot_spectra(bases: dict[str, ModuleBasis], path: str | Path) -> Path:
     if len(bases) <= 12:
         axes[3].legend(fontsize=6)
     fig.tight_layout()
-    return save_figure(fig, path)
+    return save_figure(fig, path, overwrite=overwrite)

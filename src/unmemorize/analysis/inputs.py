@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from ..data import iter_windows, list_data_files, pad_batch, pad_token_id
+from ..data import check_token_ids, iter_windows, list_data_files, pad_batch, pad_token_id
 from ..errors import UnmemorizeError
 from ..evaluate.jsonl import id_list, read_jsonl
 from ..evaluate.memorization import parse_memorization_row
@@ -43,6 +43,7 @@ IMAGE_POSITIONS = ("cls", "all")
 class TokenSequence:
     ids: list[int]
     continuation_start: int = 0  # first position that predicts a continuation token
+    where: str = ""  # file:line it came from, for error messages
 
     def counted(self, positions: str, skip_first: int = 0) -> list[int]:
         last = len(self.ids) - 1
@@ -81,23 +82,25 @@ def _row_sequence(row: dict, where: str, tokenizer) -> tuple[str | None, TokenSe
                           f"'input_ids' or 'text'; got keys {sorted(row)}")
 
 
-def load_text_source(path: str | Path, tokenizer, seq_len: int = 128, max_tokens: int = 20_000) -> dict[str | None, list[TokenSequence]]:
+def load_text_source(path: str | Path, tokenizer, seq_len: int = 128, max_tokens: int = 20_000,
+                     vocab_size: int | None = None) -> dict[str | None, list[TokenSequence]]:
     """Sequences of one source file or folder, by group (the ``task`` field of task rows, else None).
 
     Each group is cut at ``max_tokens`` tokens (whole sequences; at least one) and every
-    sequence at ``seq_len`` tokens.
+    sequence at ``seq_len`` tokens. Every id is checked against ``vocab_size`` as rows are read.
     """
     files = list_data_files(path)
     groups: dict[str | None, list[TokenSequence]] = {}
     used: dict[str | None, int] = {}
     for file in files:
         if file.suffix == ".txt":
-            for window in iter_windows([file], tokenizer, seq_len, max(0, max_tokens - used.get(None, 0))):
+            for window in iter_windows([file], tokenizer, seq_len, max(0, max_tokens - used.get(None, 0)), vocab_size):
                 groups.setdefault(None, []).append(TokenSequence(window))
                 used[None] = used.get(None, 0) + len(window)
             continue
         for where, row in read_jsonl(file, "analysis source"):
             group, sequence = _row_sequence(row, where, tokenizer)
+            check_token_ids(sequence.ids, where, vocab_size, field="token ids")
             if used.get(group, 0) >= max_tokens:
                 continue
             sequence.ids = sequence.ids[:seq_len]
@@ -183,11 +186,11 @@ def sequence_batches(sequences: list[TokenSequence], positions: str, batch_size:
 
 
 def text_sources(paths: dict[str, str], tokenizer, positions: str, seq_len: int, max_tokens: int, batch_size: int,
-                 skip_first: int = 0) -> dict:
+                 skip_first: int = 0, vocab_size: int | None = None) -> dict:
     """name -> batches function for text sources (every group of a file pooled into one source)."""
     pad_id = pad_token_id(tokenizer)
     sources = {}
     for name, path in paths.items():
-        sequences = [s for group in load_text_source(path, tokenizer, seq_len, max_tokens).values() for s in group]
+        sequences = [s for group in load_text_source(path, tokenizer, seq_len, max_tokens, vocab_size).values() for s in group]
         sources[name] = sequence_batches(sequences, positions, batch_size, pad_id, skip_first)
     return sources

@@ -34,8 +34,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..data import data_fingerprint, iter_batches, iter_windows, list_data_files, pad_token_id
-from ..errors import UnmemorizeError
-from ..models import get_weight, parse_dtype, weight_shape
+from ..errors import UnmemorizeError, check_seed
+from ..models import get_weight, model_limits, parse_dtype, weight_fingerprint, weight_shape
 from .factors import KFACFactors
 from .objectives import NextTokenObjective
 
@@ -74,6 +74,7 @@ class CollectConfig:
             raise UnmemorizeError("--max-tokens must be >= 0")
         if self.modules_per_pass < 0:
             raise UnmemorizeError("--modules-per-pass must be >= 0")
+        check_seed(self.seed)
 
 
 @contextmanager
@@ -183,6 +184,7 @@ def collect_factors(
         raise UnmemorizeError(f"target modules not in the model: {', '.join(missing)}")
     dtype = parse_dtype(config.dtype)
     device = next(model.parameters()).device
+    fingerprints = {n: weight_fingerprint(modules[n]) for n in targets}  # the weights these factors belong to
     activation: dict[str, torch.Tensor] = {}
     gradient: dict[str, torch.Tensor] = {}
     shared: dict[str, str] = {}
@@ -255,6 +257,7 @@ def collect_factors(
             "kronecker_order": "F_W ~ G (x) A for row-major vec(W), W of shape (d_out, d_in)",
             "shared_activation": shared,
             "module_shapes": shapes,
+            "weight_fingerprints": fingerprints,
             "passes": len(groups),
             "tokens": tokens_seen // len(groups),
             "seconds": round(seconds, 3),
@@ -271,8 +274,10 @@ def collect_from_files(model: nn.Module, tokenizer, data: str, targets: list[str
     budget = config.max_tokens or None
     pad_id = pad_token_id(tokenizer) if tokenizer is not None else 0
 
+    vocab_size, max_length = model_limits(model)
+
     def batches():
-        return iter_batches(iter_windows(files, tokenizer, config.seq_len, budget), config.batch_size, pad_id)
+        return iter_batches(iter_windows(files, tokenizer, config.seq_len, budget, vocab_size, max_length), config.batch_size, pad_id)
 
     if next(iter(batches()), None) is None:
         raise UnmemorizeError(f"data path {data!r} holds no window of at least 2 tokens")

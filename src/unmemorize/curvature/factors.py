@@ -54,13 +54,15 @@ class KFACFactors:
 def _folder_info(factors: KFACFactors, files: dict[str, str], shapes: dict[str, dict], model: nn.Module | None) -> dict:
     from .. import __version__
 
+    fingerprints = factors.metadata.get("weight_fingerprints", {})
     info = {
         "format_version": FORMAT_VERSION,
         "unmemorize_version": __version__,
         "num_positions": factors.num_positions,
-        "modules": {n: {**shapes[n], "file": files[n]} for n in files},
+        "modules": {n: {**shapes[n], "file": files[n], **({"weight_sha256": fingerprints[n]} if n in fingerprints else {})}
+                    for n in files},
         "stored_dtype": "float32",
-        **factors.metadata,
+        **{k: v for k, v in factors.metadata.items() if k not in ("weight_fingerprints", "path")},
     }
     if model is not None:
         info.setdefault("model", getattr(model.config, "_name_or_path", "") or type(model).__name__)
@@ -122,6 +124,8 @@ class ShardedFactorWriter:
 
 def _check_tensor(name: str, kind: str, tensor: torch.Tensor, expected: int | None) -> None:
     what = {"A": "activation factor A", "G": "gradient factor G"}[kind]
+    if not tensor.is_floating_point():
+        raise UnmemorizeError(f"{name}: {what} is stored as {str(tensor.dtype).replace('torch.', '')}; factors are floating point")
     if tensor.ndim != 2 or tensor.shape[0] != tensor.shape[1]:
         raise UnmemorizeError(f"{name}: {what} has shape {tuple(tensor.shape)}, expected a square matrix")
     if expected is not None and tensor.shape[0] != expected:
@@ -131,22 +135,77 @@ def _check_tensor(name: str, kind: str, tensor: torch.Tensor, expected: int | No
         )
     if not torch.isfinite(tensor).all():
         raise UnmemorizeError(f"{name}: {what} contains NaN or Inf")
+    if not bool(tensor.any()):
+        raise UnmemorizeError(f"{name}: {what} is all zero: no curvature was measured for it, and an edit would erase the "
+                              "whole weight (collect again on data that reaches this module)")
     scale = tensor.abs().max().clamp_min(torch.finfo(tensor.dtype).tiny)
     if ((tensor - tensor.T).abs().max() / scale) > SYMMETRY_TOLERANCE:
         raise UnmemorizeError(f"{name}: {what} is not symmetric")
 
 
-def load_factors(path: str | Path, model: nn.Module | None = None, modules: list[str] | None = None) -> KFACFactors:
-    """Load and validate a factor folder; ``modules`` restricts what is read (default: all)."""
-    root = Path(path)
+def _read_info(root: Path) -> dict:
+    """factors.json, checked field by field (every problem names the file and the field)."""
     info_path = root / "factors.json"
     if not info_path.is_file():
         raise UnmemorizeError(f"{str(root)!r} is not a factor folder: factors.json is missing")
     try:
-        info = json.loads(info_path.read_text())
-        listed = info["modules"]
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise UnmemorizeError(f"{info_path}: unreadable ({exc})") from None
+        info = json.loads(info_path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise UnmemorizeError(f"{info_path}: not UTF-8 text") from None
+    except json.JSONDecodeError as exc:
+        raise UnmemorizeError(f"{info_path}: not valid JSON ({exc.msg}, line {exc.lineno})") from None
+    except OSError as exc:
+        raise UnmemorizeError(f"{info_path} cannot be read: {exc.strerror}") from None
+    if not isinstance(info, dict):
+        raise UnmemorizeError(f"{info_path}: must hold a JSON object")
+    version = info.get("format_version")
+    if version != FORMAT_VERSION:
+        raise UnmemorizeError(f"{info_path}: format_version {version!r} is not one this unmemorize reads ({FORMAT_VERSION}); "
+                              "collect the factors again with this version")
+    modules = info.get("modules")
+    if not isinstance(modules, dict):
+        raise UnmemorizeError(f"{info_path}: 'modules' must be an object of module name -> entry, got {type(modules).__name__}")
+    if not modules:
+        raise UnmemorizeError(f"{info_path}: 'modules' is empty; the folder holds no factors")
+    for name, entry in modules.items():
+        if not isinstance(entry, dict):
+            raise UnmemorizeError(f"{info_path}: modules[{name!r}] must be an object, got {type(entry).__name__}")
+        file_name = entry.get("file", TENSOR_FILE)
+        if not isinstance(file_name, str) or not file_name or Path(file_name).name != file_name:
+            raise UnmemorizeError(f"{info_path}: modules[{name!r}].file must be a file name in the folder, got {file_name!r}")
+        fingerprint = entry.get("weight_sha256")
+        if fingerprint is not None and not isinstance(fingerprint, str):
+            raise UnmemorizeError(f"{info_path}: modules[{name!r}].weight_sha256 must be a string")
+    positions = info.get("num_positions", 0)
+    if isinstance(positions, bool) or not isinstance(positions, int) or positions < 0:
+        raise UnmemorizeError(f"{info_path}: 'num_positions' must be a non-negative integer, got {positions!r}")
+    shared = info.get("shared_activation", {})
+    if not isinstance(shared, dict):
+        raise UnmemorizeError(f"{info_path}: 'shared_activation' must be an object")
+    return info
+
+
+def check_fingerprints(info: dict, model: nn.Module, names: list[str], where: str) -> None:
+    """Refuse factors collected on other weights: each module's recorded weight_sha256 must be the model's."""
+    from ..models import weight_fingerprint
+
+    modules = dict(model.named_modules())
+    for name in names:
+        recorded = info["modules"][name].get("weight_sha256")
+        if recorded is not None and name in modules and weight_fingerprint(modules[name]) != recorded:
+            raise UnmemorizeError(f"{name}: the factors in {where} were collected on other weights than this model's "
+                                  "(weight fingerprint differs); collect them on this model, or pass --allow-foreign-factors")
+
+
+def load_factors(path: str | Path, model: nn.Module | None = None, modules: list[str] | None = None,
+                 allow_foreign: bool = False) -> KFACFactors:
+    """Load and validate a factor folder; ``modules`` restricts what is read (default: all).
+
+    With a ``model``, shapes are checked and, unless ``allow_foreign``, the weight fingerprints
+    recorded at collection must be the model's (factors of another model are refused)."""
+    root = Path(path)
+    info = _read_info(root)
+    listed = info["modules"]
     names = list(listed) if modules is None else modules
     unknown = [n for n in names if n not in listed]
     if unknown:
@@ -181,6 +240,10 @@ def load_factors(path: str | Path, model: nn.Module | None = None, modules: list
             d_out, d_in = weight_shape(model_modules[name])
         _check_tensor(name, "A", activation[name], d_in)
         _check_tensor(name, "G", gradient[name], d_out)
+    if model is not None and not allow_foreign:
+        check_fingerprints(info, model, names, str(root))
     metadata = {k: v for k, v in info.items() if k not in ("modules", "num_positions")}
+    metadata["weight_fingerprints"] = {n: listed[n]["weight_sha256"] for n in names if "weight_sha256" in listed[n]}
+    metadata["foreign_factors_allowed"] = bool(allow_foreign)
     metadata["path"] = str(root)  # where the folder is: cached decompositions live beside the factors
     return KFACFactors({n: activation[n] for n in names}, {n: gradient[n] for n in names}, int(info.get("num_positions", 0)), metadata)

@@ -21,7 +21,7 @@ from torch import nn
 from .._atomic import atomic_dir
 from ..basis import ModuleBasis, decompose_factors
 from ..curvature.factors import KFACFactors
-from ..errors import UnmemorizeError
+from ..errors import UnmemorizeError, check_seed
 from ..models import get_weight, parse_dtype, set_weight
 from .methods import kfac_edit, random_edit, svd_edit
 from .selection import select_pairs, select_per_side
@@ -57,6 +57,7 @@ class EditConfig:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise UnmemorizeError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        check_seed(self.seed)
 
 
 @dataclass
@@ -102,7 +103,8 @@ class AppliedEdit:
 def _factor_provenance(factors: KFACFactors | None) -> dict:
     if factors is None:
         return {}
-    keep = ("model", "architecture", "fisher", "seed", "seq_len", "max_tokens", "data", "unmemorize_version", "path")
+    keep = ("model", "architecture", "fisher", "seed", "seq_len", "max_tokens", "data", "unmemorize_version", "path",
+            "foreign_factors_allowed")
     return {"num_positions": factors.num_positions, **{k: factors.metadata[k] for k in keep if k in factors.metadata}}
 
 
@@ -151,6 +153,9 @@ def apply_edit(
                 basis = bases[name]
                 if basis.gradient.eigenvalues.numel() != weight.shape[0] or basis.activation.eigenvalues.numel() != weight.shape[1]:
                     raise UnmemorizeError(f"{name}: factor sizes do not match its weight {tuple(weight.shape)}")
+                if not (basis.gradient.eigenvalues.sum() > 0 and basis.activation.eigenvalues.sum() > 0):
+                    raise UnmemorizeError(f"{name}: its factors have no curvature (A or G is all zero), so every component "
+                                          "would be dropped; refusing to erase the whole weight")
                 choose = select_pairs if config.selection == "pairs" else select_per_side
                 selection = choose(basis.gradient.eigenvalues, basis.activation.eigenvalues, rho)
                 kept, total = selection.kept_pairs, selection.total_pairs

@@ -27,6 +27,17 @@ def check_rho(rho, where: str) -> float:
     return float(rho)
 
 
+def rho_list(text: str, option: str = "--rhos") -> list[float]:
+    """'0.9,0.99' -> [0.9, 0.99]; every value a number in [0, 1]."""
+    try:
+        values = [float(r) for r in str(text).split(",") if r.strip()]
+    except ValueError:
+        raise UnmemorizeError(f"{option} {text!r} is not a comma-separated list of numbers") from None
+    if not values:
+        raise UnmemorizeError(f"{option} is empty; give rho values like 0.9,0.99")
+    return [check_rho(value, option) for value in values]
+
+
 def uniform_plan(targets: list[str], rho: float) -> dict[str, float]:
     rho = check_rho(rho, "--rho")
     return {name: rho for name in targets}
@@ -61,7 +72,9 @@ def load_plan(path: str | Path, model: nn.Module) -> dict[str, float]:
     if not file.is_file():
         raise UnmemorizeError(f"plan file {str(file)!r} does not exist")
     try:
-        spec = json.loads(file.read_text())
+        spec = json.loads(file.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise UnmemorizeError(f"plan file {str(file)!r} is not UTF-8 text") from None
     except json.JSONDecodeError as exc:
         raise UnmemorizeError(f"plan file {str(file)!r} is not valid JSON: {exc.msg} (line {exc.lineno})") from None
     return parse_plan(model, spec)

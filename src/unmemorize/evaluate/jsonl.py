@@ -6,6 +6,7 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
+from ..data import text_lines
 from ..errors import UnmemorizeError
 
 
@@ -15,19 +16,18 @@ def read_jsonl(path: str | Path, what: str) -> Iterator[tuple[str, dict]]:
     if not path.is_file():
         raise UnmemorizeError(f"{what} {str(path)!r} does not exist or is not a file")
     found = False
-    with open(path, encoding="utf-8") as handle:
-        for line_no, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{line_no}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise UnmemorizeError(f"{where}: not valid JSON ({exc.msg})") from None
-            if not isinstance(row, dict):
-                raise UnmemorizeError(f"{where}: each line must be a JSON object, got {type(row).__name__}")
-            found = True
-            yield where, row
+    for line_no, line in text_lines(path):
+        if not line.strip():
+            continue
+        where = f"{path}:{line_no}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise UnmemorizeError(f"{where}: not valid JSON ({exc.msg})") from None
+        if not isinstance(row, dict):
+            raise UnmemorizeError(f"{where}: each line must be a JSON object, got {type(row).__name__}")
+        found = True
+        yield where, row
     if not found:
         raise UnmemorizeError(f"{what} {str(path)!r} holds no rows")
 

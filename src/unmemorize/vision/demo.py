@@ -27,7 +27,10 @@ from ..analysis import band_analysis, image_batches
 from ..analysis.report import summary_table, write_analysis
 from ..basis import decompose_factors
 from ..curvature import CollectConfig, ImageClassificationObjective, collect_factors
+from .._atomic import atomic_dir
 from ..edit import EditConfig, edited
+from ..edit.plan import rho_list
+from ..errors import check_seed
 from ..targets import preset_modules
 from .metrics import evaluate_vision
 from .train import VisionConfig, load_vision
@@ -46,6 +49,7 @@ class VisionDemoConfig:
     positions: str = "cls"
     rhos: str = "0.9,0.95,0.98,0.99,0.995,0.999"
     clean_budget: float = 0.05
+    overwrite: bool = False
 
 
 def _plan(model, blocks: list[int], rho: float) -> dict[str, float]:
@@ -71,8 +75,17 @@ def _band_analysis(model, testbed, modules, bases, out: Path, positions: str) ->
 
 
 def run_vision_demo(config: VisionDemoConfig | None = None) -> dict:
+    """The vision experiment; ``config.out`` is claimed before any work and written atomically at the end."""
     config = config or VisionDemoConfig()
-    out = Path(config.out)
+    check_seed(config.seed)
+    rho_list(config.rhos, "--rhos")
+    with atomic_dir(config.out, config.overwrite, kind="demo-vision") as tmp:
+        results = _run_vision_demo(config, tmp)
+    print(f"\nreport: {Path(config.out) / 'report.md'}   total {sum(results['wall_seconds'].values()):.1f} s")
+    return results
+
+
+def _run_vision_demo(config: VisionDemoConfig, out: Path) -> dict:
     walls, clock = {}, time.perf_counter()
 
     def lap(name):
@@ -93,7 +106,7 @@ def run_vision_demo(config: VisionDemoConfig | None = None) -> dict:
     factors = collect_factors(model, batches, targets, CollectConfig(fisher=config.fisher, seed=config.seed, progress=False), objective)
     bases = decompose_factors(factors)
     lap("K-FAC factors (CLS) + eigendecomposition")
-    rhos = [float(r) for r in config.rhos.split(",")]
+    rhos = rho_list(config.rhos, "--rhos")
     blocks = list(range(model.config.num_hidden_layers))
     sweep = []
     for block in blocks:
@@ -145,7 +158,6 @@ def run_vision_demo(config: VisionDemoConfig | None = None) -> dict:
     table = write_vision_report(results, out)
     lap("report")
     print(table)
-    print(f"\nreport: {out / 'report.md'}   total {sum(walls.values()):.1f} s")
     return results
 
 
