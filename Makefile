@@ -2,7 +2,7 @@
 setup:
 	@bash scripts/setup-venv.sh
 demo: setup
-	.venv/bin/unmemorize demo --out runs/demo
+	.venv/bin/unmemorize demo --out runs/demo --overwrite
 test: setup
 	.venv/bin/python -m pytest -q
 test-all: setup

@@ -78,7 +78,10 @@ def test_counting_the_last_position_is_detected(tiny_lm):
 
 
 def test_padding_does_not_change_factors(tiny_lm):
-    model, _ = tiny_lm("llama")
+    """GPT-2 runs wholly in float64 here, so padded and unpadded batches must agree to float64
+    round-off. (Llama and GPT-NeoX in transformers 5.x compute parts of the forward in float32:
+    the model's own padded and unpadded logits differ by ~1e-8, by CPU, which no collector can undo.)"""
+    model, _ = tiny_lm("gpt2")
     sequences = random_sequences(LENGTHS, model.config.vocab_size, seed=3)
     targets = resolve_targets(model)
     config = CollectConfig(fisher="empirical", dtype="float64", progress=False)

@@ -183,6 +183,7 @@ def claim_output(out: str | Path, overwrite: bool = False, kind: str = "dir", op
         finally:
             _HELD[key][1] -= 1
         return
+    created = [p for p in [path.parent, *path.parent.parents] if not p.exists()]
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = _lock(path)
     _HELD[key] = [fd, 1]
@@ -193,6 +194,12 @@ def claim_output(out: str | Path, overwrite: bool = False, kind: str = "dir", op
     finally:
         del _HELD[key]
         _unlock(path, fd)
+        if not path.exists():  # nothing was written: remove the (empty) parent folders the claim made
+            for folder in created:
+                try:
+                    folder.rmdir()
+                except OSError:
+                    break
 
 
 def _marker(kind: str) -> str:

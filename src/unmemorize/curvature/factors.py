@@ -22,7 +22,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from .._atomic import atomic_dir
+from .._atomic import _fault_point, atomic_dir
 from ..errors import UnmemorizeError
 from ..models import weight_shape
 
@@ -113,6 +113,7 @@ class ShardedFactorWriter:
         name = f"factors-{index + 1:05d}-of-{passes:05d}.safetensors"
         self.shapes.update(_write_shard(self.tmp / name, activation, gradient))
         self.files.update({module: name for module in activation})
+        _fault_point("shard-written")
 
     def finish(self, factors: KFACFactors) -> None:
         info = _folder_info(factors, self.files, self.shapes, self.model)

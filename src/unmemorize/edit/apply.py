@@ -18,7 +18,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from .._atomic import atomic_dir
+from .._atomic import _fault_point, atomic_dir
 from ..basis import ModuleBasis, decompose_factors
 from ..curvature.factors import KFACFactors
 from ..errors import UnmemorizeError, check_seed
@@ -195,6 +195,7 @@ def save_edited_model(edit: AppliedEdit, out: str | Path, tokenizer=None, overwr
     summary = {"unmemorize_version": __version__, **edit.summary(), **(extra or {})}
     with atomic_dir(out, overwrite) as tmp:
         edit.model.save_pretrained(tmp, safe_serialization=True)
+        _fault_point("edit-weights-written")
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         (tmp / "unmemorize_edit.json").write_text(json.dumps(summary, indent=2))

@@ -1,0 +1,154 @@
+"""Kills, interrupts, concurrent runs, full disks and the umask: no run can lose data or leave debris.
+
+A real ``unmemorize`` process is stopped at a named point of its work (``_atomic._fault_point``:
+with UNMEMORIZE_FAULT_PAUSE set it writes a file and waits), then killed or interrupted; the
+checks are on the file system afterwards and on a rerun.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+
+import pytest
+
+from unmemorize._atomic import claim_output
+from unmemorize.cli import main
+from unmemorize.curvature import load_factors
+from unmemorize.errors import UnmemorizeError
+from unmemorize.tiny import save_tiny_lm, write_corpus
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory):
+    root = tmp_path_factory.mktemp("crash")
+    save_tiny_lm(root / "llama", "llama", seed=0)
+    write_corpus(root / "clean.txt", documents=150)
+    assert main(["collect", "--model", str(root / "llama"), "--data", str(root / "clean.txt"), "--out", str(root / "factors"),
+                 "--seq-len", "32", "--max-tokens", "1500", "--no-progress"]) == 0
+    return root
+
+
+def collect_argv(ws, out):
+    return ["collect", "--model", str(ws / "llama"), "--data", str(ws / "clean.txt"), "--out", str(out), "--seq-len", "32",
+            "--max-tokens", "1500", "--no-progress", "--modules-per-pass", "2"]
+
+
+def edit_argv(ws, out, rho="0.8", *extra):
+    return ["edit", "--model", str(ws / "llama"), "--factors", str(ws / "factors"), "--out", str(out), "--rho", rho, *extra]
+
+
+def start_paused(argv, point, tmp_path):
+    """Start ``unmemorize argv`` in a child that stops at fault point ``point``; return it once it is there."""
+    reached = tmp_path / f"reached-{point}"
+    env = {**os.environ, "UNMEMORIZE_FAULT_PAUSE": point, "UNMEMORIZE_FAULT_FILE": str(reached), "OMP_NUM_THREADS": "1"}
+    child = subprocess.Popen([sys.executable, "-m", "unmemorize", *argv], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 180
+    while not reached.exists():
+        if child.poll() is not None:
+            raise AssertionError(f"child ended before {point}: {child.returncode}\n{child.stderr.read()}")
+        if time.monotonic() > deadline:
+            child.kill()
+            raise AssertionError(f"child never reached {point}")
+        time.sleep(0.05)
+    return child
+
+
+def debris(out):
+    """Hidden siblings of ``out`` that only a run writing it creates: temp folders, old copies, the lock."""
+    return sorted(p.name for p in out.parent.iterdir() if p.name.startswith(f".{out.name}."))
+
+
+def test_sigkill_during_a_sharded_collect_then_a_rerun_succeeds_and_cleans_up(ws, tmp_path, capsys):
+    out = tmp_path / "factors"
+    child = start_paused(collect_argv(ws, out), "shard-written", tmp_path)
+    assert any(name.startswith(f".{out.name}.tmp-") for name in debris(out)) and not out.exists()
+    # a concurrent run writing the same output fails at once, before any work
+    assert main(collect_argv(ws, out)) == 2
+    assert "another unmemorize run (pid " in capsys.readouterr().err
+    child.send_signal(signal.SIGKILL)
+    child.wait(timeout=60)
+    assert any(name.startswith(f".{out.name}.tmp-") for name in debris(out))  # what the kill left
+    assert main(collect_argv(ws, out)) == 0
+    assert debris(out) == [] and load_factors(out).num_positions == load_factors(ws / "factors").num_positions
+
+
+@pytest.mark.parametrize("sig, code, word", [(signal.SIGTERM, 143, "terminated"), (signal.SIGINT, 130, "interrupted")])
+def test_sigterm_and_ctrl_c_print_one_line_exit_with_their_code_and_leave_nothing(ws, tmp_path, sig, code, word):
+    out = tmp_path / "factors"
+    child = start_paused(collect_argv(ws, out), "shard-written", tmp_path)
+    child.send_signal(sig)
+    _, err = child.communicate(timeout=60)
+    lines = [line for line in err.splitlines() if line.startswith("unmemorize")]
+    assert child.returncode == code and lines == [f"unmemorize: {word}; no partial output was left"], err
+    assert "Traceback" not in err and not out.exists() and debris(out) == []
+
+
+def test_sigkill_during_an_edit_save_then_a_rerun_succeeds_and_cleans_up(ws, tmp_path):
+    out = tmp_path / "edited"
+    child = start_paused(edit_argv(ws, out), "edit-weights-written", tmp_path)
+    child.send_signal(signal.SIGKILL)
+    child.wait(timeout=60)
+    assert not out.exists() and any(name.startswith(f".{out.name}.tmp-") for name in debris(out))
+    assert main(edit_argv(ws, out)) == 0
+    assert debris(out) == [] and (out / "model.safetensors").is_file()
+
+
+def test_an_overwrite_killed_between_its_two_renames_is_finished_by_the_next_claim(ws, tmp_path):
+    out = tmp_path / "edited"
+    assert main(edit_argv(ws, out, "0.9")) == 0
+    child = start_paused(edit_argv(ws, out, "0.5", "--overwrite"), "between-renames", tmp_path)
+    child.send_signal(signal.SIGKILL)
+    child.wait(timeout=60)
+    assert not out.exists()  # the gap: the old copy set aside, the new one complete beside it
+    names = debris(out)
+    assert any(n.startswith(f".{out.name}.old-") for n in names) and any(n.startswith(f".{out.name}.tmp-") for n in names)
+    with claim_output(out, overwrite=True):  # any run that writes this output resolves the gap first
+        pass
+    record = json.loads((out / "unmemorize_edit.json").read_text())
+    assert {m["rho"] for m in record["modules"].values()} == {0.5} and debris(out) == []
+
+
+def test_an_interrupted_overwrite_without_a_complete_new_copy_is_rolled_back(tmp_path):
+    out = tmp_path / "result"
+    out.mkdir()
+    (out / ".unmemorize-output.json").write_text("{}")
+    (out / "value.txt").write_text("old")
+    # the state after a kill between the renames of a swap whose new copy never got its marker
+    out.rename(tmp_path / ".result.old-1-abc")
+    (tmp_path / ".result.tmp-xyz").mkdir()
+    (tmp_path / ".result.tmp-xyz" / "value.txt").write_text("half")
+    with pytest.raises(UnmemorizeError, match="already exists"):
+        with claim_output(out):
+            pass
+    assert (out / "value.txt").read_text() == "old" and debris(out) == []
+
+
+def test_output_folders_honour_the_umask(ws, tmp_path):
+    previous = os.umask(0o027)
+    try:
+        assert main(edit_argv(ws, tmp_path / "edited")) == 0
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / "edited").stat().st_mode) == 0o750
+    assert stat.S_IMODE((tmp_path / "edited" / "model.safetensors").stat().st_mode) == 0o640
+
+
+def test_a_full_disk_gives_one_error_and_no_partial_output(ws, tmp_path, capsys, monkeypatch):
+    import unmemorize.curvature.factors as factors_module
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "factors"))
+
+    monkeypatch.setattr(factors_module, "save_file", full_disk)
+    out = tmp_path / "factors"
+    assert main(collect_argv(ws, out)) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("unmemorize")]
+    assert err == [f"unmemorize: error: no space left on the device ({tmp_path / 'factors'}); nothing was written"]
+    assert not out.exists() and debris(out) == []
