@@ -5,7 +5,7 @@ Layout, inside the factor folder (the only thing ever added to it, by one atomic
     <factors>/eigen-float64/            (or eigen-float32/: one folder per eigh dtype)
         eigen.json                      index: format, dtype, device, factor folder, and per module
                                         {file, activation_from, fingerprint {A, G}, clamped {A, G},
-                                         shape {A, G}, seconds}
+                                         shape {A, G}, seconds {A, G} of eigh}
         eigen-00001-of-00096.safetensors  one shard per module (in factors.json order):
                                         "G.eigenvalues" (d_out,), "G.eigenvectors" (d_out, d_out),
                                         and, unless the module shares another module's input,

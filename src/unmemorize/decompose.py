@@ -121,8 +121,12 @@ def _decompose_unit(factors_path: Path, name: str, owner: str, dtype: torch.dtyp
         owner = name  # listed as shared but not the same matrix: decompose its own A
     start = time.perf_counter()
     gradient = decompose(factors.gradient[name], dtype, device)
-    activation = decompose(factors.activation[name], dtype, device) if owner == name else None
-    seconds = time.perf_counter() - start
+    seconds = {"G": round(time.perf_counter() - start, 3), "A": None}
+    activation = None
+    if owner == name:
+        start = time.perf_counter()
+        activation = decompose(factors.activation[name], dtype, device)
+        seconds["A"] = round(time.perf_counter() - start, 3)
     write_module_shard(out / shard_name(index, total), name, gradient, activation)
     return {
         "file": shard_name(index, total),
@@ -130,7 +134,7 @@ def _decompose_unit(factors_path: Path, name: str, owner: str, dtype: torch.dtyp
         "fingerprint": fingerprint,
         "clamped": {"A": activation.clamped if activation is not None else None, "G": gradient.clamped},
         "shape": {"A": list(factors.activation[name].shape), "G": list(factors.gradient[name].shape)},
-        "seconds": round(seconds, 3),
+        "seconds": seconds,  # eigh wall time of each factor (A: None when shared)
     }
 
 
@@ -173,7 +177,7 @@ def _decompose_on_ranks(factors_path: Path, config: DecomposeConfig, overwrite: 
             owner = shared.get(name, name)
             entries[name] = _decompose_unit(factors_path, name, owner if owner in names else name, dtype, device, tmp, k, len(names))
             if progress:
-                print(f"[rank {ranks.rank}] {name}: {entries[name]['seconds']:.2f} s", file=sys.stderr)
+                print(f"[rank {ranks.rank}] {name}: eigh {sum(v or 0 for v in entries[name]['seconds'].values()):.2f} s", file=sys.stderr)
         (tmp / f"rank-{ranks.rank:05d}.json").write_text(json.dumps(entries, indent=2))
     except BaseException as exc:  # noqa: BLE001 - reported to every rank, then re-raised
         error = exc

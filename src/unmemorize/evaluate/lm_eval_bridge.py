@@ -263,3 +263,22 @@ def run_eval(args) -> None:
             Path(tmp).unlink(missing_ok=True)
             raise
         print(f"wrote {out}", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m unmemorize.evaluate.lm_eval_bridge ...``: the ``eval`` command on its own."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="unmemorize eval")
+    add_eval_command(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["eval", *(sys.argv[1:] if argv is None else argv)])
+    try:
+        run_eval(args)
+    except UnmemorizeError as exc:
+        print(f"unmemorize: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
