@@ -215,7 +215,7 @@ def atomic_dir(out: str | Path, overwrite: bool = False, kind: str = "output"):
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
         try:
             yield tmp
-            os.chmod(tmp, 0o777 & ~umask())
+            _apply_umask(tmp)
             (tmp / MARKER).write_text(_marker(kind))
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -229,6 +229,20 @@ def atomic_dir(out: str | Path, overwrite: bool = False, kind: str = "output"):
             shutil.rmtree(old, ignore_errors=True)
         else:
             tmp.rename(path)
+
+
+def _apply_umask(folder: Path) -> None:
+    """Give the folder and everything in it the modes the umask asks for (mkdtemp makes 0700, and
+    some writers, safetensors among them, make 0600 files)."""
+    mask = umask()
+    os.chmod(folder, 0o777 & ~mask)
+    for root, dirs, files in os.walk(folder):
+        for name in dirs:
+            os.chmod(os.path.join(root, name), 0o777 & ~mask)
+        for name in files:
+            path = os.path.join(root, name)
+            if not os.path.islink(path):
+                os.chmod(path, 0o666 & ~mask)
 
 
 @contextmanager

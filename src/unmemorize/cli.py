@@ -265,17 +265,18 @@ def _run_spectrum(args) -> None:
     from .basis import decompose_factors
     from .curvature import load_factors
     from .edit.plan import rho_list
-    from .paths import command_output
+    from .paths import check_output, command_output
     from .spectrum import format_table, plot_spectra, spectrum_rows
 
     rhos = rho_list(args.rhos, "--rhos")
     _factor_modules(args.factors)
     default = args.out is None
     out = Path(args.factors) / "spectrum.png" if default else Path(args.out)
-    if out.suffix.lower() not in (".png", ".pdf", ".svg"):
-        raise UnmemorizeError(f"--out {str(out)!r} must end in .png, .pdf or .svg")
     # the default plot sits beside the factors: the input may not be replaced, but it may hold this one new file
     inputs = {} if default else {"--factors": args.factors}
+    check_output(out, inputs)
+    if out.suffix.lower() not in (".png", ".pdf", ".svg"):
+        raise UnmemorizeError(f"--out {str(out)!r} must end in .png, .pdf or .svg")
     with command_output(out, args.overwrite, inputs, kind="file"):
         factors = load_factors(args.factors)
         bases = decompose_factors(factors)

@@ -51,11 +51,17 @@ def check_no_overlap(out: Path, inputs: Mapping[str, Path], option: str = "--out
             raise UnmemorizeError(f"{option} {str(out)!r} is inside the input {name} ({str(path)!r}); choose an output outside it")
 
 
+def check_output(out: str | Path, inputs: Mapping[str, str | Path | None], option: str = "--out") -> Path:
+    """The inputs exist and are readable; the output is a usable path overlapping none of them."""
+    path = output_path(out, option)
+    check_no_overlap(path, local_inputs(inputs), option)
+    return path
+
+
 @contextmanager
 def command_output(out: str | Path, overwrite: bool, inputs: Mapping[str, str | Path | None], kind: str = "dir",
                    option: str = "--out") -> Iterator[Path]:
     """Check the inputs and the output, then hold the output's claim (see module docstring)."""
-    path = output_path(out, option)
-    check_no_overlap(path, local_inputs(inputs), option)
+    path = check_output(out, inputs, option)
     with claim_output(path, overwrite, kind, option) as claimed:
         yield claimed
