@@ -47,6 +47,34 @@ def test_selection_matches_brute_force_sort(kind):
             np.testing.assert_array_equal(selection.mask().numpy().ravel(), brute_force_mask(lam, mu, rho), err_msg=f"rho={rho}")
 
 
+@pytest.mark.parametrize("kind", ["continuous", "ties"])
+def test_selection_matches_brute_force_sort_at_7b_row_count(kind):
+    """m = 11008 rows (G of a 7B gate/up projection): above the 10,000 elements where OpenBLAS threads a dot."""
+    rng = np.random.default_rng({"continuous": 10, "ties": 11}[kind])
+    m, n = 11008, 24
+    if kind == "ties":
+        lam, mu = rng.integers(0, 5, m).astype(float), rng.integers(0, 5, n).astype(float)
+    else:
+        lam, mu = rng.exponential(size=m) ** 4, rng.exponential(size=n) ** 4
+    lam, mu = np.sort(lam)[::-1].copy(), np.sort(mu)[::-1].copy()
+    for rho in (0.3, 0.9, 0.99, float(rng.random())):
+        selection = select_pairs(lam, mu, rho)
+        np.testing.assert_array_equal(selection.mask().numpy().ravel(), brute_force_mask(lam, mu, rho), err_msg=f"rho={rho}")
+
+
+def test_selection_makes_no_blas_call(monkeypatch):
+    """The threshold search reduces with numpy's pairwise sum: a threaded BLAS dot stalls when the other core is busy."""
+    def no_blas(*args, **kwargs):
+        raise AssertionError("BLAS call inside the pair selection")
+
+    for name in ("dot", "vdot", "inner", "matmul", "tensordot", "einsum"):
+        monkeypatch.setattr(np, name, no_blas)
+    rng = np.random.default_rng(12)
+    lam, mu = np.sort(rng.exponential(size=11008) ** 4)[::-1].copy(), np.sort(rng.exponential(size=64) ** 4)[::-1].copy()
+    for rho in (0.5, 0.9, 1.0):
+        select_pairs(lam, mu, rho)
+
+
 def test_kept_mass_reaches_rho_and_is_minimal():
     rng = np.random.default_rng(5)
     for _ in range(50):

@@ -17,6 +17,13 @@ thresholds t, where for each t the count and mass of {lambda_i mu_j >= t} come f
 are then taken in row-major order until the target is reached. At m = 11008, n = 4096 (45M
 pairs) this takes milliseconds, not the seconds of a full sort or the minutes of a heap.
 
+The search evaluates mass(t) about 64 times, so every reduction in it is numpy's own
+single-threaded pairwise summation (``np.add.reduce``), never a BLAS call: OpenBLAS threads a
+dot product of more than 10,000 elements (lambda of a 7B gate/up projection has 11,008), and on
+a machine whose other core is busy each threaded call waits for a time slice, which turned 10-17 ms
+into ~1 s (benchmarks/selection_under_load.py). The pairwise sum also rounds the same way whatever
+the thread count, so the selection is deterministic across machines.
+
 Per-side mode (the unused ``KFACTreatment`` of the paper's code): keep the top r_G eigenvectors
 of G and r_A of A, each the fewest holding a fraction rho of its own trace; S = [r_G] x [r_A].
 """
@@ -127,7 +134,8 @@ class _Staircase:
         return guess
 
     def mass(self, counts: np.ndarray) -> float:
-        return float(np.dot(self.lam, self.prefix_mu[counts]))
+        """sum_i lambda_i * (mu_0 + ... + mu_{k_i - 1}); a pairwise sum, not BLAS (see module docstring)."""
+        return float(np.add.reduce(self.lam * self.prefix_mu[counts]))
 
 
 def select_pairs(lam, mu, rho: float) -> PairSelection:
