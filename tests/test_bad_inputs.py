@@ -171,7 +171,7 @@ CASES = [
     # --- collect: data ---
     ("collect-data-missing", C(data="{bad}/nope.txt"), "does not exist"),
     ("collect-data-empty", C(data="{bad}/empty.txt"), "is empty"),
-    ("collect-data-suffix", C(data="{bad}/data.csv"), "must end in .txt or .jsonl"),
+    ("collect-data-suffix", C(data="{bad}/data.csv"), "must be .txt, .jsonl, .jsonl.gz, .jsonl.zst, .parquet or a datasets folder"),
     ("collect-ids-float", C(data="{bad}/ids-float.jsonl"), "input_ids[1] is 4.5 (float)"),
     ("collect-ids-bool", C(data="{bad}/ids-bool.jsonl"), "input_ids[1] is True (bool)"),
     ("collect-ids-string", C(data="{bad}/ids-string.jsonl"), "input_ids[1] is '7' (str)"),

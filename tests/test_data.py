@@ -70,5 +70,84 @@ def test_bad_data_gives_clear_errors(tmp_path, tokenizer):
     with pytest.raises(UnmemorizeError, match="bad.jsonl:1"):
         list(iter_windows(list_data_files(tmp_path / "bad.jsonl"), tokenizer, 8))
     (tmp_path / "x.csv").write_text("a")
-    with pytest.raises(UnmemorizeError, match=".txt or .jsonl"):
+    with pytest.raises(UnmemorizeError, match="must be .txt, .jsonl, .jsonl.gz, .jsonl.zst, .parquet or a datasets folder"):
         list_data_files(tmp_path / "x.csv")
+
+
+def write_every_format(folder, documents, field="text"):
+    """The same documents as .txt, .jsonl, .jsonl.gz, .jsonl.zst, .parquet and a datasets folder."""
+    import gzip
+
+    import datasets
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import zstandard
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = "".join(json.dumps({field: d, "id": k}) + "\n" for k, d in enumerate(documents))
+    (folder / "c.txt").write_text("\n".join(documents) + "\n")
+    (folder / "c.jsonl").write_text(rows)
+    with gzip.open(folder / "c.jsonl.gz", "wt", encoding="utf-8") as handle:
+        handle.write(rows)
+    (folder / "c.jsonl.zst").write_bytes(zstandard.ZstdCompressor().compress(rows.encode()))
+    pq.write_table(pa.table({"id": list(range(len(documents))), field: documents}), folder / "c.parquet", row_group_size=7)
+    datasets.Dataset.from_dict({field: documents, "id": list(range(len(documents)))}).save_to_disk(str(folder / "c-dataset"))
+    return {name: folder / name for name in ("c.txt", "c.jsonl", "c.jsonl.gz", "c.jsonl.zst", "c.parquet", "c-dataset")}
+
+
+def test_every_corpus_format_gives_the_windows_of_the_same_text_in_txt(tmp_path, tokenizer):
+    from unmemorize.tiny import write_corpus
+
+    documents = write_corpus(tmp_path / "source.txt", documents=60).read_text().splitlines()
+    paths = write_every_format(tmp_path / "formats", documents, field="body")
+    expected = list(iter_windows(list_data_files(paths["c.txt"]), tokenizer, seq_len=16))
+    assert len(expected) > 20
+    for name, path in paths.items():
+        if name != "c.txt":
+            assert list(iter_windows(list_data_files(path), tokenizer, seq_len=16, text_field="body")) == expected, name
+    with pytest.raises(UnmemorizeError, match="needs a 'text' string or an 'input_ids' list"):  # the default field is absent
+        list(iter_windows(list_data_files(paths["c.jsonl.gz"]), tokenizer, seq_len=16))
+    with pytest.raises(UnmemorizeError, match="has no 'text' or 'input_ids' column; columns: id, body"):
+        list(iter_windows(list_data_files(paths["c.parquet"]), tokenizer, seq_len=16))
+    # a folder holding all of them: the datasets folder is one source, the files are read in sorted order
+    assert [p.name for p in list_data_files(tmp_path / "formats")] == ["c-dataset", "c.jsonl", "c.jsonl.gz", "c.jsonl.zst",
+                                                                       "c.parquet", "c.txt"]
+
+
+def test_pretokenized_rows_in_parquet_and_datasets_are_used_as_is(tmp_path, tokenizer):
+    import datasets
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [[5, 6, 7], [8, 9, 10, 11]]
+    pq.write_table(pa.table({"input_ids": rows}), tmp_path / "ids.parquet")
+    datasets.Dataset.from_dict({"input_ids": rows}).save_to_disk(str(tmp_path / "ids-dataset"))
+    for path in (tmp_path / "ids.parquet", tmp_path / "ids-dataset"):
+        assert list(iter_windows(list_data_files(path), tokenizer, seq_len=2)) == rows
+    with pytest.raises(UnmemorizeError, match=r"ids.parquet:row 2: input_ids\[3\] = 11 is outside the model's vocabulary"):
+        list(iter_windows(list_data_files(tmp_path / "ids.parquet"), tokenizer, seq_len=2, vocab_size=11))
+
+
+def test_compressed_corpora_are_streamed_not_read_whole(tmp_path, tokenizer):
+    """A gzip file cut short: the windows before the cut come out before its corrupt end is reached."""
+    import gzip
+
+    from unmemorize.corpus import iter_records
+
+    lines = "".join(json.dumps({"text": "the cat runs near the old house"}) + "\n" for _ in range(20_000)).encode()
+    data = gzip.compress(lines)
+    (tmp_path / "cut.jsonl.gz").write_bytes(data[: len(data) // 2])
+    records = iter_records(list_data_files(tmp_path / "cut.jsonl.gz"))
+    assert next(records) == "the cat runs near the old house"
+    with pytest.raises(UnmemorizeError, match="cut.jsonl.gz: cannot be decompressed"):
+        for _ in records:
+            pass
+
+
+def test_a_datasets_dict_folder_asks_for_one_split(tmp_path):
+    import datasets
+
+    datasets.DatasetDict({"train": datasets.Dataset.from_dict({"text": ["a"]}),
+                          "test": datasets.Dataset.from_dict({"text": ["b"]})}).save_to_disk(str(tmp_path / "dd"))
+    with pytest.raises(UnmemorizeError, match="DatasetDict with splits .*give one split's folder"):
+        list_data_files(tmp_path / "dd")

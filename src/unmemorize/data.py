@@ -1,10 +1,8 @@
-"""Token windows from text or pre-tokenized files, streamed under a token budget.
+"""Token windows from text or pre-tokenized corpora, streamed under a token budget.
 
-Accepted inputs (a file, or a folder searched recursively in sorted order):
-
-* ``.txt``   -- one document per non-empty line;
-* ``.jsonl`` -- one JSON object per line with a ``text`` field (a document), or with an
-  ``input_ids`` list (a pre-tokenized window, used as is: the paper's evaluation sets are ids).
+The records come from ``corpus.iter_records`` (.txt, .jsonl[.gz|.zst], .parquet, datasets
+folders): a document (text) or a pre-tokenized window (``input_ids``, used as is: the paper's
+evaluation sets are ids).
 
 Documents are tokenized without special tokens, joined with the tokenizer's EOS token and cut
 into consecutive windows of ``seq_len`` tokens (the last, shorter window is kept). The budget
@@ -14,89 +12,16 @@ Batches are right-padded: padding never changes what a causal model computes at 
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import torch
 
+from .corpus import check_token_ids, data_fingerprint, iter_records, list_data_files, text_lines  # noqa: F401 - re-exported
 from .errors import UnmemorizeError
 
-SUFFIXES = (".txt", ".jsonl")
-
-
-def list_data_files(path: str | Path) -> list[Path]:
-    """The data files under ``path``; errors when it is missing or holds no non-empty file."""
-    root = Path(path)
-    if not root.exists():
-        raise UnmemorizeError(f"data path {str(root)!r} does not exist")
-    if root.is_file():
-        if root.suffix not in SUFFIXES:
-            raise UnmemorizeError(f"data file {str(root)!r} must end in .txt or .jsonl")
-        files = [root]
-    else:
-        files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix in SUFFIXES)
-        if not files:
-            raise UnmemorizeError(f"data folder {str(root)!r} holds no .txt or .jsonl file")
-    if all(p.stat().st_size == 0 for p in files):
-        raise UnmemorizeError(f"data path {str(root)!r} is empty")
-    return files
-
-
-def check_token_ids(value, where: str, vocab_size: int | None = None, max_length: int | None = None,
-                    field: str = "input_ids") -> list[int]:
-    """A list of token ids the model can read, or an error naming ``where`` (file:line) and the problem.
-
-    Ids must be ints (not floats, booleans, strings or null) in [0, vocab_size); a sequence may
-    not be longer than the model's ``max_length`` positions."""
-    if not isinstance(value, list):
-        raise UnmemorizeError(f"{where}: {field!r} must be a list of token ids, got {type(value).__name__}")
-    for k, token in enumerate(value):
-        if isinstance(token, bool) or not isinstance(token, int):
-            raise UnmemorizeError(f"{where}: {field}[{k}] is {token!r} ({type(token).__name__}); token ids are integers")
-        if token < 0 or (vocab_size is not None and token >= vocab_size):
-            limit = f"0..{vocab_size - 1}" if vocab_size is not None else "non-negative"
-            raise UnmemorizeError(f"{where}: {field}[{k}] = {token} is outside the model's vocabulary ({limit})")
-    if max_length is not None and len(value) > max_length:
-        raise UnmemorizeError(f"{where}: {field} has {len(value)} tokens, more than the model's {max_length} positions")
-    return list(value)
-
-
-def text_lines(path: Path) -> Iterator[tuple[int, str]]:
-    """(line number, line) of a UTF-8 text file; an error naming the file for other bytes."""
-    try:
-        with open(path, encoding="utf-8") as handle:
-            yield from enumerate(handle, 1)
-    except UnicodeDecodeError as exc:
-        raise UnmemorizeError(f"{path}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start})") from None
-
-
-def iter_records(files: Iterable[Path], vocab_size: int | None = None, max_length: int | None = None) -> Iterator[str | list[int]]:
-    """Documents (``str``) and pre-tokenized windows (``list[int]``), in file order; ids are
-    validated as rows stream (``check_token_ids``), errors name file and line."""
-    for path in files:
-        for line_no, line in text_lines(path):
-            line = line.strip()
-            if not line:
-                continue
-            if path.suffix == ".txt":
-                yield line
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise UnmemorizeError(f"{path}:{line_no}: not valid JSON ({exc.msg})") from None
-            if isinstance(row, dict) and "input_ids" in row:
-                yield check_token_ids(row["input_ids"], f"{path}:{line_no}", vocab_size, max_length)
-            elif isinstance(row, dict) and isinstance(row.get("text"), str):
-                yield row["text"]
-            else:
-                raise UnmemorizeError(f"{path}:{line_no}: a .jsonl row needs a 'text' string or an 'input_ids' list")
-
-
 def iter_windows(files: list[Path], tokenizer, seq_len: int, max_tokens: int | None = None, vocab_size: int | None = None,
-                 max_length: int | None = None) -> Iterator[list[int]]:
+                 max_length: int | None = None, text_field: str = "text") -> Iterator[list[int]]:
     """Token windows of at most ``seq_len`` tokens, ``max_tokens`` tokens in all (None: no budget).
 
     ``vocab_size`` and ``max_length`` (the model's, see ``models.model_limits``) are checked for
@@ -123,7 +48,7 @@ def iter_windows(files: list[Path], tokenizer, seq_len: int, max_tokens: int | N
                                   "tokenizer and model do not match")
         return window
 
-    for record in iter_records(files, vocab_size, max_length):
+    for record in iter_records(files, vocab_size, max_length, text_field):
         if emitted >= budget:
             return
         if isinstance(record, list):  # pre-tokenized: one window, as is
@@ -185,15 +110,3 @@ def iter_batches(windows: Iterable[list[int]], batch_size: int, pad_id: int = 0)
             chunk = []
     if chunk:
         yield pad_batch(chunk, pad_id)
-
-
-def data_fingerprint(files: list[Path], seq_len: int, max_tokens: int | None) -> str:
-    """sha256 over the files' names and bytes plus the windowing and the budget."""
-    digest = hashlib.sha256()
-    for path in files:
-        digest.update(path.name.encode() + b"\0")
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-    digest.update(f"seq_len={seq_len};max_tokens={max_tokens}".encode())
-    return digest.hexdigest()

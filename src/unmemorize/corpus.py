@@ -1,0 +1,204 @@
+"""Documents and token rows from corpora as users store them, streamed: never a whole corpus in memory.
+
+Accepted inputs (a file, or a folder searched recursively in sorted order):
+
+* ``.txt``                        -- one document per non-empty line;
+* ``.jsonl``, ``.jsonl.gz``, ``.jsonl.zst`` -- one JSON object per line with a text field
+  (``text_field``, default ``text``: a document) or an ``input_ids`` list (a pre-tokenized
+  window, used as is: the paper's evaluation sets are ids); read line by line through
+  ``gzip`` / ``zstandard`` streams;
+* ``.parquet``                    -- rows with the text field or an ``input_ids`` column, read in
+  record batches of 1,024 rows with pyarrow;
+* a folder written by ``datasets``' ``save_to_disk`` (``state.json`` + Arrow files): its rows,
+  memory-mapped and iterated in batches by ``datasets`` itself.
+
+Every record is yielded as a document (``str``) or a checked list of token ids, with errors that
+name the file and the line (or row).
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from .errors import UnmemorizeError
+
+FILE_SUFFIXES = (".txt", ".jsonl", ".jsonl.gz", ".jsonl.zst", ".parquet")
+FORMATS = ".txt, .jsonl, .jsonl.gz, .jsonl.zst, .parquet or a datasets folder (save_to_disk)"
+
+
+def corpus_format(path: Path) -> str | None:
+    """'txt', 'jsonl', 'jsonl.gz', 'jsonl.zst', 'parquet', 'datasets' or None."""
+    if path.is_dir():
+        return "datasets" if (path / "state.json").is_file() and (path / "dataset_info.json").is_file() else None
+    name = path.name.lower()
+    for suffix in sorted(FILE_SUFFIXES, key=len, reverse=True):
+        if name.endswith(suffix):
+            return suffix.lstrip(".")
+    return None
+
+
+def list_data_files(path: str | Path) -> list[Path]:
+    """The data sources under ``path`` (files, or datasets folders); errors when it is missing or empty."""
+    root = Path(path)
+    if not root.exists():
+        raise UnmemorizeError(f"data path {str(root)!r} does not exist")
+    if root.is_dir() and (root / "dataset_dict.json").is_file():
+        splits = json.loads((root / "dataset_dict.json").read_text()).get("splits", [])
+        raise UnmemorizeError(f"{str(root)!r} is a datasets DatasetDict with splits {', '.join(splits)}; give one split's folder, "
+                              f"e.g. {root / (splits[0] if splits else 'train')}")
+    if root.is_file() or corpus_format(root) == "datasets":
+        if corpus_format(root) is None:
+            raise UnmemorizeError(f"data file {str(root)!r} must be {FORMATS}")
+        files = [root]
+    else:
+        files = []
+        for folder, subfolders, names in sorted_walk(root):
+            if corpus_format(folder) == "datasets":
+                files.append(folder)
+                subfolders.clear()
+                continue
+            files += [folder / n for n in names if corpus_format(folder / n) is not None]
+        if not files:
+            raise UnmemorizeError(f"data folder {str(root)!r} holds no {FORMATS}")
+        files.sort()
+    if all(p.is_file() and p.stat().st_size == 0 for p in files):
+        raise UnmemorizeError(f"data path {str(root)!r} is empty")
+    return files
+
+
+def sorted_walk(root: Path):
+    """``os.walk`` in sorted order (so the window stream never depends on the file system)."""
+    import os
+
+    for folder, subfolders, names in os.walk(root):
+        subfolders.sort()
+        yield Path(folder), subfolders, sorted(names)
+
+
+def check_token_ids(value, where: str, vocab_size: int | None = None, max_length: int | None = None,
+                    field: str = "input_ids") -> list[int]:
+    """A list of token ids the model can read, or an error naming ``where`` (file:line) and the problem.
+
+    Ids must be ints (not floats, booleans, strings or null) in [0, vocab_size); a sequence may
+    not be longer than the model's ``max_length`` positions."""
+    if not isinstance(value, list):
+        raise UnmemorizeError(f"{where}: {field!r} must be a list of token ids, got {type(value).__name__}")
+    for k, token in enumerate(value):
+        if isinstance(token, bool) or not isinstance(token, int):
+            raise UnmemorizeError(f"{where}: {field}[{k}] is {token!r} ({type(token).__name__}); token ids are integers")
+        if token < 0 or (vocab_size is not None and token >= vocab_size):
+            limit = f"0..{vocab_size - 1}" if vocab_size is not None else "non-negative"
+            raise UnmemorizeError(f"{where}: {field}[{k}] = {token} is outside the model's vocabulary ({limit})")
+    if max_length is not None and len(value) > max_length:
+        raise UnmemorizeError(f"{where}: {field} has {len(value)} tokens, more than the model's {max_length} positions")
+    return list(value)
+
+
+def _open_text(path: Path):
+    kind = corpus_format(path)
+    if kind == "jsonl.gz":
+        return gzip.open(path, "rt", encoding="utf-8")
+    if kind == "jsonl.zst":
+        try:
+            import zstandard
+        except ImportError:
+            raise UnmemorizeError(f"{path}: reading .zst needs the zstandard package (pip install 'unmemorize[corpora]')") from None
+        return zstandard.open(path, "rt", encoding="utf-8")
+    return open(path, encoding="utf-8")
+
+
+def text_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(line number, line) of a UTF-8 text file (plain, gzip or zstandard); an error naming the file otherwise."""
+    try:
+        with _open_text(path) as handle:
+            yield from enumerate(handle, 1)
+    except UnicodeDecodeError as exc:
+        raise UnmemorizeError(f"{path}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start})") from None
+    except (OSError, EOFError) as exc:  # gzip/zstandard report a corrupt stream as OSError or EOFError
+        if getattr(exc, "errno", None) is not None:
+            raise
+        raise UnmemorizeError(f"{path}: cannot be decompressed ({exc})") from None
+
+
+def _row_record(row, where: str, text_field: str, vocab_size, max_length) -> str | list[int]:
+    if isinstance(row, dict) and row.get("input_ids") is not None:
+        return check_token_ids(row["input_ids"], where, vocab_size, max_length)
+    if isinstance(row, dict) and isinstance(row.get(text_field), str):
+        return row[text_field]
+    keys = sorted(row) if isinstance(row, dict) else type(row).__name__
+    raise UnmemorizeError(f"{where}: a row needs a {text_field!r} string or an 'input_ids' list; it has {keys}")
+
+
+def _table_rows(path: Path, text_field: str) -> Iterator[tuple[str, dict]]:
+    """(location, row) from a parquet file or a datasets folder, a batch of rows at a time."""
+    if corpus_format(path) == "parquet":
+        try:
+            import pyarrow.parquet as pq
+        except ImportError:
+            raise UnmemorizeError(f"{path}: reading parquet needs pyarrow (pip install 'unmemorize[corpora]')") from None
+        try:
+            handle = pq.ParquetFile(path)
+        except Exception as exc:  # noqa: BLE001 - pyarrow raises its own types for corrupt files
+            raise UnmemorizeError(f"{path}: not a readable parquet file ({exc})") from None
+        columns = [c for c in ("input_ids", text_field) if c in handle.schema_arrow.names]
+        if not columns:
+            raise UnmemorizeError(f"{path}: has no {text_field!r} or 'input_ids' column; columns: {', '.join(handle.schema_arrow.names)}")
+        batches = (batch.to_pylist() for batch in handle.iter_batches(batch_size=1024, columns=columns))
+    else:
+        try:
+            import datasets
+        except ImportError:
+            raise UnmemorizeError(f"{path}: reading a datasets folder needs the datasets package (pip install 'unmemorize[corpora]')") from None
+        table = datasets.load_from_disk(str(path))
+        columns = [c for c in ("input_ids", text_field) if c in table.column_names]
+        if not columns:
+            raise UnmemorizeError(f"{path}: has no {text_field!r} or 'input_ids' column; columns: {', '.join(table.column_names)}")
+        table = table.select_columns(columns)
+        batches = ([dict(zip(b, values)) for values in zip(*b.values())] for b in table.iter(batch_size=1024))
+    row_no = 0
+    for rows in batches:
+        for row in rows:
+            row_no += 1
+            yield f"{path}:row {row_no}", row
+
+
+def iter_records(files: Iterable[Path], vocab_size: int | None = None, max_length: int | None = None,
+                 text_field: str = "text") -> Iterator[str | list[int]]:
+    """Documents (``str``) and pre-tokenized windows (``list[int]``), in file order; ids are
+    validated as rows stream (``check_token_ids``), errors name file and line."""
+    for path in files:
+        kind = corpus_format(path)
+        if kind in ("parquet", "datasets"):
+            for where, row in _table_rows(path, text_field):
+                yield _row_record(row, where, text_field, vocab_size, max_length)
+            continue
+        for line_no, line in text_lines(path):
+            line = line.strip()
+            if not line:
+                continue
+            if kind == "txt":
+                yield line
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise UnmemorizeError(f"{path}:{line_no}: not valid JSON ({exc.msg})") from None
+            yield _row_record(row, f"{path}:{line_no}", text_field, vocab_size, max_length)
+
+
+def data_fingerprint(files: list[Path], seq_len: int, max_tokens: int | None) -> str:
+    """sha256 over the sources' names and bytes (every file of a datasets folder) plus the windowing and the budget."""
+    digest = hashlib.sha256()
+    for source in files:
+        members = [source] if source.is_file() else [p for folder, _, names in sorted_walk(source) for p in (folder / n for n in names)]
+        for path in members:
+            digest.update(str(path.relative_to(source.parent)).encode() + b"\0")
+            with open(path, "rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
+    digest.update(f"seq_len={seq_len};max_tokens={max_tokens}".encode())
+    return digest.hexdigest()
