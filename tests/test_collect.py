@@ -20,8 +20,8 @@ class RecordingObjective(NextTokenObjective):
     def __init__(self):
         self.sampled = []
 
-    def label_sampler(self, logits, generator):
-        labels = super().label_sampler(logits, generator)
+    def label_sampler(self, logits, uniforms):
+        labels = super().label_sampler(logits, uniforms)
         self.sampled.append(labels.clone())
         return labels
 
@@ -166,7 +166,7 @@ def test_parameters_are_unfrozen_again_after_collection(tiny_lm):
 def test_label_sampler_draws_from_the_model_softmax():
     """Frequencies of 200k draws match softmax(logits) (chi-square-sized tolerance)."""
     logits = torch.tensor([[2.0, 0.0, -1.0, 1.0, -30.0]]).repeat(200_000, 1)
-    labels = NextTokenObjective().label_sampler(logits, torch.Generator().manual_seed(0))
+    labels = NextTokenObjective().label_sampler(logits, torch.rand(len(logits), generator=torch.Generator().manual_seed(0)))
     frequencies = torch.bincount(labels, minlength=5).double() / len(labels)
     expected = torch.softmax(logits[0].double(), 0)
     assert torch.allclose(frequencies, expected, atol=4e-3)

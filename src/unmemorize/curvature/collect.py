@@ -10,8 +10,13 @@ For a linear module y = W a (+ b), W of shape (d_out, d_in), the Fisher block of
 P is the set of counted positions: every real token that has a next-token label (the last
 position of each window and all padding are excluded), N = |P|. L is SUM-reduced, so g is a
 per-token quantity that does not depend on the batch size. The label y* is sampled from the
-model's own softmax with a seeded generator (``fisher="true"``, the paper's choice) or is the
-gold next token (``fisher="empirical"``).
+model's own softmax (``fisher="true"``, the paper's choice) with a generator seeded per window
+(``objectives.window_seed(seed, window index)``), or is the gold next token (``fisher="empirical"``).
+
+At scale: ``torchrun`` shares the windows between processes (``distributed.py``), the partial
+sums are checkpointed atomically and a run resumes where it was killed (``checkpoint.py``), and a
+model dispatched over several devices (``--device-map auto``) accumulates each factor on its
+module's device.
 
 How it runs: all parameters are frozen; a forward hook on each target records A from its input
 (modules that read the very same input tensor, like gate_proj/up_proj, share one A
@@ -23,8 +28,9 @@ g at once. Accumulation is in float32 (or float64) whatever the model dtype.
 
 from __future__ import annotations
 
+import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Literal
@@ -33,11 +39,15 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..data import data_fingerprint, iter_batches, iter_windows, list_data_files, pad_token_id
+from ..data import data_fingerprint, iter_windows, list_data_files, pad_batch, pad_token_id
 from ..errors import UnmemorizeError, check_seed
 from ..models import get_weight, model_limits, parse_dtype, weight_fingerprint, weight_shape
+from .checkpoint import Checkpoint
+from .distributed import SINGLE_PROCESS, ProcessGroup
 from .factors import KFACFactors
-from .objectives import NextTokenObjective
+from .objectives import NextTokenObjective, window_seed
+
+CHECKPOINT_SECONDS = 600  # default checkpoint interval: about every 10 minutes of work
 
 
 @dataclass
@@ -46,19 +56,23 @@ class CollectConfig:
 
     fisher: Literal["true", "empirical"] = field(
         default="true",
-        metadata={"help": "'true': next-token labels sampled from the model's softmax (seeded); 'empirical': gold next tokens."},
+        metadata={"help": "'true': next-token labels sampled from the model's softmax (seeded per window); 'empirical': gold next tokens."},
     )
     seq_len: int = field(default=512, metadata={"help": "Window length in tokens for text data."})
     max_tokens: int | None = field(
         default=1_000_000, metadata={"help": "Token budget over all windows (0 or None: the whole data)."}
     )
-    batch_size: int = field(default=8, metadata={"help": "Windows per forward/backward pass."})
+    batch_size: int = field(default=8, metadata={"help": "Windows per forward/backward pass (per process under torchrun)."})
     seed: int = field(default=0, metadata={"help": "Seed of the label sampler (true Fisher)."})
     dtype: Literal["float32", "float64"] = field(
         default="float32", metadata={"help": "Accumulation dtype of A and G, whatever the model dtype."}
     )
     modules_per_pass: int = field(
         default=0, metadata={"help": "Bound memory: collect at most N modules per data pass (0: all in one pass)."}
+    )
+    text_field: str = field(default="text", metadata={"help": "Field (or column) holding the text in .jsonl, parquet and datasets data."})
+    checkpoint_every: int | None = field(
+        default=None, metadata={"help": "Checkpoint the partial sums every N tokens (default: about every 10 minutes of work; 0: never)."}
     )
     progress: bool = field(default=True, metadata={"help": "Show a progress bar with tokens/s and ETA."})
 
@@ -74,7 +88,23 @@ class CollectConfig:
             raise UnmemorizeError("--max-tokens must be >= 0")
         if self.modules_per_pass < 0:
             raise UnmemorizeError("--modules-per-pass must be >= 0")
+        if self.checkpoint_every is not None and self.checkpoint_every < 0:
+            raise UnmemorizeError("--checkpoint-every must be >= 0 tokens")
+        if not self.text_field:
+            raise UnmemorizeError("--text-field is empty")
         check_seed(self.seed)
+
+
+@dataclass
+class Step:
+    """One step of this process: its share of a round of windows, and where the round ends.
+
+    ``batch`` holds ``input_ids``/``attention_mask`` (and ``window_index``, the global index of
+    each row) or is None when this process's share of the round is empty; ``position`` is the
+    number of windows of the whole stream consumed once the round is done (None: unknown)."""
+
+    batch: dict | None
+    position: int | None = None
 
 
 @contextmanager
@@ -93,20 +123,54 @@ def _frozen(model: nn.Module):
         model.train(was_training)
 
 
-class _PassRecorder:
-    """Hooks for one pass over the data: A and G accumulators for a group of modules."""
+def _input_device(model: nn.Module) -> torch.device:
+    """Where batches go: the first parameter's device (accelerate's dispatch moves them on from there)."""
+    return next(model.parameters()).device
 
-    def __init__(self, modules: dict[str, nn.Module], dtype: torch.dtype, device: torch.device):
+
+class _PassRecorder:
+    """Hooks for one pass over the data: A and G sums for a group of modules, each on its module's device.
+
+    Modules that read the very same input tensor (gate_proj and up_proj) share one A sum; which
+    ones do is found once, before the data, by a forward pass on a dummy input, so every process
+    holds the same accumulators in the same order (what the all-reduce needs)."""
+
+    def __init__(self, modules: dict[str, nn.Module], dtype: torch.dtype, dummy_batch: dict):
         self.modules = modules
         self.dtype = dtype
-        self.activation: dict[str, torch.Tensor] = {}  # owner name -> A sum
-        self.gradient = {n: torch.zeros(weight_shape(m)[0], weight_shape(m)[0], dtype=dtype, device=device) for n, m in modules.items()}
-        self.activation_owner: dict[str, str] = {}  # module -> module whose A it shares
-        self.device = device
         self.counted: torch.Tensor | None = None
         self.outputs: dict[str, torch.Tensor] = {}
-        self.batch_inputs: dict[str, torch.Tensor] = {}  # owner -> input tensor of this batch
+        self.batch_inputs: dict[str, torch.Tensor] = {}
         self.handles = []
+        self.activation_owner = self._find_owners(dummy_batch)
+        self.activation = {o: self._zeros(modules[o], 1) for o in dict.fromkeys(self.activation_owner.values())}  # owner -> sum a a^T
+        self.gradient = {n: self._zeros(m, 0) for n, m in modules.items()}  # module -> sum g g^T
+
+    def _zeros(self, module: nn.Module, side: int) -> torch.Tensor:
+        size = weight_shape(module)[side]
+        return torch.zeros(size, size, dtype=self.dtype, device=module.weight.device)
+
+    def _find_owners(self, dummy_batch: dict) -> dict[str, str]:
+        model_forward, seen, owners = dummy_batch.pop("_forward"), [], {}
+
+        def hook(name):
+            def record(module, inputs):
+                owner = next((o for o, t in seen if t is inputs[0]), name)
+                seen.append((name, inputs[0]))
+                owners[name] = owner
+            return record
+
+        handles = [m.register_forward_pre_hook(hook(n)) for n, m in self.modules.items()]
+        try:
+            with torch.no_grad():
+                model_forward(dummy_batch)
+        finally:
+            for handle in handles:
+                handle.remove()
+        missing = [n for n in self.modules if n not in owners]
+        if missing:
+            raise UnmemorizeError(f"target modules never run in a forward pass of this model: {', '.join(missing)}")
+        return owners
 
     def __enter__(self):
         for name, module in self.modules.items():
@@ -117,18 +181,27 @@ class _PassRecorder:
         for handle in self.handles:
             handle.remove()
 
+    def tensors(self) -> list[torch.Tensor]:
+        """Every sum, in a fixed order (the same on every process)."""
+        return [*self.activation.values(), *self.gradient.values()]
+
+    def sums(self) -> dict[str, torch.Tensor]:
+        return {**{f"{o}.A": t for o, t in self.activation.items()}, **{f"{n}.G": t for n, t in self.gradient.items()}}
+
+    def load_sums(self, sums: dict[str, torch.Tensor]) -> None:
+        for key, tensor in self.sums().items():
+            if key not in sums or sums[key].shape != tensor.shape:
+                raise UnmemorizeError(f"the checkpoint has no partial sum {key!r} of shape {tuple(tensor.shape)}; delete it to start over")
+            tensor.copy_(sums[key])
+
     def _hook(self, name: str):
         def hook(module, inputs, output):
             a = inputs[0]
-            owner = self.activation_owner.get(name)
-            if owner is None:  # first batch: find a module that read this very tensor
-                owner = next((o for o, t in self.batch_inputs.items() if t is a), name)
-                self.activation_owner[name] = owner
+            owner = self.activation_owner[name]
+            counted = self.counted.to(a.device)
             if owner == name:
                 self.batch_inputs[name] = a
-                rows = a.detach()[self.counted].to(self.dtype)  # (N_batch, d_in)
-                if name not in self.activation:
-                    self.activation[name] = torch.zeros(rows.shape[1], rows.shape[1], dtype=self.dtype, device=self.device)
+                rows = a.detach()[counted].to(self.dtype)  # (N_batch, d_in)
                 self.activation[name].addmm_(rows.T, rows)
             elif self.batch_inputs.get(owner) is not a:
                 raise RuntimeError(f"{name} stopped sharing its input with {owner}; cannot share A")
@@ -143,7 +216,7 @@ class _PassRecorder:
         names = list(self.outputs)
         grads = torch.autograd.grad(loss, [self.outputs[n] for n in names])
         for name, grad in zip(names, grads):
-            rows = grad[self.counted].to(self.dtype)  # (N_batch, d_out)
+            rows = grad[self.counted.to(grad.device)].to(self.dtype)  # (N_batch, d_out)
             self.gradient[name].addmm_(rows.T, rows)
         self.outputs.clear()
         self.batch_inputs.clear()
@@ -155,20 +228,68 @@ def _module_groups(names: list[str], per_pass: int) -> list[list[str]]:
     return [names[i : i + per_pass] for i in range(0, len(names), per_pass)]
 
 
+def _dummy_batch(model: nn.Module, objective) -> dict:
+    """The smallest input the objective's model takes, and how to run it (for ``_find_owners``)."""
+    batch = objective.dummy_batch(model, _input_device(model))
+    return {**batch, "_forward": lambda b: objective.forward(model, b)}
+
+
+def _steps(batches, start: int) -> Iterator[Step]:
+    """The steps of a list, or of a callable ``batches(start_window)`` / ``batches()``, as ``Step``s."""
+    if callable(batches):
+        items = batches(start) if start else batches()
+    elif start:
+        raise UnmemorizeError("resuming needs a callable that can skip the windows already done")
+    else:
+        items = batches
+    for item in items:
+        yield item if isinstance(item, Step) else Step(item)
+
+
+def _rows(batch: dict) -> int:
+    first = batch.get("input_ids", batch.get("pixel_values"))
+    return int(first.shape[0])
+
+
+class _Cadence:
+    """When to checkpoint: every N rounds, N from --checkpoint-every tokens or, by default, from the
+    speed of the first rounds (rank 0 measures, every rank receives the same N)."""
+
+    def __init__(self, config: CollectConfig, group: ProcessGroup, tokens_per_round: int):
+        self.group = group
+        self.every = None
+        if config.checkpoint_every:
+            self.every = max(1, math.ceil(config.checkpoint_every / max(1, tokens_per_round)))
+        elif config.checkpoint_every == 0:
+            self.every = 0
+        self.start = time.perf_counter()
+
+    def due(self, step: int) -> bool:
+        if self.every is None and step == 4:  # after a short warm-up: rounds per CHECKPOINT_SECONDS
+            per_round = (time.perf_counter() - self.start) / 5
+            self.every = self.group.broadcast_int(max(1, int(CHECKPOINT_SECONDS / max(per_round, 1e-9))))
+        return bool(self.every) and (step + 1) % self.every == 0
+
+
 def collect_factors(
     model: nn.Module,
-    batches: Callable[[], Iterable[dict[str, torch.Tensor]]] | list[dict[str, torch.Tensor]],
+    batches: Callable[..., Iterable] | list,
     targets: list[str],
     config: CollectConfig | None = None,
     objective=None,
     total_tokens: int | None = None,
     on_pass: Callable[[int, int, dict, dict], None] | None = None,
+    group: ProcessGroup = SINGLE_PROCESS,
+    checkpoint: Checkpoint | None = None,
 ) -> KFACFactors:
-    """K-FAC factors for ``targets`` over ``batches`` (dicts with input_ids and attention_mask).
+    """K-FAC factors for ``targets`` over ``batches`` (dicts with input_ids and attention_mask, or ``Step``s).
 
     ``batches`` is a list, or a callable returning a fresh iterable (needed when
-    ``config.modules_per_pass`` splits the targets over several passes). Every pass re-seeds the
-    label sampler, so several passes give exactly the factors of one.
+    ``config.modules_per_pass`` splits the targets over several passes; with a ``checkpoint`` it
+    is called as ``batches(start_window)`` to skip the windows already done). A batch's
+    ``window_index`` (B,) gives each row's index in the data stream, which seeds its labels;
+    without it rows are numbered in the order they come. Several passes, several processes
+    (``group``) and resumed runs therefore all give the factors of one uninterrupted pass.
 
     ``on_pass(index, passes, activation, gradient)``, if given, receives each pass's factors
     (module name -> CPU tensor) as soon as the pass ends and they are not kept: memory then holds
@@ -177,66 +298,96 @@ def collect_factors(
     config = config or CollectConfig()
     config.validate()
     objective = objective or NextTokenObjective()
-    make_batches = batches if callable(batches) else (lambda: batches)
     modules = dict(model.named_modules())
     missing = [n for n in targets if n not in modules]
     if missing:
         raise UnmemorizeError(f"target modules not in the model: {', '.join(missing)}")
     dtype = parse_dtype(config.dtype)
-    device = next(model.parameters()).device
+    device = _input_device(model)
     fingerprints = {n: weight_fingerprint(modules[n]) for n in targets}  # the weights these factors belong to
     activation: dict[str, torch.Tensor] = {}
     gradient: dict[str, torch.Tensor] = {}
     shared: dict[str, str] = {}
     groups = _module_groups(targets, config.modules_per_pass)
-    num_positions = 0
+    state = _resume_point(checkpoint, group)
+    passes_done = int(state.get("passes_done", 0))
+    num_positions = int(state.get("num_positions", 0))
     tokens_seen = 0
     start = time.perf_counter()
-    bar = tqdm(
-        total=None if total_tokens is None else total_tokens * len(groups),
-        unit=objective.unit,
-        unit_scale=True,
-        desc="collect K-FAC",
-        disable=not config.progress,
-        dynamic_ncols=True,
-    )
+    bar = tqdm(total=None if total_tokens is None else total_tokens * len(groups), unit=objective.unit, unit_scale=True,
+               desc="collect K-FAC", disable=not config.progress or not group.is_main, dynamic_ncols=True)
+    cadence = _Cadence(config, group, group.world_size * config.batch_size * config.seq_len)
     with _frozen(model), bar:
-        for index, group in enumerate(groups):
-            generator = torch.Generator(device=device).manual_seed(config.seed)
-            positions = 0
-            with _PassRecorder({n: modules[n] for n in group}, dtype, device) as recorder:
-                for batch in make_batches():
-                    batch = {k: v.to(device) for k, v in batch.items()}
-                    counted = objective.counted_positions(batch)
-                    if not counted.any():
-                        continue
-                    recorder.counted = counted
-                    with torch.enable_grad():
-                        loss = objective.loss(model, batch, counted, config.fisher, generator)
-                        recorder.accumulate_gradients(loss)
-                    positions += int(counted.sum())
-                    units = objective.batch_units(batch)
-                    tokens_seen += units
-                    bar.update(units)
-                    bar.set_postfix_str(f"pass {index + 1}/{len(groups)}", refresh=False)
-            if index == 0:
-                num_positions = positions
-            elif positions != num_positions:
-                raise RuntimeError("the batches changed between passes; pass a callable that replays the same data")
-            if positions == 0:
-                raise UnmemorizeError("the data has no position with a next-token label (every window is shorter than 2 tokens)")
-            pass_activation, pass_gradient = {}, {}
-            for name in group:
-                owner = recorder.activation_owner[name]
-                if owner != name:
-                    shared[name] = owner
-                pass_activation[name] = (recorder.activation[owner] / positions).cpu()
-                pass_gradient[name] = (recorder.gradient[name] / positions).cpu()
+        for index, names in enumerate(groups):
+            if index < passes_done:  # finished before the run was interrupted: rank 0 has its factors
+                if not group.is_main:
+                    continue
+                pass_activation, pass_gradient = checkpoint.finished_pass(index)
+                shared.update({n: o for n, o in state.get("shared", {}).items() if n in names})
+                bar.update(int(state.get("pass_tokens", 0)))
+            else:
+                recorder = _PassRecorder({n: modules[n] for n in names}, dtype, _dummy_batch(model, objective))
+                resume = state if state.get("pass", passes_done) == index and state.get("sums") else {}
+                window = int(resume.get("windows", 0))
+                positions = tokens = 0
+                if resume and group.is_main:  # the checkpoint holds the sums of every process so far
+                    recorder.load_sums(checkpoint.sums())
+                    positions, tokens = int(resume["positions"]), int(resume["tokens"])
+                    bar.update(tokens)
+                with recorder:
+                    for step_no, step in enumerate(_steps(batches, window)):
+                        if step.batch is not None:
+                            batch = dict(step.batch)
+                            indices = batch.pop("window_index", None)
+                            rows = _rows(batch)
+                            indices = list(range(window, window + rows)) if indices is None else [int(i) for i in indices]
+                            window = max(window, indices[-1] + 1) if step.position is None else window
+                            batch = {k: v.to(device) for k, v in batch.items()}
+                            counted = objective.counted_positions(batch)
+                            if counted.any():
+                                recorder.counted = counted
+                                with torch.enable_grad():
+                                    loss = objective.loss(model, batch, counted, config.fisher, [window_seed(config.seed, i) for i in indices])
+                                    recorder.accumulate_gradients(loss)
+                                positions += int(counted.sum())
+                                units = objective.batch_units(batch)
+                                tokens += units
+                                bar.update(units * group.world_size)
+                                bar.set_postfix_str(f"pass {index + 1}/{len(groups)}", refresh=False)
+                        if step.position is not None:
+                            window = step.position
+                        if checkpoint is not None and step.position is not None and cadence.due(step_no):
+                            positions, tokens = _reduce(group, recorder, positions, tokens)
+                            if group.is_main:
+                                checkpoint.save({"pass": index, "windows": window, "positions": positions, "tokens": tokens,
+                                                 "num_positions": num_positions}, recorder.sums())
+                positions, tokens = _reduce(group, recorder, positions, tokens, final=True)
+                if index == 0 or (index == passes_done and num_positions == 0):
+                    num_positions = positions
+                elif positions != num_positions:
+                    raise RuntimeError("the batches changed between passes; pass a callable that replays the same data")
+                if positions == 0:
+                    raise UnmemorizeError("the data has no position with a next-token label (every window is shorter than 2 tokens)")
+                pass_activation, pass_gradient = {}, {}
+                for name in names:
+                    owner = recorder.activation_owner[name]
+                    if owner != name:
+                        shared[name] = owner
+                    pass_activation[name] = (recorder.activation[owner] / positions).cpu()
+                    pass_gradient[name] = (recorder.gradient[name] / positions).cpu()
+                del recorder
+                tokens_seen = tokens
+                if checkpoint is not None and group.is_main:
+                    checkpoint.save_finished_pass(index, pass_activation, pass_gradient,
+                                                  {"pass": index + 1, "windows": 0, "positions": 0, "tokens": 0, "sums": None,
+                                                   "num_positions": num_positions, "shared": shared, "pass_tokens": tokens})
             if on_pass is not None:
                 on_pass(index, len(groups), pass_activation, pass_gradient)
             else:
                 activation.update(pass_activation)
                 gradient.update(pass_gradient)
+    if tokens_seen == 0:
+        tokens_seen = int(state.get("pass_tokens", 0))
     seconds = time.perf_counter() - start
     shapes = {n: list(weight_shape(modules[n])) for n in targets}
     return KFACFactors(
@@ -246,6 +397,7 @@ def collect_factors(
         metadata={
             "fisher": config.fisher,
             "seed": config.seed,
+            "label_seeding": "per window: blake2b(seed/window index)",
             "seq_len": config.seq_len,
             "max_tokens": config.max_tokens,
             "batch_size": config.batch_size,
@@ -259,29 +411,106 @@ def collect_factors(
             "module_shapes": shapes,
             "weight_fingerprints": fingerprints,
             "passes": len(groups),
-            "tokens": tokens_seen // len(groups),
+            "processes": group.world_size,
+            "resumed": bool(state),
+            "tokens": tokens_seen,
             "seconds": round(seconds, 3),
         },
     )
 
 
+def _resume_point(checkpoint: Checkpoint | None, group: ProcessGroup) -> dict:
+    """Rank 0 reads (and checks) the checkpoint; every rank learns where to start."""
+    if checkpoint is None:
+        return {}
+    state = checkpoint.load() if group.is_main and checkpoint.exists() else {}
+    found = group.broadcast_int(1 if state else 0)
+    if not found:
+        return {}
+    where = {key: group.broadcast_int(int(state.get(key) or 0)) for key in ("passes_done", "pass", "windows")}
+    where["sums"] = group.broadcast_int(1 if state.get("sums") else 0)
+    return state if group.is_main else where
+
+
+def _reduce(group: ProcessGroup, recorder: _PassRecorder, positions: int, tokens: int, final: bool = False) -> tuple[int, int]:
+    """All-reduce the sums and counts. At a checkpoint rank 0 keeps the totals and the others start
+    again from zero; at the end of a pass (``final``) every rank keeps the totals."""
+    if not group.distributed:
+        return positions, tokens
+    group.all_reduce(recorder.tensors())
+    positions, tokens = group.all_reduce_int(positions), group.all_reduce_int(tokens)
+    if not group.is_main and not final:
+        for tensor in recorder.tensors():
+            tensor.zero_()
+        return 0, 0
+    return positions, tokens
+
+
+def window_steps(files, tokenizer, config: CollectConfig, pad_id: int, group: ProcessGroup = SINGLE_PROCESS,
+                 vocab_size: int | None = None, max_length: int | None = None) -> Callable[[int], Iterator[Step]]:
+    """``steps(start_window)``: this process's ``Step``s over the files' windows (see ``distributed.py``)."""
+    budget = config.max_tokens or None
+    round_size = group.world_size * config.batch_size
+
+    def steps(start: int = 0) -> Iterator[Step]:
+        windows = iter_windows(files, tokenizer, config.seq_len, budget, vocab_size, max_length, config.text_field)
+        chunk: list[list[int]] = []
+        first = 0
+        for index, window in enumerate(windows):
+            if index < start:
+                continue
+            if not chunk:
+                first = index
+            chunk.append(window)
+            if len(chunk) == round_size:
+                yield _share(chunk, first, group, pad_id)
+                chunk = []
+        if chunk:
+            yield _share(chunk, first, group, pad_id)
+
+    return steps
+
+
+def _share(chunk: list[list[int]], first: int, group: ProcessGroup, pad_id: int) -> Step:
+    mine = list(range(group.rank, len(chunk), group.world_size))
+    if not mine:
+        return Step(None, first + len(chunk))
+    batch = pad_batch([chunk[k] for k in mine], pad_id)
+    batch["window_index"] = torch.tensor([first + k for k in mine])
+    return Step(batch, first + len(chunk))
+
+
+def collection_settings(model: nn.Module, targets: list[str], files, config: CollectConfig, objective_name: str) -> dict:
+    """What a resumed run must share with the checkpoint it continues."""
+    modules = dict(model.named_modules())
+    return {
+        "targets": targets,
+        "weights": {n: weight_fingerprint(modules[n]) for n in targets},
+        "data": data_fingerprint(files, config.seq_len, config.max_tokens or None),
+        "text_field": config.text_field,
+        "fisher": config.fisher,
+        "seed": config.seed,
+        "seq_len": config.seq_len,
+        "max_tokens": config.max_tokens or None,
+        "accumulation_dtype": config.dtype,
+        "modules_per_pass": config.modules_per_pass,
+        "objective": objective_name,
+    }
+
+
 def collect_from_files(model: nn.Module, tokenizer, data: str, targets: list[str], config: CollectConfig | None = None,
-                       on_pass=None) -> KFACFactors:
-    """Collect factors from a .txt/.jsonl file or folder (see ``unmemorize.data``); ``on_pass`` as in ``collect_factors``."""
+                       on_pass=None, group: ProcessGroup = SINGLE_PROCESS, checkpoint: Checkpoint | None = None) -> KFACFactors:
+    """Collect factors from corpus files (see ``unmemorize.corpus``); ``on_pass``, ``group`` and
+    ``checkpoint`` as in ``collect_factors``."""
     config = config or CollectConfig()
     config.validate()
     files = list_data_files(data)
     budget = config.max_tokens or None
     pad_id = pad_token_id(tokenizer) if tokenizer is not None else 0
-
-    vocab_size, max_length = model_limits(model)
-
-    def batches():
-        return iter_batches(iter_windows(files, tokenizer, config.seq_len, budget, vocab_size, max_length), config.batch_size, pad_id)
-
-    if next(iter(batches()), None) is None:
+    steps = window_steps(files, tokenizer, config, pad_id, group, *model_limits(model))
+    if next(iter_windows(files, tokenizer, config.seq_len, budget, *model_limits(model), config.text_field), None) is None:
         raise UnmemorizeError(f"data path {data!r} holds no window of at least 2 tokens")
-    factors = collect_factors(model, batches, targets, config, total_tokens=budget, on_pass=on_pass)
+    factors = collect_factors(model, steps, targets, config, total_tokens=budget, on_pass=on_pass, group=group, checkpoint=checkpoint)
     factors.metadata["data"] = {
         "path": str(data),
         "files": [str(f) for f in files],

@@ -3,12 +3,19 @@
 An objective tells ``collect_factors`` three things for a batch:
 
 * ``counted_positions(batch)`` -- a (B, T) bool mask of the positions whose a and g enter A and G;
-* ``loss(model, batch, counted, fisher, generator)`` -- the SUM-reduced loss whose gradient
+* ``loss(model, batch, counted, fisher, row_seeds)`` -- the SUM-reduced loss whose gradient
   w.r.t. each module output is g; labels sampled from the model (``fisher="true"``) or gold;
 * ``batch_units(batch)`` -- how much data the batch holds, for the progress bar (``unit``).
+
+Sampled labels depend only on the sampler seed and each row's *window index* in the data stream:
+row b draws its uniforms from a generator seeded with ``window_seed(seed, index_b)``. The
+factors are therefore the same whatever the batch size, the number of processes sharing the
+windows, or the point where a run was resumed.
 """
 
 from __future__ import annotations
+
+import hashlib
 
 import torch
 import torch.nn.functional as F
@@ -18,14 +25,30 @@ from ..data import next_token_positions
 from ..errors import UnmemorizeError
 
 
-def sample_labels(logits: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+def window_seed(seed: int, window_index: int) -> int:
+    """The label sampler's seed for one window: 63 bits of blake2b("seed/index")."""
+    digest = hashlib.blake2b(f"{seed}/{window_index}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & (2**63 - 1)
+
+
+def row_uniforms(counts: list[int], seeds: list[int], device, dtype) -> torch.Tensor:
+    """(sum counts,) uniforms: ``counts[b]`` draws from a generator seeded with ``seeds[b]``, rows in order."""
+    draws = []
+    for count, seed in zip(counts, seeds):
+        if count:
+            generator = torch.Generator(device=device).manual_seed(seed)
+            draws.append(torch.rand(count, generator=generator, device=device, dtype=dtype))
+    return torch.cat(draws) if draws else torch.zeros(0, device=device, dtype=dtype)
+
+
+def sample_labels(logits: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
     """One label per row of (n, V) logits, drawn from softmax(logits) by inverse CDF.
 
-    y = min{k : cdf_k > u * cdf_V}, u ~ U[0, 1) from the seeded generator. Same law as
+    y = min{k : cdf_k > u * cdf_V} with u ~ U[0, 1) given per row. Same law as
     ``torch.multinomial``, which on CPU is ~30x slower at V = 2k (one exponential per entry).
     """
     cdf = torch.softmax(logits, dim=-1).cumsum(dim=-1)  # (n, V)
-    u = torch.rand((cdf.shape[0], 1), generator=generator, device=cdf.device, dtype=cdf.dtype)
+    u = uniforms.to(cdf.dtype).reshape(-1, 1)
     labels = torch.searchsorted(cdf, u * cdf[:, -1:], right=True).squeeze(-1)
     return labels.clamp_max(cdf.shape[-1] - 1)
 
@@ -44,21 +67,31 @@ class NextTokenObjective:
         """(B, T) bool: real token at t and a real next token at t+1."""
         return next_token_positions(batch["attention_mask"])
 
-    def label_sampler(self, logits: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        return sample_labels(logits, generator)
+    def label_sampler(self, logits: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
+        return sample_labels(logits, uniforms)
 
     def batch_units(self, batch: dict) -> int:
         return int(batch["attention_mask"].sum())
 
-    def loss(self, model: nn.Module, batch: dict, counted: torch.Tensor, fisher: str, generator) -> torch.Tensor:
+    def dummy_batch(self, model: nn.Module, device) -> dict:
+        """The smallest input (two tokens), used once to see which modules read the same tensor."""
+        ids = torch.zeros(1, 2, dtype=torch.long, device=device)
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
+    def forward(self, model: nn.Module, batch: dict):
+        return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+
+    def loss(self, model: nn.Module, batch: dict, counted: torch.Tensor, fisher: str, row_seeds: list[int]) -> torch.Tensor:
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        selected = logits[counted]  # (N_batch, V), at least float32 for the softmax
+        counted = counted.to(logits.device)
+        selected = logits[counted]  # (N_batch, V), rows in row-major order, at least float32 for the softmax
         selected = selected.to(torch.promote_types(selected.dtype, torch.float32))
         if fisher == "empirical":
-            labels = batch["input_ids"][:, 1:][counted[:, :-1]]
+            labels = batch["input_ids"].to(logits.device)[:, 1:][counted[:, :-1]]
         else:
             with torch.no_grad():
-                labels = self.label_sampler(selected.detach(), generator)
+                uniforms = row_uniforms(counted.sum(dim=1).tolist(), row_seeds, selected.device, selected.dtype)
+                labels = self.label_sampler(selected.detach(), uniforms)
         return F.cross_entropy(selected, labels, reduction="sum")
 
 
@@ -94,18 +127,28 @@ class ImageClassificationObjective:
             mask[:] = True
         return mask
 
-    def label_sampler(self, logits: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        return sample_labels(logits, generator)
+    def label_sampler(self, logits: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
+        return sample_labels(logits, uniforms)
 
     def batch_units(self, batch: dict) -> int:
         return int(batch["pixel_values"].shape[0])
 
-    def loss(self, model: nn.Module, batch: dict, counted: torch.Tensor, fisher: str, generator) -> torch.Tensor:
+    def dummy_batch(self, model: nn.Module, device) -> dict:
+        config = model.config
+        pixels = torch.zeros(1, getattr(config, "num_channels", 3), config.image_size, config.image_size, device=device,
+                             dtype=next(model.parameters()).dtype)
+        return {"pixel_values": pixels}
+
+    def forward(self, model: nn.Module, batch: dict):
+        return model(pixel_values=batch["pixel_values"])
+
+    def loss(self, model: nn.Module, batch: dict, counted: torch.Tensor, fisher: str, row_seeds: list[int]) -> torch.Tensor:
         logits = model(pixel_values=batch["pixel_values"]).logits  # (B, classes)
         logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
         if fisher == "empirical":
-            labels = batch["labels"]
+            labels = batch["labels"].to(logits.device)
         else:
             with torch.no_grad():
-                labels = self.label_sampler(logits.detach(), generator)
+                uniforms = row_uniforms([1] * logits.shape[0], row_seeds, logits.device, logits.dtype)
+                labels = self.label_sampler(logits.detach(), uniforms)
         return F.cross_entropy(logits, labels, reduction="sum")

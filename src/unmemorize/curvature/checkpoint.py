@@ -1,0 +1,111 @@
+"""Crash-safe collection: partial sums, counts and the data position, written atomically.
+
+A collection writing ``OUT`` keeps its checkpoint in the hidden sibling ``.OUT.checkpoint/``:
+
+    state.json                 settings (what a resume must match), pass index, windows consumed,
+                               counted positions, tokens, the tensor file of the current sums,
+                               the files of finished passes
+    sums-<n>.safetensors       the current pass's partial sums of a a^T (per owner) and g g^T,
+                               float32/float64 as accumulated, all ranks already reduced into them
+    pass-<k>.safetensors       the normalized factors of each finished pass
+
+A save writes the new sums file, then replaces ``state.json`` in one rename, then removes the
+old sums file: at every instant ``state.json`` names a complete file. The sampler state is the
+data position itself (labels are seeded per window), so ``--resume`` after a SIGKILL gives the
+factors of an uninterrupted run. A checkpoint made with other settings (model weights, data,
+targets, seed, Fisher type, windowing, dtype) is refused, naming the first setting that differs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from ..errors import UnmemorizeError
+
+CHECKPOINT_VERSION = 1
+
+
+def checkpoint_folder(out: str | Path) -> Path:
+    path = Path(os.path.abspath(out))
+    return path.with_name(f".{path.name}.checkpoint")
+
+
+class Checkpoint:
+    """The checkpoint of one collection run (see module docstring)."""
+
+    def __init__(self, folder: Path, settings: dict):
+        self.folder = Path(folder)
+        self.settings = settings
+        self.state: dict | None = None
+
+    def exists(self) -> bool:
+        return (self.folder / "state.json").is_file()
+
+    def load(self) -> dict:
+        """The saved state, after checking it was made with these settings."""
+        try:
+            state = json.loads((self.folder / "state.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise UnmemorizeError(f"checkpoint {self.folder} is unreadable ({exc}); delete it to start over") from None
+        if state.get("version") != CHECKPOINT_VERSION:
+            raise UnmemorizeError(f"checkpoint {self.folder} has version {state.get('version')!r}; delete it to start over")
+        saved = state.get("settings", {})
+        for key, value in self.settings.items():
+            if saved.get(key) != value:
+                raise UnmemorizeError(f"checkpoint {self.folder} was made with other settings: its {key} is {_short(saved.get(key))}, "
+                                      f"this run's is {_short(value)}; rerun with the same settings, or delete it to start over")
+        self.state = state
+        return state
+
+    def sums(self) -> dict[str, torch.Tensor]:
+        name = self.state.get("sums") if self.state else None
+        if not name:
+            return {}
+        try:
+            return load_file(str(self.folder / name))
+        except (SafetensorError, OSError) as exc:
+            raise UnmemorizeError(f"checkpoint {self.folder / name} is unreadable ({exc}); delete the checkpoint to start over") from None
+
+    def finished_pass(self, index: int) -> tuple[dict, dict]:
+        tensors = load_file(str(self.folder / f"pass-{index + 1:05d}.safetensors"))
+        activation = {k[:-2]: v for k, v in tensors.items() if k.endswith(".A")}
+        gradient = {k[:-2]: v for k, v in tensors.items() if k.endswith(".G")}
+        return activation, gradient
+
+    def save(self, state: dict, sums: dict[str, torch.Tensor]) -> None:
+        """Write the current pass's sums and the state; ``state`` holds pass, windows, positions, tokens."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        previous = (self.state or {}).get("sums")
+        serial = int((self.state or {}).get("serial", 0)) + 1
+        name = f"sums-{serial:06d}.safetensors" if sums else None
+        if sums:
+            save_file({k: v.detach().cpu().contiguous() for k, v in sums.items()}, str(self.folder / name))
+        record = {**(self.state or {}), **state, "version": CHECKPOINT_VERSION, "settings": self.settings, "serial": serial, "sums": name}
+        tmp = self.folder / "state.json.tmp"
+        tmp.write_text(json.dumps(record, indent=1))
+        os.replace(tmp, self.folder / "state.json")
+        self.state = record
+        if previous and previous != name:
+            (self.folder / previous).unlink(missing_ok=True)
+
+    def save_finished_pass(self, index: int, activation: dict, gradient: dict, state: dict) -> None:
+        """A finished pass's normalized factors; the next pass starts from empty sums."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        tensors = {f"{n}.A": t.contiguous() for n, t in activation.items()} | {f"{n}.G": t.contiguous() for n, t in gradient.items()}
+        save_file(tensors, str(self.folder / f"pass-{index + 1:05d}.safetensors"))
+        self.save({**state, "passes_done": index + 1}, {})
+
+    def remove(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _short(value) -> str:
+    text = json.dumps(value) if not isinstance(value, str) else repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
