@@ -1,0 +1,81 @@
+"""Shared by the issue-10 benchmarks: one Markdown file and one JSON file, updated part by part.
+
+``benchmarks/results-collect.md`` holds one section per benchmark part between HTML comment
+markers, so ``--part X`` replaces only X's section (and ``results-collect.json`` only key X);
+every section starts with the exact command that produced it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import shlex
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+MARKDOWN = HERE / "results-collect.md"
+JSON = HERE / "results-collect.json"
+TITLE = "# Collection at the users' scale (issue 10)\n\nEach section below starts with the command that produced it; JSON: `benchmarks/results-collect.json`.\n"
+ORDER = ["selection", "ideal", "peers", "slice", "gloo"]
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def command_line() -> str:
+    return " ".join([".venv/bin/python", *map(shlex.quote, [os.path.relpath(sys.argv[0], HERE.parent), *sys.argv[1:]])])
+
+
+def machine() -> dict:
+    import numpy as np
+    import torch
+
+    cpu = platform.processor() or "unknown"
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"cpu": cpu, "logical_cpus": os.cpu_count(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+            "numpy": np.__version__, "python": platform.python_version()}
+
+
+def foreign_load(seconds: float = 1.0) -> float | None:
+    """Fraction of all CPUs used by other processes over ``seconds`` (from /proc/stat)."""
+
+    def busy():
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        return sum(fields[:8]) - fields[3] - fields[4] - fields[7]
+
+    try:
+        tick = os.sysconf("SC_CLK_TCK")
+        own0, busy0, t0 = sum(os.times()[:4]), busy(), time.perf_counter()
+        time.sleep(seconds)
+        own, total, wall = sum(os.times()[:4]) - own0, (busy() - busy0) / tick, time.perf_counter() - t0
+    except (OSError, ValueError, IndexError):
+        return None
+    return max(0.0, total - own) / (wall * (os.cpu_count() or 1))
+
+
+def percent(fraction: float | None) -> str:
+    return "unknown" if fraction is None else f"{fraction:.0%}"
+
+
+def update(part: str, markdown: str, data: dict, quick: bool = False) -> None:
+    """Replace ``part``'s section of results-collect.md and its key in results-collect.json
+    (results-collect-quick.* for smoke runs, so they never overwrite full results)."""
+    markdown_path = MARKDOWN.with_name("results-collect-quick.md") if quick else MARKDOWN
+    json_path = JSON.with_name("results-collect-quick.json") if quick else JSON
+    text = markdown_path.read_text() if markdown_path.exists() else TITLE
+    sections = dict(re.findall(r"<!-- begin (\w+) -->\n(.*?)<!-- end \1 -->\n", text, flags=re.S))
+    sections[part] = markdown.rstrip("\n") + "\n"
+    parts = [p for p in ORDER if p in sections] + sorted(p for p in sections if p not in ORDER)
+    markdown_path.write_text(TITLE + "".join(f"\n<!-- begin {p} -->\n{sections[p]}<!-- end {p} -->\n" for p in parts))
+    results = json.loads(json_path.read_text()) if json_path.exists() else {}
+    results[part] = data
+    json_path.write_text(json.dumps(results, indent=1, default=str) + "\n")
