@@ -275,10 +275,17 @@ def save_figure(fig, path: str | Path, dpi: int = 120, overwrite: bool = True) -
     return path
 
 
+_FAULT_COUNTS: dict[str, int] = {}
+
+
 def _fault_point(name: str) -> None:
     """Crash-safety tests stop a run here: with UNMEMORIZE_FAULT_PAUSE=<name> the process writes
-    ``$UNMEMORIZE_FAULT_FILE`` and waits to be killed. Does nothing otherwise."""
+    ``$UNMEMORIZE_FAULT_FILE`` and waits to be killed, at the point's ``$UNMEMORIZE_FAULT_AT``-th
+    passage (default: the first). Does nothing otherwise."""
     if os.environ.get("UNMEMORIZE_FAULT_PAUSE") != name:
+        return
+    _FAULT_COUNTS[name] = _FAULT_COUNTS.get(name, 0) + 1
+    if _FAULT_COUNTS[name] != int(os.environ.get("UNMEMORIZE_FAULT_AT", "1")):
         return
     Path(os.environ["UNMEMORIZE_FAULT_FILE"]).write_text(str(os.getpid()))
     while True:

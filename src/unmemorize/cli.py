@@ -74,9 +74,16 @@ def _build_parser() -> argparse.ArgumentParser:
                                   description="Collect K-FAC factors (A = E[a a^T], G = E[g g^T]) for the target modules "
                                   "on a text or pre-tokenized data set and write a factor folder.")
     _add_model_options(collect)
-    collect.add_argument("--data", required=True, help=".txt (a document per line), .jsonl ('text' or 'input_ids'), or a folder of them.")
+    collect.add_argument("--data", required=True, help=".txt (a document per line), .jsonl[.gz|.zst] ('text' or 'input_ids'), "
+                         ".parquet, a datasets folder (save_to_disk), or a folder of them.")
     collect.add_argument("--out", required=True, help="Factor folder to write (factors.json + factors.safetensors).")
     collect.add_argument("--overwrite", action="store_true", help="Replace an existing output folder (only one unmemorize wrote).")
+    collect.add_argument("--resume", action="store_true", help="Continue an interrupted collection of --out from its checkpoint "
+                         "(.<out>.checkpoint); a checkpoint made with other settings is refused.")
+    collect.add_argument("--device-map", help="Load a model larger than one device with accelerate's dispatch, e.g. 'auto' "
+                         "(layers over the visible GPUs, then the CPU); not with torchrun.")
+    collect.add_argument("--dry-run", action="store_true", help="Print the plan (factor bytes, peak memory per device, disk, time "
+                         "from a short measured warm-up) and write nothing.")
     _add_target_options(collect)
     _add_config_options(collect, CollectConfig)
 
@@ -159,28 +166,25 @@ def _version() -> str:
 
 
 def _run_collect(args) -> None:
-    from .curvature import CollectConfig, ShardedFactorWriter, collect_from_files, save_factors
+    from .curvature import CollectConfig
+    from .curvature.job import CollectJob, run_collect_job
     from .data import list_data_files
-    from .models import load_model
-    from .paths import command_output
-    from .targets import resolve_targets
 
     config = _config_from_args(CollectConfig, args)
     config.validate()
     list_data_files(args.data)
-    with command_output(args.out, args.overwrite, {"--model": args.model, "--data": args.data}) as out:
-        model, tokenizer = load_model(args.model, args.model_dtype, args.device, args.trust_remote_code)
-        targets = resolve_targets(model, args.targets, args.layers, args.proj)
-        print(f"collecting {config.fisher} Fisher factors for {len(targets)} modules of {type(model).__name__}", file=sys.stderr)
-        if 0 < config.modules_per_pass < len(targets):  # bounded memory: one shard per pass, written as it ends
-            with ShardedFactorWriter(out, model, args.overwrite) as writer:
-                factors = collect_from_files(model, tokenizer, args.data, targets, config, on_pass=writer.write_pass)
-                writer.finish(factors)
-        else:
-            factors = collect_from_files(model, tokenizer, args.data, targets, config)
-            save_factors(factors, out, model=model, overwrite=args.overwrite)
-    meta = factors.metadata
-    print(f"wrote {args.out}: {len(targets)} modules, {factors.num_positions} positions, {meta['tokens']} tokens, {meta['seconds']:.1f} s")
+    job = CollectJob(model=args.model, data=args.data, out=args.out, config=config, model_dtype=args.model_dtype, device=args.device,
+                     device_map=args.device_map, trust_remote_code=args.trust_remote_code, targets=args.targets, layers=args.layers,
+                     projections=args.proj, overwrite=args.overwrite, resume=args.resume)
+    if args.dry_run:
+        from .curvature.plan import print_collect_plan
+
+        print_collect_plan(job)
+        return
+    meta = run_collect_job(job)
+    if meta is not None:
+        print(f"wrote {args.out}: {meta['modules']} modules, {meta['num_positions']} positions, {meta['tokens']} tokens, "
+              f"{meta['seconds']:.1f} s")
 
 
 def _run_edit(args) -> None:

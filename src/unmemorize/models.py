@@ -112,13 +112,15 @@ def _check_loaded_weights(model: str, info: dict) -> None:
         raise UnmemorizeError(f"checkpoint {model!r} {what} {listed} (they would be random): it does not match its config{hint}")
 
 
-def load_model(model: str, dtype: str = "float32", device: str = "cpu", trust_remote_code: bool = False):
+def load_model(model: str, dtype: str = "float32", device: str = "cpu", trust_remote_code: bool = False, device_map: str | None = None):
     """Load a Hugging Face model and its tokenizer (if any) from a local directory or a hub id.
 
     Causal LMs are tried first, then image classifiers. Weights are read with safetensors when
     the checkpoint has them; remote code runs only when ``trust_remote_code`` is set. A
     checkpoint that lacks weights of its own config (transformers would initialise them at
-    random) is refused, naming them. Returns ``(model, tokenizer_or_None)``; the model is in eval mode.
+    random) is refused, naming them. ``device_map`` ('auto', 'balanced', ...) loads a model larger
+    than one device across the visible GPUs and the CPU with accelerate's big-model dispatch
+    (``device`` is then ignored). Returns ``(model, tokenizer_or_None)``; the model is in eval mode.
     """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageClassification, AutoTokenizer
 
@@ -143,6 +145,12 @@ def load_model(model: str, dtype: str = "float32", device: str = "cpu", trust_re
     except Exception as exc:  # noqa: BLE001 - transformers raises many types here
         raise UnmemorizeError(f"cannot load a model config from {model!r}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
     kwargs = dict(dtype=torch_dtype, trust_remote_code=trust_remote_code, output_loading_info=True)
+    if device_map:
+        try:
+            import accelerate  # noqa: F401 - transformers dispatches with it
+        except ImportError:
+            raise UnmemorizeError("--device-map needs accelerate (pip install accelerate)") from None
+        kwargs["device_map"] = device_map
     loaders = [AutoModelForCausalLM, AutoModelForImageClassification]
     errors = []
     for loader in loaders:
@@ -157,7 +165,9 @@ def load_model(model: str, dtype: str = "float32", device: str = "cpu", trust_re
         detail = "; ".join(errors) or f"{type(config).__name__} is neither a causal LM nor an image classifier"
         raise UnmemorizeError(f"cannot load model {model!r}: {detail}")
     _check_loaded_weights(model, info)
-    net.to(device).eval()
+    if not device_map:
+        net.to(device)
+    net.eval()
     tokenizer = None
     try:
         tokenizer = AutoTokenizer.from_pretrained(model, trust_remote_code=trust_remote_code)

@@ -27,6 +27,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from .._atomic import _fault_point
 from ..errors import UnmemorizeError
 
 CHECKPOINT_VERSION = 1
@@ -59,8 +60,8 @@ class Checkpoint:
         saved = state.get("settings", {})
         for key, value in self.settings.items():
             if saved.get(key) != value:
-                raise UnmemorizeError(f"checkpoint {self.folder} was made with other settings: its {key} is {_short(saved.get(key))}, "
-                                      f"this run's is {_short(value)}; rerun with the same settings, or delete it to start over")
+                raise UnmemorizeError(f"checkpoint {self.folder} was made with other settings: its {key} ({_short(saved.get(key))}) "
+                                      f"differs from this run's ({_short(value)}); rerun with the same settings, or delete it to start over")
         self.state = state
         return state
 
@@ -94,6 +95,7 @@ class Checkpoint:
         self.state = record
         if previous and previous != name:
             (self.folder / previous).unlink(missing_ok=True)
+        _fault_point("checkpoint-saved")
 
     def save_finished_pass(self, index: int, activation: dict, gradient: dict, state: dict) -> None:
         """A finished pass's normalized factors; the next pass starts from empty sums."""

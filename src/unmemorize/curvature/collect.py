@@ -142,7 +142,7 @@ class _PassRecorder:
         self.outputs: dict[str, torch.Tensor] = {}
         self.batch_inputs: dict[str, torch.Tensor] = {}
         self.handles = []
-        self.activation_owner = self._find_owners(dummy_batch)
+        self.activation_owner = self.find_owners(modules, dummy_batch)
         self.activation = {o: self._zeros(modules[o], 1) for o in dict.fromkeys(self.activation_owner.values())}  # owner -> sum a a^T
         self.gradient = {n: self._zeros(m, 0) for n, m in modules.items()}  # module -> sum g g^T
 
@@ -150,7 +150,10 @@ class _PassRecorder:
         size = weight_shape(module)[side]
         return torch.zeros(size, size, dtype=self.dtype, device=module.weight.device)
 
-    def _find_owners(self, dummy_batch: dict) -> dict[str, str]:
+    @staticmethod
+    def find_owners(modules: dict[str, nn.Module], dummy_batch: dict) -> dict[str, str]:
+        """module -> the first module that reads the very same input tensor (itself if none)."""
+        dummy_batch = dict(dummy_batch)
         model_forward, seen, owners = dummy_batch.pop("_forward"), [], {}
 
         def hook(name):
@@ -160,14 +163,14 @@ class _PassRecorder:
                 owners[name] = owner
             return record
 
-        handles = [m.register_forward_pre_hook(hook(n)) for n, m in self.modules.items()]
+        handles = [m.register_forward_pre_hook(hook(n)) for n, m in modules.items()]
         try:
             with torch.no_grad():
                 model_forward(dummy_batch)
         finally:
             for handle in handles:
                 handle.remove()
-        missing = [n for n in self.modules if n not in owners]
+        missing = [n for n in modules if n not in owners]
         if missing:
             raise UnmemorizeError(f"target modules never run in a forward pass of this model: {', '.join(missing)}")
         return owners
@@ -229,7 +232,7 @@ def _module_groups(names: list[str], per_pass: int) -> list[list[str]]:
 
 
 def _dummy_batch(model: nn.Module, objective) -> dict:
-    """The smallest input the objective's model takes, and how to run it (for ``_find_owners``)."""
+    """The smallest input the objective's model takes, and how to run it (for ``find_owners``)."""
     batch = objective.dummy_batch(model, _input_device(model))
     return {**batch, "_forward": lambda b: objective.forward(model, b)}
 

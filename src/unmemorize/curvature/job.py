@@ -1,0 +1,116 @@
+"""A collection job as ``unmemorize collect`` runs it: one process or ``torchrun`` ranks, the output
+claimed by rank 0 before any work, checkpoints and ``--resume``, one factor folder at the end.
+
+Which combination to use (README, "Running on a 7B model"):
+
+* the model fits on one GPU  -> data parallel: ``torchrun --nproc-per-node N -m unmemorize collect
+  --device cuda ...`` (each rank a whole model, the windows shared);
+* it does not                -> one process, ``--device-map auto`` (accelerate places the layers
+  over the visible GPUs and the CPU; each factor accumulates on its module's device).
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import UnmemorizeError
+from .checkpoint import Checkpoint, checkpoint_folder
+from .collect import CollectConfig, collect_from_files, collection_settings
+from .distributed import ProcessGroup, init_from_environment, launched_by_torchrun, shutdown
+from .factors import ShardedFactorWriter, save_factors
+
+
+@dataclass
+class CollectJob:
+    """What the command line gives a collection (model loading, data, targets, output)."""
+
+    model: str
+    data: str
+    out: str
+    config: CollectConfig
+    model_dtype: str = "float32"
+    device: str = "cpu"
+    device_map: str | None = None
+    trust_remote_code: bool = False
+    targets: list[str] | None = None
+    layers: str | None = None
+    projections: str | None = None
+    overwrite: bool = False
+    resume: bool = False
+
+
+def run_collect_job(job: CollectJob) -> dict | None:
+    """Run the job; returns the factor metadata on rank 0 (None on the other ranks)."""
+    from ..paths import command_output
+
+    if launched_by_torchrun() and job.device_map:
+        raise UnmemorizeError("--device-map splits one model over devices; it does not combine with torchrun's data "
+                              "parallel ranks (use one or the other, see README 'Running on a 7B model')")
+    group = init_from_environment(job.device) if launched_by_torchrun() else ProcessGroup(device=None)
+    released = False
+    try:
+        if not group.is_main:
+            if not group.broadcast_int(0):  # rank 0's checks failed: it prints the error
+                raise UnmemorizeError(f"rank {group.rank}: stopped, rank 0 refused the run")
+            _collect(job, group, None)
+            return None
+        with command_output(job.out, job.overwrite, {"--model": job.model, "--data": job.data}) as out:
+            folder = checkpoint_folder(out)
+            if (folder / "state.json").is_file() and not job.resume:
+                raise UnmemorizeError(f"{folder} holds the checkpoint of an interrupted collection of {job.out}: pass --resume to "
+                                      "continue it, or delete it to start over")
+            released = True
+            group.broadcast_int(1)
+            return _collect(job, group, out)
+    except UnmemorizeError:
+        if group.is_main and group.distributed and not released:
+            _release_peers(group)
+        raise
+    finally:
+        shutdown()
+
+
+def _release_peers(group: ProcessGroup) -> None:
+    try:
+        group.broadcast_int(0)
+    except Exception:  # noqa: BLE001 - peers may be gone already
+        pass
+
+
+def _collect(job: CollectJob, group: ProcessGroup, out: Path | None) -> dict | None:
+    from ..data import list_data_files
+    from ..models import load_model
+    from ..targets import resolve_targets
+    from .objectives import NextTokenObjective
+
+    device = str(group.device) if group.distributed else job.device
+    model, tokenizer = load_model(job.model, job.model_dtype, device, job.trust_remote_code, job.device_map)
+    targets = resolve_targets(model, job.targets, job.layers, job.projections)
+    config = job.config
+    checkpoint = None
+    if config.checkpoint_every != 0:
+        settings = collection_settings(model, targets, list_data_files(job.data), config, NextTokenObjective.name) if group.is_main else {}
+        checkpoint = Checkpoint(checkpoint_folder(out) if out is not None else Path("."), settings)
+        if group.is_main and job.resume and not checkpoint.exists():
+            print(f"no checkpoint of {job.out} to resume: starting from the beginning", file=sys.stderr)
+    if group.is_main:
+        ranks = f" on {group.world_size} processes" if group.distributed else ""
+        print(f"collecting {config.fisher} Fisher factors for {len(targets)} modules of {type(model).__name__}{ranks}", file=sys.stderr)
+    sharded = 0 < config.modules_per_pass < len(targets)
+    if not group.is_main:
+        collect_from_files(model, tokenizer, job.data, targets, config, on_pass=(lambda *a: None) if sharded else None,
+                           group=group, checkpoint=checkpoint)
+        return None
+    if sharded:  # bounded memory: one shard per pass, written as it ends
+        with ShardedFactorWriter(out, model, job.overwrite) as writer:
+            factors = collect_from_files(model, tokenizer, job.data, targets, config, on_pass=writer.write_pass, group=group,
+                                         checkpoint=checkpoint)
+            writer.finish(factors)
+    else:
+        factors = collect_from_files(model, tokenizer, job.data, targets, config, group=group, checkpoint=checkpoint)
+        save_factors(factors, out, model=model, overwrite=job.overwrite)
+    if checkpoint is not None:
+        checkpoint.remove()
+    return {**factors.metadata, "modules": len(targets), "num_positions": factors.num_positions}

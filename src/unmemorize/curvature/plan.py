@@ -1,0 +1,156 @@
+"""A plan before the run (``collect --dry-run``): what a collection will write, hold and take.
+
+With b the accumulation bytes (4 for float32, 8 for float64) and the factor files in float32:
+
+    factor files (disk)   = sum_modules 4 (d_in^2 + d_out^2) + the safetensors headers
+    accumulators (memory) = per pass: b (sum_owners d_in^2 + sum_modules d_out^2), on each module's device
+                            (gate_proj and up_proj read one input and share one A)
+    checkpoint (disk)     = 2 x the largest pass's accumulators (a save writes the new sums before
+                            it removes the old) + the finished passes' factors
+    peak memory / device  = weights there + accumulators there + the working memory of a batch,
+                            measured on a short warm-up (CUDA: max_memory_allocated; CPU: the growth
+                            of the process's peak resident size)
+    time                  = tokens x passes / (tokens/s of the warm-up, after one batch of warm-up)
+
+The warm-up runs a few real batches of the data through the real model; nothing is written.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import time
+from collections import defaultdict
+
+import torch
+
+from ..models import weight_shape
+from .collect import _PassRecorder, _dummy_batch, _module_groups, collect_factors
+from .objectives import NextTokenObjective
+
+WARMUP_BATCHES = 4
+
+
+def safetensors_bytes(tensors: dict[str, tuple[tuple[int, ...], int]]) -> int:
+    """Size of a safetensors file holding ``name -> (shape, bytes per element)`` (header included)."""
+    offset, header = 0, {}
+    for name, (shape, size) in tensors.items():
+        length = size
+        for dim in shape:
+            length *= dim
+        header[name] = {"dtype": "F32" if size == 4 else "F64", "shape": list(shape), "data_offsets": [offset, offset + length]}
+        offset += length
+    header["__metadata__"] = {"format": "unmemorize-kfac", "version": "1"}
+    text = len(json.dumps(header, separators=(",", ":")))
+    return 8 + text + (-text % 8) + offset
+
+
+def collection_plan(model, targets: list[str], config, objective=None) -> dict:
+    """Bytes of the files, accumulators per device and checkpoint, from the model's shapes alone."""
+    objective = objective or NextTokenObjective()
+    modules = dict(model.named_modules())
+    accumulate = 8 if config.dtype == "float64" else 4
+    owners = _PassRecorder.find_owners({n: modules[n] for n in targets}, _dummy_batch(model, objective))
+    groups = _module_groups(targets, config.modules_per_pass)
+    factor_files = 0
+    per_pass, sums_files = [], []
+    for names in groups:
+        factor_files += safetensors_bytes({f"{n}.{k}": ((weight_shape(modules[n])[1 if k == "A" else 0],) * 2, 4)
+                                           for n in names for k in "AG"})
+        memory: dict[str, int] = defaultdict(int)
+        sums = {}
+        for name in names:
+            d_out, d_in = weight_shape(modules[name])
+            device = str(modules[name].weight.device)
+            memory[device] += accumulate * d_out * d_out
+            sums[f"{name}.G"] = ((d_out, d_out), accumulate)
+            if owners[name] == name or owners[name] not in names:
+                memory[device] += accumulate * d_in * d_in
+                sums[f"{owners[name]}.A"] = ((d_in, d_in), accumulate)
+        per_pass.append(dict(memory))
+        sums_files.append(safetensors_bytes(sums))
+    largest = max(per_pass, key=lambda m: sum(m.values()))
+    weights: dict[str, int] = defaultdict(int)
+    for parameter in model.parameters():
+        weights[str(parameter.device)] += parameter.numel() * parameter.element_size()
+    finished = factor_files if len(groups) > 1 else 0  # finished passes wait in the checkpoint
+    return {
+        "modules": len(targets),
+        "passes": len(groups),
+        "factor_file_bytes": factor_files,
+        "accumulator_bytes_per_device": largest,
+        "checkpoint_sums_bytes": max(sums_files),
+        "checkpoint_bytes": 2 * max(sums_files) + finished,
+        "disk_bytes": factor_files + 2 * max(sums_files) + finished,
+        "weight_bytes_per_device": dict(weights),
+    }
+
+
+def warmup(model, tokenizer, data: str, targets: list[str], config) -> dict:
+    """tokens/s and working memory of a few real batches (the first one not timed)."""
+    from ..data import iter_batches, iter_windows, list_data_files, pad_token_id
+    from ..models import model_limits
+
+    windows = iter_windows(list_data_files(data), tokenizer, config.seq_len, None, *model_limits(model), config.text_field)
+    batches = []
+    for batch in iter_batches(windows, config.batch_size, pad_token_id(tokenizer) if tokenizer is not None else 0):
+        batches.append(batch)
+        if len(batches) == WARMUP_BATCHES:
+            break
+    quiet = type(config)(**{**config.__dict__, "progress": False, "modules_per_pass": 0, "checkpoint_every": 0})
+    device = next(model.parameters()).device
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    collect_factors(model, batches[:1], targets, quiet)
+    start = time.perf_counter()
+    timed = batches[1:] or batches
+    collect_factors(model, timed, targets, quiet)
+    seconds = time.perf_counter() - start
+    tokens = sum(int(b["attention_mask"].sum()) for b in timed)
+    if device.type == "cuda":
+        working = torch.cuda.max_memory_allocated(device) - torch.cuda.memory_allocated(device)
+    else:
+        working = max(0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - rss_before)
+    return {"tokens_per_second": tokens / seconds, "warmup_tokens": tokens, "warmup_seconds": round(seconds, 3),
+            "working_bytes": int(working)}
+
+
+def print_collect_plan(job) -> dict:
+    """``collect --dry-run``: load the model, plan, warm up, print; write nothing."""
+    from ..models import load_model
+    from ..targets import resolve_targets
+
+    config = job.config
+    model, tokenizer = load_model(job.model, job.model_dtype, job.device, job.trust_remote_code, job.device_map)
+    targets = resolve_targets(model, job.targets, job.layers, job.projections)
+    plan = collection_plan(model, targets, config)
+    speed = warmup(model, tokenizer, job.data, targets, config)
+    tokens = config.max_tokens or None
+    plan["warmup"] = speed
+    plan["estimated_seconds"] = round(tokens * plan["passes"] / speed["tokens_per_second"], 1) if tokens else None
+    devices = sorted(set(plan["weight_bytes_per_device"]) | set(plan["accumulator_bytes_per_device"]))
+    plan["peak_bytes_per_device"] = {d: plan["weight_bytes_per_device"].get(d, 0) + plan["accumulator_bytes_per_device"].get(d, 0)
+                                     + speed["working_bytes"] for d in devices}
+    lines = [f"plan for {len(targets)} modules of {type(model).__name__}, {plan['passes']} pass(es), --dtype {config.dtype}:",
+             f"  factor files       {_size(plan['factor_file_bytes'])}",
+             f"  checkpoint (peak)  {_size(plan['checkpoint_bytes'])}",
+             f"  disk needed        {_size(plan['disk_bytes'])}"]
+    for device in devices:
+        lines.append(f"  peak memory {device:<6} {_size(plan['peak_bytes_per_device'][device])} (weights "
+                     f"{_size(plan['weight_bytes_per_device'].get(device, 0))}, accumulators "
+                     f"{_size(plan['accumulator_bytes_per_device'].get(device, 0))}, working {_size(speed['working_bytes'])})")
+    eta = f"{plan['estimated_seconds']:.0f} s" if plan["estimated_seconds"] is not None else "unknown (no --max-tokens budget)"
+    lines.append(f"  speed              {speed['tokens_per_second']:.0f} tokens/s (warm-up: {speed['warmup_tokens']} tokens)")
+    lines.append(f"  estimated time     {eta} for {tokens or '?'} tokens x {plan['passes']} pass(es), one process")
+    print("\n".join(lines))
+    print(json.dumps(plan))  # the same, for scripts: the last line
+    return plan
+
+
+def _size(count: int) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if count < 1024 or unit == "TB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1024
+    return str(count)

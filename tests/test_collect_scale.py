@@ -1,0 +1,142 @@
+"""Collection at scale, proven on tiny models: torchrun ranks (gloo), SIGKILL + --resume, the
+--dry-run plan, bf16 models, accelerate's device map. Each compares with a plain single run."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from conftest import relative_error
+from unmemorize.cli import main
+from unmemorize.curvature import load_factors
+from unmemorize.tiny import save_tiny_lm, write_corpus
+
+COMMON = ["--seq-len", "32", "--max-tokens", "3000", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory):
+    root = tmp_path_factory.mktemp("scale")
+    save_tiny_lm(root / "llama", "llama", seed=0)
+    save_tiny_lm(root / "llama-other", "llama", seed=1)
+    write_corpus(root / "clean.txt", documents=300)
+    return root
+
+
+def collect(ws, out, *extra, model="llama"):
+    assert main(["collect", "--model", str(ws / model), "--data", str(ws / "clean.txt"), "--out", str(out), *COMMON, *extra]) == 0
+    return load_factors(out)
+
+
+def largest_error(first, second) -> float:
+    return max(max(relative_error(first.activation[n], second.activation[n]), relative_error(first.gradient[n], second.gradient[n]))
+               for n in first.modules)
+
+
+def child_env(**extra):
+    return {**os.environ, "OMP_NUM_THREADS": "1", **extra}
+
+
+@pytest.mark.parametrize("fisher", ["true", "empirical"])
+def test_two_gloo_processes_give_the_factors_of_one(ws, tmp_path, fisher):
+    """torchrun, 2 ranks of batch 3, vs one process of batch 8: labels are seeded per window, so the
+    sampled labels (true Fisher) do not depend on how windows are shared or batched."""
+    single = collect(ws, tmp_path / "single", "--fisher", fisher, "--batch-size", "8", "--seed", "5")
+    port = str(29500 + os.getpid() % 400 + (fisher == "true"))
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", port,
+                             "-m", "unmemorize", "collect", "--model", str(ws / "llama"), "--data", str(ws / "clean.txt"),
+                             "--out", str(tmp_path / "ranks"), *COMMON, "--fisher", fisher, "--batch-size", "3", "--seed", "5"],
+                            env=child_env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ranks = load_factors(tmp_path / "ranks")
+    assert ranks.metadata["processes"] == 2 and ranks.num_positions == single.num_positions
+    assert largest_error(ranks, single) < 1e-5
+    if fisher == "true":  # the comparison can fail: another sampler seed gives other factors
+        assert largest_error(collect(ws, tmp_path / "seed6", "--batch-size", "8", "--seed", "6"), single) > 1e-3
+
+
+def start_paused(argv, point, at, tmp_path):
+    reached = tmp_path / f"reached-{point}"
+    env = child_env(UNMEMORIZE_FAULT_PAUSE=point, UNMEMORIZE_FAULT_FILE=str(reached), UNMEMORIZE_FAULT_AT=str(at))
+    child = subprocess.Popen([sys.executable, "-m", "unmemorize", *argv], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 180
+    while not reached.exists():
+        if child.poll() is not None or time.monotonic() > deadline:
+            child.kill()
+            raise AssertionError(f"child never reached {point} #{at}: {child.stderr.read()[-2000:]}")
+        time.sleep(0.05)
+    return child
+
+
+@pytest.mark.parametrize("per_pass, kill_at", [("0", 3), ("2", 16)])
+def test_sigkill_then_resume_gives_the_factors_of_an_uninterrupted_run(ws, tmp_path, capsys, per_pass, kill_at):
+    """Killed after its 3rd checkpoint (one pass), or during the 2nd of 3 passes (--modules-per-pass 2)."""
+    from unmemorize.curvature.plan import collection_plan
+    from unmemorize.curvature import CollectConfig
+    from unmemorize.models import load_model
+    from unmemorize.targets import resolve_targets
+
+    uninterrupted = collect(ws, tmp_path / "whole", "--modules-per-pass", per_pass, "--checkpoint-every", "0", "--batch-size", "4")
+    out = tmp_path / "resumed"
+    argv = ["collect", "--model", str(ws / "llama"), "--data", str(ws / "clean.txt"), "--out", str(out), *COMMON,
+            "--modules-per-pass", per_pass, "--checkpoint-every", "256", "--batch-size", "4"]
+    child = start_paused(argv, "checkpoint-saved", kill_at, tmp_path)
+    checkpoint = tmp_path / ".resumed.checkpoint"
+    sums = [p for p in checkpoint.iterdir() if p.name.startswith("sums-")]
+    model, _ = load_model(str(ws / "llama"))
+    plan = collection_plan(model, resolve_targets(model), CollectConfig(modules_per_pass=int(per_pass)))
+    if sums:  # the plan's checkpoint size is the real one (within 10%)
+        assert abs(sums[0].stat().st_size - plan["checkpoint_sums_bytes"]) <= 0.1 * sums[0].stat().st_size
+    child.send_signal(signal.SIGKILL)
+    child.wait(timeout=60)
+    assert not out.exists() and (checkpoint / "state.json").is_file()
+    assert main(argv) == 2 and "holds the checkpoint of an interrupted collection" in capsys.readouterr().err
+    assert main([*argv, "--resume", "--seed", "1"]) == 2
+    assert "its seed (0) differs from this run's (1)" in capsys.readouterr().err
+    assert main([*argv[:-2], "--batch-size", "4", "--resume", "--model", str(ws / "llama-other")]) == 2
+    assert "its weights (" in capsys.readouterr().err
+    assert main([*argv, "--resume"]) == 0
+    resumed = load_factors(out)
+    assert resumed.metadata["resumed"] and resumed.num_positions == uninterrupted.num_positions
+    for name in uninterrupted.modules:  # the same sums, added in the same order: bit for bit
+        assert torch.equal(resumed.activation[name], uninterrupted.activation[name]), name
+        assert torch.equal(resumed.gradient[name], uninterrupted.gradient[name]), name
+    assert not checkpoint.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".resumed.")]
+
+
+def test_dry_run_predicts_the_bytes_the_run_writes(ws, tmp_path, capsys):
+    import json
+
+    for per_pass in ("0", "2"):
+        argv = ["collect", "--model", str(ws / "llama"), "--data", str(ws / "clean.txt"), "--out", str(tmp_path / per_pass), *COMMON,
+                "--modules-per-pass", per_pass]
+        assert main([*argv, "--dry-run"]) == 0
+        plan = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert not (tmp_path / per_pass).exists()  # a dry run writes nothing
+        assert plan["warmup"]["tokens_per_second"] > 0 and plan["estimated_seconds"] > 0
+        collect(ws, tmp_path / per_pass, "--modules-per-pass", per_pass)
+        written = sum(p.stat().st_size for p in (tmp_path / per_pass).glob("*.safetensors"))
+        assert abs(plan["factor_file_bytes"] - written) <= 0.1 * written, (plan["factor_file_bytes"], written)
+
+
+def test_a_bfloat16_model_accumulates_float32_factors_close_to_the_float32_models(ws, tmp_path):
+    full = collect(ws, tmp_path / "f32", "--fisher", "empirical")
+    half = collect(ws, tmp_path / "bf16", "--fisher", "empirical", "--model-dtype", "bfloat16")
+    other = collect(ws, tmp_path / "other", "--fisher", "empirical", model="llama-other")
+    assert all(t.dtype == torch.float32 for t in [*half.activation.values(), *half.gradient.values()])
+    assert half.metadata["model_dtype"] == "bfloat16"
+    assert largest_error(half, full) < 0.03  # bfloat16 keeps 8 bits: ~0.4% per operation through two blocks
+    assert largest_error(other, full) > 0.3  # control: other weights are far outside that tolerance
+
+
+def test_device_map_on_the_cpu_gives_the_factors_of_plain_loading(ws, tmp_path):
+    plain = collect(ws, tmp_path / "plain")
+    mapped = collect(ws, tmp_path / "mapped", "--device-map", "auto")
+    for name in plain.modules:
+        assert torch.equal(plain.activation[name], mapped.activation[name]) and torch.equal(plain.gradient[name], mapped.gradient[name])
