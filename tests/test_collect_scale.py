@@ -140,3 +140,17 @@ def test_device_map_on_the_cpu_gives_the_factors_of_plain_loading(ws, tmp_path):
     mapped = collect(ws, tmp_path / "mapped", "--device-map", "auto")
     for name in plain.modules:
         assert torch.equal(plain.activation[name], mapped.activation[name]) and torch.equal(plain.gradient[name], mapped.gradient[name])
+
+
+def test_edit_dry_run_predicts_the_folder_it_writes(ws, tmp_path, capsys):
+    import json
+
+    factors = tmp_path / "factors"
+    collect(ws, factors)
+    argv = ["edit", "--model", str(ws / "llama"), "--factors", str(factors), "--out", str(tmp_path / "edited"), "--rho", "0.8"]
+    assert main([*argv, "--dry-run"]) == 0
+    estimate = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert not (tmp_path / "edited").exists() and estimate["matrices_decomposed"] == 10  # gate and up share one A per block
+    assert main(argv) == 0
+    written = sum(p.stat().st_size for p in (tmp_path / "edited").iterdir())
+    assert abs(estimate["disk_bytes"] - written) <= 0.1 * written, (estimate["disk_bytes"], written)

@@ -101,6 +101,8 @@ def _build_parser() -> argparse.ArgumentParser:
     amount.add_argument("--ppl-budget", type=float, help="Label-free tuning: search layers, projections and rho for the most "
                         "aggressive K-FAC plan whose perplexity on --heldout stays within this ratio of the baseline (e.g. 1.10).")
     edit.add_argument("--heldout", help="Clean held-out text (.txt/.jsonl) for --ppl-budget; never memorized examples.")
+    edit.add_argument("--dry-run", action="store_true", help="Print the plan (memory, disk, time from a short measurement of "
+                      "eigh and GEMM speed here) and write nothing.")
     edit.add_argument("--allow-foreign-factors", action="store_true", help="Use factors whose recorded weight fingerprints "
                       "differ from this model's (collected on other weights); recorded in unmemorize_edit.json.")
     _add_target_options(edit)
@@ -205,6 +207,9 @@ def _run_edit(args) -> None:
     if args.factors:
         _factor_modules(args.factors)  # a readable factor folder, before any loading
     inputs = {"--model": args.model, "--factors": args.factors, "--plan": args.plan, "--heldout": args.heldout}
+    if args.dry_run:
+        _edit_dry_run(args, config, inputs)
+        return
     with command_output(args.out, args.overwrite, inputs) as out:
         model, tokenizer = load_model(args.model, args.model_dtype, args.device, args.trust_remote_code)
         factors = None
@@ -231,6 +236,37 @@ def _run_edit(args) -> None:
         print(f"{name}: rho={stats.rho:g} kept {stats.kept_pairs}/{stats.total_pairs} ({stats.kept_fraction:.4f}) {mass} "
               f"|dW|/|W|={stats.relative_change:.4f}")
     print(f"wrote {args.out}")
+
+
+def _edit_dry_run(args, config, inputs) -> None:
+    """edit --dry-run: the numbers of ``edit/estimate.py`` for this plan; nothing is written."""
+    from .curvature.factors import _read_info
+    from .edit import load_plan, uniform_plan
+    from .edit.estimate import edit_estimate
+    from .models import load_model
+    from .paths import check_output
+    from .targets import resolve_targets
+
+    check_output(args.out, inputs)
+    if args.ppl_budget is not None:
+        raise UnmemorizeError("--dry-run plans one edit; with --ppl-budget, plan the edit the search would try last (--rho 0.6)")
+    model, _ = load_model(args.model, args.model_dtype, args.device, args.trust_remote_code)
+    if args.plan:
+        plan = load_plan(args.plan, model)
+    elif args.targets or args.layers or args.proj or not args.factors:
+        plan = uniform_plan(resolve_targets(model, args.targets, args.layers, args.proj), args.rho)
+    else:
+        plan = uniform_plan(_factor_modules(args.factors), args.rho)
+    shared = _read_info(Path(args.factors)).get("shared_activation", {}) if args.factors else {}
+    estimate = edit_estimate(model, plan, config, shared, args.model)
+    mb = 1024**2
+    print(f"plan for a {config.method} edit of {estimate['modules']} modules ({estimate['matrices_decomposed']} eigendecompositions, "
+          f"{config.eigh_dtype}):\n"
+          f"  peak memory   {estimate['peak_bytes'] / mb:.1f} MB (weights {estimate['weight_bytes'] / mb:.1f}, factors "
+          f"{estimate['factor_bytes'] / mb:.1f}, bases {estimate['basis_bytes'] / mb:.1f}, working {estimate['working_bytes'] / mb:.1f})\n"
+          f"  disk needed   {estimate['disk_bytes'] / mb:.1f} MB (the edited model folder)\n"
+          f"  estimated     {estimate['estimated_seconds']:.1f} s (eigh and GEMM speed measured here)")
+    print(json.dumps(estimate))
 
 
 def _search_plan(args, model, tokenizer, config):
