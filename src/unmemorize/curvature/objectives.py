@@ -75,11 +75,10 @@ class NextTokenObjective:
 
     def dummy_batch(self, model: nn.Module, device) -> dict:
         """The smallest input (two tokens), used once to see which modules read the same tensor."""
-        ids = torch.zeros(1, 2, dtype=torch.long, device=device)
-        return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+        return {"input_ids": torch.zeros(1, 2, dtype=torch.long, device=device)}  # no mask: also runs on the meta device
 
     def forward(self, model: nn.Module, batch: dict):
-        return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        return model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"))
 
     def loss(self, model: nn.Module, batch: dict, counted: torch.Tensor, fisher: str, row_seeds: list[int]) -> torch.Tensor:
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits

@@ -1,0 +1,80 @@
+"""What collection and editing need at 7B and 70B: the --dry-run plan computed from the shapes alone.
+
+    .venv/bin/python benchmarks/plan_scale.py        # writes benchmarks/results-plan.md and .json
+
+The models are built on the meta device from their published shapes (no weights, no download):
+OLMo-2 7B (hidden 4096, MLP 11008, 32 blocks, vocab 100352) and a Llama-3-70B-shaped model
+(hidden 8192, MLP 28672, 80 blocks, 8 KV heads, vocab 128256). Bytes are exact (the formulas of
+``curvature/plan.py`` and ``edit/estimate.py``); times are not estimated here (they need the
+warm-up of a real run: ``collect --dry-run`` on the machine that will run it).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from accelerate import init_empty_weights  # noqa: E402
+from transformers import AutoModelForCausalLM, LlamaConfig, Olmo2Config  # noqa: E402
+
+from unmemorize.curvature import CollectConfig  # noqa: E402
+from unmemorize.curvature.plan import collection_plan  # noqa: E402
+from unmemorize.models import weight_shape  # noqa: E402
+from unmemorize.targets import resolve_targets  # noqa: E402
+
+GB = 1024**3
+MODELS = {
+    "OLMo-2 7B": Olmo2Config(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
+                             num_key_value_heads=32, vocab_size=100352, max_position_embeddings=4096),
+    "Llama-3 70B shape": LlamaConfig(hidden_size=8192, intermediate_size=28672, num_hidden_layers=80, num_attention_heads=64,
+                                     num_key_value_heads=8, vocab_size=128256, max_position_embeddings=8192),
+}
+
+
+def scenarios(model):
+    blocks = model.config.num_hidden_layers
+    first = blocks * 23 // 32  # OLMo-2 7B: the paper's blocks 23-25; at 70B the same depth
+    paper = ",".join(str(b) for b in range(first, first + 3))
+    return {
+        "every MLP matrix, one pass": (resolve_targets(model), 0),
+        "every MLP matrix, 3 modules per pass": (resolve_targets(model), 3),
+        f"paper's blocks {paper}, gate+up": (resolve_targets(model, layers=paper, projections="gate,up"), 0),
+    }
+
+
+def main() -> None:
+    rows, record = [], {}
+    for name, config in MODELS.items():
+        with init_empty_weights():
+            model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+        modules = dict(model.named_modules())
+        for label, (targets, per_pass) in scenarios(model).items():
+            plan = collection_plan(model, targets, CollectConfig(modules_per_pass=per_pass))
+            sizes = {n for t in targets for n in weight_shape(modules[t])}
+            basis = sum(8 * (d * d + d) for t in targets for d in weight_shape(modules[t]))  # float64 eigenvectors, no sharing
+            entry = {"modules": len(targets), "passes": plan["passes"], "factor_files_GB": plan["factor_file_bytes"] / GB,
+                     "accumulators_GB": sum(plan["accumulator_bytes_per_device"].values()) / GB,
+                     "checkpoint_GB": plan["checkpoint_bytes"] / GB, "disk_GB": plan["disk_bytes"] / GB,
+                     "weights_bf16_GB": sum(plan["weight_bytes_per_device"].values()) / GB,
+                     "eigenbasis_cache_float64_GB": basis / GB, "matrix_sizes": sorted(sizes)}
+            record[f"{name} / {label}"] = entry
+            rows.append(f"| {name} | {label} | {entry['modules']} | {entry['passes']} | {entry['factor_files_GB']:.1f} | "
+                        f"{entry['accumulators_GB']:.1f} | {entry['checkpoint_GB']:.1f} | {entry['disk_GB']:.1f} | "
+                        f"{entry['weights_bf16_GB']:.1f} | {entry['eigenbasis_cache_float64_GB']:.1f} |")
+    table = ["# Collection plans at 7B and 70B (from the shapes; `collect --dry-run` formulas)", "",
+             "Command: `.venv/bin/python benchmarks/plan_scale.py`. float32 accumulators and factor files; bf16 weights.", "",
+             "| model | targets | modules | passes | factor files GB | accumulators GB (largest pass) | checkpoint GB | "
+             "disk GB | weights GB | float64 eigenbasis cache GB |", "|---|---|---|---|---|---|---|---|---|---|", *rows, ""]
+    out = Path(__file__).with_name("results-plan.md")
+    out.write_text("\n".join(table))
+    out.with_suffix(".json").write_text(json.dumps(record, indent=2))
+    print("\n".join(table))
+
+
+if __name__ == "__main__":
+    main()
