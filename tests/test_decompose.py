@@ -216,3 +216,17 @@ def test_two_torchrun_ranks_write_the_same_cache_as_one_process(folders, tmp_pat
         a, b = load_file(one / "eigen-float64" / entry["file"]), load_file(two / "eigen-float64" / entry["file"])
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     _assert_same_bases(decompose_factors(um.load_factors(two), cache="require"), decompose_factors(um.load_factors(one), cache="off"))
+
+
+def test_a_damaged_cache_is_named_not_used(factors_dir):
+    decompose_to_cache(factors_dir, DecomposeConfig(device="cpu"), progress=False)
+    factors = um.load_factors(factors_dir)
+    index_path = cache_dir(factors_dir, "float64") / INDEX_FILE
+    index = json.loads(index_path.read_text())
+    shard = cache_dir(factors_dir, "float64") / index["modules"][factors.modules[0]]["file"]
+    shard.write_bytes(shard.read_bytes()[:100])  # truncated
+    with pytest.raises(UnmemorizeError, match=f"{factors.modules[0]}: cached eigendecomposition .* is unreadable"):
+        decompose_factors(factors)
+    index_path.write_text("{not json")
+    with pytest.raises(UnmemorizeError, match="not a readable eigendecomposition index.*decompose --overwrite"):
+        decompose_factors(factors)

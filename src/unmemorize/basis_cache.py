@@ -78,12 +78,12 @@ def read_index(folder: Path) -> dict:
         index = json.loads(path.read_text())
         modules = index["modules"]
         if index.get("format_version") != FORMAT_VERSION or not isinstance(modules, dict):
-            raise KeyError("format_version")
+            raise ValueError(f"format_version {index.get('format_version')!r}, this unmemorize reads {FORMAT_VERSION}")
         for name, entry in modules.items():
             for key in ("file", "activation_from", "fingerprint", "clamped", "shape"):
                 if key not in entry:
                     raise KeyError(f"{name}.{key}")
-    except (OSError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise UnmemorizeError(f"{path}: not a readable eigendecomposition index ({exc}); rerun 'unmemorize decompose --overwrite'") from None
     return index
 
