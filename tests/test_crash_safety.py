@@ -74,8 +74,11 @@ def test_sigkill_during_a_sharded_collect_then_a_rerun_succeeds_and_cleans_up(ws
     assert "another unmemorize run (pid " in capsys.readouterr().err
     child.send_signal(signal.SIGKILL)
     child.wait(timeout=60)
-    assert any(name.startswith(f".{out.name}.tmp-") for name in debris(out))  # what the kill left
-    assert main(collect_argv(ws, out)) == 0
+    left = debris(out)  # what the kill left: the temp folder, and the checkpoint of the finished first pass
+    assert any(name.startswith(f".{out.name}.tmp-") for name in left) and f".{out.name}.checkpoint" in left
+    assert main(collect_argv(ws, out)) == 2  # a rerun never discards a checkpoint silently
+    assert "pass --resume to continue it" in capsys.readouterr().err
+    assert main([*collect_argv(ws, out), "--resume"]) == 0
     assert debris(out) == [] and load_factors(out).num_positions == load_factors(ws / "factors").num_positions
 
 
@@ -87,7 +90,10 @@ def test_sigterm_and_ctrl_c_print_one_line_exit_with_their_code_and_leave_nothin
     _, err = child.communicate(timeout=60)
     lines = [line for line in err.splitlines() if line.startswith("unmemorize")]
     assert child.returncode == code and lines == [f"unmemorize: {word}; no partial output was left"], err
-    assert "Traceback" not in err and not out.exists() and debris(out) == []
+    assert "Traceback" not in err and not out.exists()
+    # the finished first pass is kept for --resume (and said so); nothing else is left
+    assert f"checkpoint kept in {out.parent / ('.' + out.name + '.checkpoint')}: rerun with --resume" in err
+    assert debris(out) == [f".{out.name}.checkpoint"]
 
 
 def test_sigkill_during_an_edit_save_then_a_rerun_succeeds_and_cleans_up(ws, tmp_path):
@@ -148,7 +154,7 @@ def test_a_full_disk_gives_one_error_and_no_partial_output(ws, tmp_path, capsys,
 
     monkeypatch.setattr(factors_module, "save_file", full_disk)
     out = tmp_path / "factors"
-    assert main(collect_argv(ws, out)) == 2
+    assert main([*collect_argv(ws, out), "--checkpoint-every", "0"]) == 2
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("unmemorize")]
     assert err == [f"unmemorize: error: no space left on the device ({tmp_path / 'factors'}); nothing was written"]
     assert not out.exists() and debris(out) == []

@@ -63,7 +63,12 @@ def run_collect_job(job: CollectJob) -> dict | None:
                                       "continue it, or delete it to start over")
             released = True
             group.broadcast_int(1)
-            return _collect(job, group, out)
+            try:
+                return _collect(job, group, out)
+            except BaseException:
+                if (folder / "state.json").is_file():
+                    print(f"checkpoint kept in {folder}: rerun with --resume to continue", file=sys.stderr)
+                raise
     except UnmemorizeError:
         if group.is_main and group.distributed and not released:
             _release_peers(group)
