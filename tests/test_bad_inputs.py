@@ -73,6 +73,12 @@ def ws(tmp_path_factory):
     (bad / "latin1.txt").write_bytes("the cat sees the caf\xe9 .\n".encode("latin-1"))
     (bad / "latin1.jsonl").write_bytes('{"text": "caf\xe9"}\n'.encode("latin-1"))
     (bad / "empty.txt").write_text("")
+    (bad / "corrupt.parquet").write_bytes(b"PAR1 not really parquet PAR1")
+    (bad / "plain.jsonl.gz").write_text('{"text": "the cat"}\n')  # named .gz, not compressed
+    import datasets
+
+    datasets.DatasetDict({"train": datasets.Dataset.from_dict({"text": ["the cat"]}),
+                          "test": datasets.Dataset.from_dict({"text": ["a dog"]})}).save_to_disk(str(bad / "dataset-dict"))
     (bad / "data.csv").write_text("the cat\n")
     (bad / "a-file").write_text("not a folder\n")
     # models
@@ -187,6 +193,12 @@ CASES = [
     ("collect-jsonl-not-utf8", C(data="{bad}/latin1.jsonl"), "not UTF-8 text"),
     ("collect-jsonl-not-json", C(data="{bad}/not-json.jsonl"), "not valid JSON"),
     ("collect-jsonl-no-text", C(data="{bad}/no-text.jsonl"), "needs a 'text' string or an 'input_ids' list"),
+    ("collect-text-field-missing", C("--text-field", "body", data="{bad}/mem-good.jsonl"), "needs a 'body' string or an 'input_ids' list"),
+    ("collect-text-field-empty", C("--text-field", ""), "--text-field is empty"),
+    ("collect-parquet-corrupt", C(data="{bad}/corrupt.parquet"), "not a readable parquet file"),
+    ("collect-gz-not-compressed", C(data="{bad}/plain.jsonl.gz"), "cannot be decompressed"),
+    ("collect-datasets-dict", C(data="{bad}/dataset-dict"), "give one split's folder"),
+    ("collect-checkpoint-every-negative", C("--checkpoint-every", "-1"), "--checkpoint-every must be >= 0"),
     # --- collect: model, device, options ---
     ("collect-device-cuda", C("--device", "cuda"), "CUDA is not available"),
     ("collect-device-unknown", C("--device", "gpu7"), "is not a torch device"),
@@ -226,6 +238,7 @@ CASES = [
     ("edit-seed-negative", E("--seed", "-3"), "--seed must be an integer in [0, 2^63-1]"),
     ("edit-device-cuda", E("--device", "cuda"), "CUDA is not available"),
     ("edit-method-unknown", E("--method", "lora"), "invalid choice: 'lora'"),
+    ("edit-dry-run-with-search", E("--dry-run", "--heldout", "{root}/clean.txt", amount=("--ppl-budget", "1.1")), "--dry-run plans one edit"),
     # --- edit: factor folders ---
     ("edit-factors-is-file", E(factors="{bad}/a-file"), "is not a folder"),
     ("edit-factors-json-missing", E(factors="{bad}/f-missing-json"), "factors.json is missing"),
