@@ -300,103 +300,36 @@ def collect_factors(
     """
     config = config or CollectConfig()
     config.validate()
-    objective = objective or NextTokenObjective()
-    modules = dict(model.named_modules())
-    missing = [n for n in targets if n not in modules]
+    run = _Collection(model, batches, config, objective or NextTokenObjective(), group, checkpoint)
+    missing = [n for n in targets if n not in run.modules]
     if missing:
         raise UnmemorizeError(f"target modules not in the model: {', '.join(missing)}")
-    dtype = parse_dtype(config.dtype)
-    device = _input_device(model)
-    fingerprints = {n: weight_fingerprint(modules[n]) for n in targets}  # the weights these factors belong to
+    fingerprints = {n: weight_fingerprint(run.modules[n]) for n in targets}  # the weights these factors belong to
     activation: dict[str, torch.Tensor] = {}
     gradient: dict[str, torch.Tensor] = {}
-    shared: dict[str, str] = {}
     groups = _module_groups(targets, config.modules_per_pass)
-    state = _resume_point(checkpoint, group)
-    passes_done = int(state.get("passes_done", 0))
-    num_positions = int(state.get("num_positions", 0))
-    tokens_seen = 0
     start = time.perf_counter()
-    bar = tqdm(total=None if total_tokens is None else total_tokens * len(groups), unit=objective.unit, unit_scale=True,
-               desc="collect K-FAC", disable=not config.progress or not group.is_main, dynamic_ncols=True)
-    cadence = _Cadence(config, group, group.world_size * config.batch_size * config.seq_len)
-    with _frozen(model), bar:
+    run.bar = tqdm(total=None if total_tokens is None else total_tokens * len(groups), unit=run.objective.unit, unit_scale=True,
+                   desc="collect K-FAC", disable=not config.progress or not group.is_main, dynamic_ncols=True)
+    with _frozen(model), run.bar:
         for index, names in enumerate(groups):
-            if index < passes_done:  # finished before the run was interrupted: rank 0 has its factors
+            if index < run.passes_done:  # finished before the run was interrupted: rank 0 has its factors
                 if not group.is_main:
                     continue
                 pass_activation, pass_gradient = checkpoint.finished_pass(index)
-                shared.update({n: o for n, o in state.get("shared", {}).items() if n in names})
-                bar.update(int(state.get("pass_tokens", 0)))
+                run.shared.update({n: o for n, o in run.state.get("shared", {}).items() if n in names})
+                run.bar.update(int(run.state.get("pass_tokens", 0)))
             else:
-                recorder = _PassRecorder({n: modules[n] for n in names}, dtype, _dummy_batch(model, objective))
-                resume = state if state.get("pass", passes_done) == index and state.get("sums") else {}
-                window = int(resume.get("windows", 0))
-                positions = tokens = 0
-                if resume and group.is_main:  # the checkpoint holds the sums of every process so far
-                    recorder.load_sums(checkpoint.sums())
-                    positions, tokens = int(resume["positions"]), int(resume["tokens"])
-                    bar.update(tokens)
-                with recorder:
-                    for step_no, step in enumerate(_steps(batches, window)):
-                        if step.batch is not None:
-                            batch = dict(step.batch)
-                            indices = batch.pop("window_index", None)
-                            rows = _rows(batch)
-                            indices = list(range(window, window + rows)) if indices is None else [int(i) for i in indices]
-                            window = max(window, indices[-1] + 1) if step.position is None else window
-                            batch = {k: v.to(device) for k, v in batch.items()}
-                            counted = objective.counted_positions(batch)
-                            if counted.any():
-                                recorder.counted = counted
-                                with torch.enable_grad():
-                                    loss = objective.loss(model, batch, counted, config.fisher, [window_seed(config.seed, i) for i in indices])
-                                    recorder.accumulate_gradients(loss)
-                                positions += int(counted.sum())
-                                units = objective.batch_units(batch)
-                                tokens += units
-                                bar.update(units * group.world_size)
-                                bar.set_postfix_str(f"pass {index + 1}/{len(groups)}", refresh=False)
-                        if step.position is not None:
-                            window = step.position
-                        if checkpoint is not None and step.position is not None and cadence.due(step_no):
-                            positions, tokens = _reduce(group, recorder, positions, tokens)
-                            if group.is_main:
-                                checkpoint.save({"pass": index, "windows": window, "positions": positions, "tokens": tokens,
-                                                 "num_positions": num_positions}, recorder.sums())
-                positions, tokens = _reduce(group, recorder, positions, tokens, final=True)
-                if index == 0 or (index == passes_done and num_positions == 0):
-                    num_positions = positions
-                elif positions != num_positions:
-                    raise RuntimeError("the batches changed between passes; pass a callable that replays the same data")
-                if positions == 0:
-                    raise UnmemorizeError("the data has no position with a next-token label (every window is shorter than 2 tokens)")
-                pass_activation, pass_gradient = {}, {}
-                for name in names:
-                    owner = recorder.activation_owner[name]
-                    if owner != name:
-                        shared[name] = owner
-                    pass_activation[name] = (recorder.activation[owner] / positions).cpu()
-                    pass_gradient[name] = (recorder.gradient[name] / positions).cpu()
-                del recorder
-                tokens_seen = tokens
-                if checkpoint is not None and group.is_main:
-                    checkpoint.save_finished_pass(index, pass_activation, pass_gradient,
-                                                  {"pass": index + 1, "windows": 0, "positions": 0, "tokens": 0, "sums": None,
-                                                   "num_positions": num_positions, "shared": shared, "pass_tokens": tokens})
+                pass_activation, pass_gradient = run.one_pass(index, names, len(groups))
             if on_pass is not None:
                 on_pass(index, len(groups), pass_activation, pass_gradient)
             else:
                 activation.update(pass_activation)
                 gradient.update(pass_gradient)
-    if tokens_seen == 0:
-        tokens_seen = int(state.get("pass_tokens", 0))
-    seconds = time.perf_counter() - start
-    shapes = {n: list(weight_shape(modules[n])) for n in targets}
     return KFACFactors(
         activation=activation,
         gradient=gradient,
-        num_positions=num_positions,
+        num_positions=run.num_positions,
         metadata={
             "fisher": config.fisher,
             "seed": config.seed,
@@ -405,21 +338,105 @@ def collect_factors(
             "max_tokens": config.max_tokens,
             "batch_size": config.batch_size,
             "accumulation_dtype": config.dtype,
-            "model_dtype": str(get_weight(modules[targets[0]]).dtype).replace("torch.", ""),
-            "objective": objective.name,
-            "positions": objective.positions_description,
+            "model_dtype": str(get_weight(run.modules[targets[0]]).dtype).replace("torch.", ""),
+            "objective": run.objective.name,
+            "positions": run.objective.positions_description,
             "normalization": "A and G are means over counted positions; g is the gradient of the SUM-reduced loss",
             "kronecker_order": "F_W ~ G (x) A for row-major vec(W), W of shape (d_out, d_in)",
-            "shared_activation": shared,
-            "module_shapes": shapes,
+            "shared_activation": run.shared,
+            "module_shapes": {n: list(weight_shape(run.modules[n])) for n in targets},
             "weight_fingerprints": fingerprints,
             "passes": len(groups),
             "processes": group.world_size,
-            "resumed": bool(state),
-            "tokens": tokens_seen,
-            "seconds": round(seconds, 3),
+            "resumed": bool(run.state),
+            "tokens": run.tokens or int(run.state.get("pass_tokens", 0)),
+            "seconds": round(time.perf_counter() - start, 3),
         },
     )
+
+
+class _Collection:
+    """The state of one ``collect_factors`` call: where it resumes, counts, and how to run a pass."""
+
+    def __init__(self, model, batches, config: CollectConfig, objective, group: ProcessGroup, checkpoint: Checkpoint | None):
+        self.model, self.batches, self.config, self.objective = model, batches, config, objective
+        self.group, self.checkpoint = group, checkpoint
+        self.modules = dict(model.named_modules())
+        self.dtype = parse_dtype(config.dtype)
+        self.device = _input_device(model)
+        self.state = _resume_point(checkpoint, group)
+        self.passes_done = int(self.state.get("passes_done", 0))
+        self.num_positions = int(self.state.get("num_positions", 0))
+        self.shared: dict[str, str] = {}
+        self.tokens = 0
+        self.cadence = _Cadence(config, group, group.world_size * config.batch_size * config.seq_len)
+        self.bar = None
+
+    def one_pass(self, index: int, names: list[str], passes: int) -> tuple[dict, dict]:
+        """Sums over the data for ``names`` (from the checkpoint's, when resuming this pass), reduced over
+        the processes and divided by the counted positions: (A, G) per module, on the CPU."""
+        group, config = self.group, self.config
+        recorder = _PassRecorder({n: self.modules[n] for n in names}, self.dtype, _dummy_batch(self.model, self.objective))
+        resume = self.state if self.state.get("pass", self.passes_done) == index and self.state.get("sums") else {}
+        window = int(resume.get("windows", 0))
+        positions = tokens = 0
+        if resume and group.is_main:  # the checkpoint holds the sums of every process so far
+            recorder.load_sums(self.checkpoint.sums())
+            positions, tokens = int(resume["positions"]), int(resume["tokens"])
+            self.bar.update(tokens)
+        with recorder:
+            for step_no, step in enumerate(_steps(self.batches, window)):
+                if step.batch is not None:
+                    batch = dict(step.batch)
+                    indices = batch.pop("window_index", None)
+                    if indices is None:  # rows numbered in the order they come
+                        indices = list(range(window, window + _rows(batch)))
+                        window = indices[-1] + 1
+                    counted, units = self._step(recorder, batch, [int(i) for i in indices])
+                    positions += counted
+                    tokens += units
+                    self.bar.update(units * group.world_size)
+                    self.bar.set_postfix_str(f"pass {index + 1}/{passes}", refresh=False)
+                if step.position is not None:
+                    window = step.position
+                    if self.checkpoint is not None and self.cadence.due(step_no):
+                        positions, tokens = _reduce(group, recorder, positions, tokens)
+                        if group.is_main:
+                            self.checkpoint.save({"pass": index, "windows": window, "positions": positions, "tokens": tokens,
+                                                  "num_positions": self.num_positions}, recorder.sums())
+        positions, tokens = _reduce(group, recorder, positions, tokens, final=True)
+        if index == 0 or (index == self.passes_done and self.num_positions == 0):
+            self.num_positions = positions
+        elif positions != self.num_positions:
+            raise RuntimeError("the batches changed between passes; pass a callable that replays the same data")
+        if positions == 0:
+            raise UnmemorizeError("the data has no position with a next-token label (every window is shorter than 2 tokens)")
+        activation, gradient = {}, {}
+        for name in names:
+            owner = recorder.activation_owner[name]
+            if owner != name:
+                self.shared[name] = owner
+            activation[name] = (recorder.activation[owner] / positions).cpu()
+            gradient[name] = (recorder.gradient[name] / positions).cpu()
+        self.tokens = tokens
+        if self.checkpoint is not None and group.is_main:
+            self.checkpoint.save_finished_pass(index, activation, gradient,
+                                               {"pass": index + 1, "windows": 0, "positions": 0, "tokens": 0, "sums": None,
+                                                "num_positions": self.num_positions, "shared": self.shared, "pass_tokens": tokens})
+        return activation, gradient
+
+    def _step(self, recorder: _PassRecorder, batch: dict, indices: list[int]) -> tuple[int, int]:
+        """One forward and backward: (counted positions, tokens) of this batch."""
+        batch = {k: v.to(self.device) for k, v in batch.items()}
+        counted = self.objective.counted_positions(batch)
+        if not counted.any():
+            return 0, 0
+        recorder.counted = counted
+        seeds = [window_seed(self.config.seed, i) for i in indices]
+        with torch.enable_grad():
+            loss = self.objective.loss(self.model, batch, counted, self.config.fisher, seeds)
+            recorder.accumulate_gradients(loss)
+        return int(counted.sum()), self.objective.batch_units(batch)
 
 
 def _resume_point(checkpoint: Checkpoint | None, group: ProcessGroup) -> dict:
