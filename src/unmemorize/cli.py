@@ -4,6 +4,8 @@
     unmemorize edit     --model M --factors DIR --out DIR (--rho X | --plan FILE) [--method kfac|svd|random] ...
     unmemorize spectrum --factors DIR [--out PNG] [--rhos 0.9,0.99]
     unmemorize analyze  --model M --factors DIR --clean FILE --memorized FILE [--tasks FILE] [--retention JSON] --out DIR
+    unmemorize decompose --factors DIR [--device cuda] [--dtype float64|float32]
+    unmemorize eval     --model DIR --lm-eval TASKS [--factors DIR --edit-plan FILE | --edit-rho X]
     unmemorize demo     [--out DIR]
 
 Errors in the input print one line, ``unmemorize: error: ...``, and exit with status 2.
@@ -150,6 +152,12 @@ def _build_parser() -> argparse.ArgumentParser:
                                description="Train (or load) the testbed, collect factors, sweep plans on the tuning split, "
                                "edit, evaluate baseline / K-FAC / SVD / random, write report.md, results.json and plots.")
     _add_config_options(demo, DemoConfig)
+
+    from .decompose import add_decompose_command
+    from .evaluate.lm_eval_bridge import add_eval_command
+
+    add_decompose_command(commands)
+    add_eval_command(commands)
 
     testbed = commands.add_parser("testbed", help="Train or inspect the built-in testbed.",
                                   description="The testbed: a Llama-style model trained on a generated world with known "
@@ -511,6 +519,18 @@ def _run_demo(args) -> None:
     run_demo(config)
 
 
+def _run_decompose(args) -> None:
+    from .decompose import run_decompose
+
+    run_decompose(args)
+
+
+def _run_eval(args) -> None:
+    from .evaluate.lm_eval_bridge import run_eval
+
+    run_eval(args)
+
+
 def _run_testbed(args) -> None:
     from .errors import check_seed
     from .testbed import TrainConfig, WorldConfig, quick_configs, testbed_dir, train_testbed
@@ -543,7 +563,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = _build_parser()
     args = parser.parse_args(argv)
     runners = {"collect": _run_collect, "edit": _run_edit, "spectrum": _run_spectrum, "analyze": _run_analyze, "demo": _run_demo,
-               "testbed": _run_testbed}
+               "testbed": _run_testbed, "decompose": _run_decompose, "eval": _run_eval}
     previous = signal.signal(signal.SIGTERM, _on_sigterm) if _main_thread() else None
     try:
         from transformers.utils import logging as hf_logging
