@@ -207,7 +207,7 @@ def bench_lm_eval(root: Path, repeats: int) -> dict:
     tasks = write_tasks(root / "tasks")
     env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     names = "tiny_mc,tiny_ppl"
-    bridge = [sys.executable, "-m", "unmemorize.evaluate.lm_eval_bridge", "--lm-eval", names, "--include-path", str(tasks)]
+    bridge = [sys.executable, "-m", "unmemorize", "eval", "--lm-eval", names, "--include-path", str(tasks)]
     commands = {
         "plain lm_eval --model hf (edited folder)": [sys.executable, "-m", "lm_eval", "--model", "hf", "--model_args",
                                                      f"pretrained={root / 'edited'},dtype=float32", "--tasks", names,

@@ -23,8 +23,8 @@ pip install "torch==$TORCH" -e .
 # given the ones its K-FAC code imports.
 pip install "torch==$TORCH" "pytest>=7" scipy einops opt-einsum linear_operator einconv rapidfuzz
 pip install --no-deps "curvlinops-for-pytorch>=3.0"
-# The optional extra unmemorize[eval] (lm-evaluation-harness), so that its tests run rather than skip;
-# torch pinned again so that it can never be swapped.
-pip install "torch==$TORCH" -e ".[eval]"
+# The optional extras (lm-evaluation-harness; parquet/datasets/zstd corpora; accelerate's device map),
+# so that their tests run rather than skip; torch pinned again so that it can never be swapped.
+pip install "torch==$TORCH" -e ".[eval,corpora,scale]"
 rm -f .venv/.unmemorize-installed-*
 touch "$stamp"

@@ -19,7 +19,7 @@ import unmemorize as um
 from unmemorize.basis import decompose_factors
 from unmemorize.basis_cache import INDEX_FILE, cache_dir
 from unmemorize.decompose import DecomposeConfig, decompose_to_cache
-from unmemorize.decompose import main as decompose_main
+from unmemorize.cli import main as cli_main
 from unmemorize.errors import UnmemorizeError
 from unmemorize.models import get_weight, parse_dtype
 from unmemorize.tiny import build_tiny_lm, write_corpus
@@ -162,14 +162,14 @@ def test_float32_and_float64_bases_give_edits_within_the_documented_tolerance(fa
 
 
 def test_existing_cache_is_refused_unless_overwrite_and_bad_devices_are_named(factors_dir, capsys):
-    assert decompose_main(["--factors", str(factors_dir), "--device", "cpu", "--quiet"]) == 0
-    assert decompose_main(["--factors", str(factors_dir), "--device", "cpu", "--quiet"]) == 2
+    assert cli_main(["decompose", "--factors", str(factors_dir), "--device", "cpu", "--quiet"]) == 0
+    assert cli_main(["decompose", "--factors", str(factors_dir), "--device", "cpu", "--quiet"]) == 2
     assert "already exists; pass --overwrite" in capsys.readouterr().err
-    assert decompose_main(["--factors", str(factors_dir), "--device", "cpu", "--quiet", "--overwrite"]) == 0
-    assert decompose_main(["--factors", str(factors_dir / "nope")]) == 2
+    assert cli_main(["decompose", "--factors", str(factors_dir), "--device", "cpu", "--quiet", "--overwrite"]) == 0
+    assert cli_main(["decompose", "--factors", str(factors_dir / "nope")]) == 2
     assert "not a factor folder" in capsys.readouterr().err
     if not torch.cuda.is_available():
-        assert decompose_main(["--factors", str(factors_dir), "--device", "cuda", "--dtype", "float32"]) == 2
+        assert cli_main(["decompose", "--factors", str(factors_dir), "--device", "cuda", "--dtype", "float32"]) == 2
         assert "CUDA is not available" in capsys.readouterr().err
         assert not cache_dir(factors_dir, "float32").exists()
 
@@ -203,7 +203,7 @@ def test_two_torchrun_ranks_write_the_same_cache_as_one_process(folders, tmp_pat
     decompose_to_cache(one, DecomposeConfig(device="cpu"), progress=False)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
-               "--master-port", str(_free_port()), "-m", "unmemorize.decompose", "--factors", str(two), "--device", "cpu"]
+               "--master-port", str(_free_port()), "-m", "unmemorize", "decompose", "--factors", str(two), "--device", "cpu"]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "[rank 0]" in result.stderr and "[rank 1]" in result.stderr

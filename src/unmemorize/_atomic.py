@@ -14,7 +14,8 @@ Every folder or file a command writes goes through ``claim_output`` (``atomic_di
    (``out`` missing) is completed from the finished new copy, or rolled back to the old one.
 4. **An existing output is refused** unless ``overwrite``; even then only a folder this tool
    wrote (its marker ``.unmemorize-output.json``, or, for folders of earlier versions, its
-   metadata file: ``LEGACY_MARKERS``) or a PNG it wrote (``Software: unmemorize`` in its metadata) is ever replaced.
+   metadata file: ``LEGACY_MARKERS``), a PNG it wrote (``Software: unmemorize`` in its metadata)
+   or a JSON file it wrote (an ``unmemorize_version`` key) is ever replaced.
 5. **Built aside, swapped in.** The new content is built in ``.<name>.tmp-*`` (mode from the
    umask); the marker is written last, so a temporary folder with a marker is complete. Then
    ``out -> .<name>.old-*``, ``tmp -> out``, the old copy is removed. At every instant ``out`` is
@@ -87,6 +88,12 @@ def written_by_unmemorize(path: Path) -> bool:
             if isinstance(info, dict) and key in info:
                 return True
         return False
+    if path.is_file() and path.suffix.lower() == ".json" and path.stat().st_size < 64 * 2**20:
+        try:
+            info = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return False
+        return isinstance(info, dict) and "unmemorize_version" in info
     if path.is_file() and path.suffix.lower() == ".png":
         try:
             from PIL import Image

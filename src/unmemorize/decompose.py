@@ -243,22 +243,3 @@ def run_decompose(args) -> None:
         index = json.loads((out / INDEX_FILE).read_text())
         print(f"wrote {out}: {len(index['modules'])} modules, {index['dtype']} on {index['device']} x{index['world_size']}, "
               f"{index['seconds']:.1f} s")
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m unmemorize.decompose ...`` (and ``torchrun -m unmemorize.decompose ...``) before the CLI wires it."""
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="unmemorize decompose")
-    add_decompose_command(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["decompose", *(sys.argv[1:] if argv is None else argv)])
-    try:
-        run_decompose(args)
-    except UnmemorizeError as exc:
-        print(f"unmemorize: error: {exc}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

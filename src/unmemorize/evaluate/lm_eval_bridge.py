@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -242,43 +240,21 @@ def run_eval(args) -> None:
     """The ``eval`` command: ``run_lm_eval``, a Markdown table on stdout, optional JSON file."""
     config = LMEvalConfig(tasks=args.tasks, include_path=args.include_path, builtin_tasks=args.builtin_tasks,
                           batch_size=args.batch_size, num_fewshot=args.num_fewshot, limit=args.limit, bootstrap_iters=args.bootstrap_iters)
-    out = Path(args.out) if args.out else None
-    if out is not None and out.exists() and not args.overwrite:
-        raise UnmemorizeError(f"output file {str(out)!r} already exists; pass --overwrite to replace it")
-    if out is not None and out.is_dir():
-        raise UnmemorizeError(f"--out {str(out)!r} is a folder; give a .json file name")
-    request = EvalRequest(model=args.model, lm_eval=config, edit_plan=args.edit_plan, edit_rho=args.edit_rho, factors=args.factors,
-                          method=args.method, eigh_dtype=args.eigh_dtype, model_dtype=args.model_dtype, device=args.device,
-                          trust_remote_code=args.trust_remote_code)
-    record = run_lm_eval(request)
-    print(format_rows(record["rows"]))
-    if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        handle, tmp = tempfile.mkstemp(prefix=f".{out.name}.tmp-", dir=out.parent)
-        try:
-            with os.fdopen(handle, "w") as stream:
-                stream.write(json.dumps(record, indent=2, allow_nan=False))
-            os.replace(tmp, out)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+    from contextlib import nullcontext
+
+    from .._atomic import atomic_file
+    from ..paths import command_output
+
+    inputs = {"--model": args.model, "--factors": args.factors, "--edit-plan": args.edit_plan, "--include-path": args.include_path}
+    claim = command_output(args.out, args.overwrite, inputs, kind="file") if args.out else nullcontext()
+    with claim as out:  # checked and claimed before any work
+        request = EvalRequest(model=args.model, lm_eval=config, edit_plan=args.edit_plan, edit_rho=args.edit_rho, factors=args.factors,
+                              method=args.method, eigh_dtype=args.eigh_dtype, model_dtype=args.model_dtype, device=args.device,
+                              trust_remote_code=args.trust_remote_code)
+        record = run_lm_eval(request)
+        print(format_rows(record["rows"]))
+        if out is None:
+            return
+        with atomic_file(out, args.overwrite) as tmp:
+            tmp.write_text(json.dumps(record, indent=2, allow_nan=False))
         print(f"wrote {out}", file=sys.stderr)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m unmemorize.evaluate.lm_eval_bridge ...``: the ``eval`` command on its own."""
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="unmemorize eval")
-    add_eval_command(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["eval", *(sys.argv[1:] if argv is None else argv)])
-    try:
-        run_eval(args)
-    except UnmemorizeError as exc:
-        print(f"unmemorize: error: {exc}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
