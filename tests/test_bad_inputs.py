@@ -122,6 +122,7 @@ def ws(tmp_path_factory):
     (bad / "user-folder" / "report.md").write_text("my notes\n")
     (bad / "plot-dir.png").mkdir()
     (bad / "plot-dir.png" / "keep.txt").write_text("mine\n")
+    (bad / "user.json").write_text('{"mine": true}\n')
     (bad / "user-plot.png").write_bytes(b"\x89PNG not written by unmemorize")
     return root
 
@@ -284,6 +285,17 @@ CASES = [
     ("analyze-factors-foreign", A(model="{root}/llama-other"), "weight fingerprint differs"),
     ("analyze-device-unknown", A("--device", "quantum"), "is not a torch device"),
     ("analyze-source-no-equals", A("--source", "noequals"), "must be NAME=PATH"),
+    # --- decompose and eval ---
+    ("decompose-factors-missing", ["decompose", "--factors", "{bad}/nope"], "nope"),
+    ("decompose-factors-version", ["decompose", "--factors", "{bad}/f-version"], "format_version 99"),
+    ("decompose-device-cuda", ["decompose", "--factors", "{root}/factors", "--device", "cuda"], "CUDA"),
+    ("eval-out-is-model", ["eval", "--model", "{root}/llama", "--lm-eval", "x", "--out", "{root}/llama", "--overwrite"],
+     "is the input --model"),
+    ("eval-out-user-json", ["eval", "--model", "{root}/llama", "--lm-eval", "x", "--out", "{bad}/user.json"], "already exists"),
+    ("eval-out-user-json-overwrite", ["eval", "--model", "{root}/llama", "--lm-eval", "x", "--out", "{bad}/user.json", "--overwrite"],
+     "only replaces outputs unmemorize wrote"),
+    ("eval-include-path-missing", ["eval", "--model", "{root}/llama", "--lm-eval", "x", "--include-path", "{bad}/no-tasks"],
+     "no-tasks"),
     # --- demo and testbed ---
     ("demo-rhos-not-numbers", D("--rhos", "abc"), "is not a comma-separated list of numbers"),
     ("demo-rhos-out-of-range", D("--rhos", "1.5"), "rho must be a number in [0, 1]"),
@@ -320,4 +332,4 @@ def test_bad_input_gives_one_clean_error_and_changes_nothing(ws, capsys, monkeyp
 
 def test_the_matrix_covers_every_command_and_at_least_80_cases():
     commands = {argv[0] for _, argv, _ in CASES}
-    assert commands == {"collect", "edit", "spectrum", "analyze", "demo", "testbed"} and len(CASES) >= 80
+    assert commands == {"collect", "edit", "spectrum", "analyze", "decompose", "eval", "demo", "testbed"} and len(CASES) >= 80
