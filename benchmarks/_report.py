@@ -45,21 +45,49 @@ def machine() -> dict:
             "numpy": np.__version__, "python": platform.python_version()}
 
 
+class ForeignLoad:
+    """CPU time other processes use while a block runs, as a fraction of all CPUs (from /proc/stat).
+
+    The machine may be shared: with torch at one thread per core, foreign work stalls its
+    parallel regions and makes timings several times slower, so every timed run records it."""
+
+    def __enter__(self):
+        self.start = self._sample()
+        return self
+
+    def __exit__(self, *exc):
+        end = self._sample()
+        self.fraction = None
+        if self.start is not None and end is not None:
+            (busy0, own0, t0), (busy1, own1, t1) = self.start, end
+            self.fraction = max(0.0, (busy1 - busy0) - (own1 - own0)) / ((t1 - t0) * (os.cpu_count() or 1))
+
+    @staticmethod
+    def _sample():
+        try:
+            fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+            busy = (sum(fields[:8]) - fields[3] - fields[4] - fields[7]) / os.sysconf("SC_CLK_TCK")
+        except (OSError, ValueError, IndexError):
+            return None
+        return busy, sum(os.times()[:4]), time.perf_counter()
+
+
 def foreign_load(seconds: float = 1.0) -> float | None:
-    """Fraction of all CPUs used by other processes over ``seconds`` (from /proc/stat)."""
-
-    def busy():
-        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-        return sum(fields[:8]) - fields[3] - fields[4] - fields[7]
-
-    try:
-        tick = os.sysconf("SC_CLK_TCK")
-        own0, busy0, t0 = sum(os.times()[:4]), busy(), time.perf_counter()
+    """Fraction of all CPUs used by other processes over ``seconds``."""
+    with ForeignLoad() as load:
         time.sleep(seconds)
-        own, total, wall = sum(os.times()[:4]) - own0, (busy() - busy0) / tick, time.perf_counter() - t0
-    except (OSError, ValueError, IndexError):
-        return None
-    return max(0.0, total - own) / (wall * (os.cpu_count() or 1))
+    return load.fraction
+
+
+def wait_for_quiet(limit: float = 0.05, max_wait_s: float = 300.0) -> float | None:
+    """Wait (up to ``max_wait_s``) until other processes use under ``limit`` of the CPUs; the last reading."""
+    deadline = time.perf_counter() + max_wait_s
+    while True:
+        load = foreign_load(1.0)
+        if load is None or load < limit or time.perf_counter() > deadline:
+            return load
+        log(f"  waiting: other processes use {load:.0%} of the CPUs")
+        time.sleep(10.0)
 
 
 def percent(fraction: float | None) -> str:
