@@ -62,8 +62,10 @@ def test_two_gloo_processes_give_the_factors_of_one(ws, tmp_path, fisher):
 
 
 def start_paused(argv, point, at, tmp_path):
+    """The child keeps this process's thread count: its partial sums must be bitwise what this process would add."""
     reached = tmp_path / f"reached-{point}"
-    env = child_env(UNMEMORIZE_FAULT_PAUSE=point, UNMEMORIZE_FAULT_FILE=str(reached), UNMEMORIZE_FAULT_AT=str(at))
+    env = {**os.environ, "UNMEMORIZE_FAULT_PAUSE": point, "UNMEMORIZE_FAULT_FILE": str(reached), "UNMEMORIZE_FAULT_AT": str(at),
+           "OMP_NUM_THREADS": str(torch.get_num_threads())}
     child = subprocess.Popen([sys.executable, "-m", "unmemorize", *argv], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 180
     while not reached.exists():
