@@ -2,12 +2,16 @@
 
 The pipeline, one module per stage::
 
-    data.py          token windows from text / pre-tokenized files
+    corpus.py        documents and token rows from .txt, .jsonl[.gz|.zst], parquet, datasets folders
+    data.py          token windows under a budget, padded batches
     targets.py       which linear modules to measure and edit (globs, presets)
-    curvature/       collect K-FAC factors A, G; save/load factor folders
+    curvature/       collect K-FAC factors A, G (torchrun ranks, checkpoints, plans); save/load factor folders
     basis.py         eigendecompose A and G (the curvature eigenbasis)
+    decompose.py     ... once, cached beside the factors (basis_cache.py), on the GPU or over ranks
     edit/            select curvature pairs, project W, save the edited model
+    evaluate/        local suites, and lm-evaluation-harness (lm_eval_bridge.py)
     spectrum.py      inspect spectra (table, plot)
+    paths.py         every command's paths checked before any work; _atomic.py claims and swaps outputs
     cli.py           the ``unmemorize`` command
 """
 
