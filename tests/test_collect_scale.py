@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -48,7 +49,9 @@ def test_two_gloo_processes_give_the_factors_of_one(ws, tmp_path, fisher):
     """torchrun, 2 ranks of batch 3, vs one process of batch 8: labels are seeded per window, so the
     sampled labels (true Fisher) do not depend on how windows are shared or batched."""
     single = collect(ws, tmp_path / "single", "--fisher", fisher, "--batch-size", "8", "--seed", "5")
-    port = str(29500 + os.getpid() % 400 + (fisher == "true"))
+    with socket.socket() as probe:  # a free port for the rendezvous
+        probe.bind(("127.0.0.1", 0))
+        port = str(probe.getsockname()[1])
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", port,
                              "-m", "unmemorize", "collect", "--model", str(ws / "llama"), "--data", str(ws / "clean.txt"),
                              "--out", str(tmp_path / "ranks"), *COMMON, "--fisher", fisher, "--batch-size", "3", "--seed", "5"],
