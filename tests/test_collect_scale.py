@@ -52,7 +52,8 @@ def test_two_gloo_processes_give_the_factors_of_one(ws, tmp_path, fisher):
     with socket.socket() as probe:  # a free port for the rendezvous
         probe.bind(("127.0.0.1", 0))
         port = str(probe.getsockname()[1])
-    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", port,
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+                             "--master-port", port,
                              "-m", "unmemorize", "collect", "--model", str(ws / "llama"), "--data", str(ws / "clean.txt"),
                              "--out", str(tmp_path / "ranks"), *COMMON, "--fisher", fisher, "--batch-size", "3", "--seed", "5"],
                             env=child_env(), capture_output=True, text=True, timeout=300)
