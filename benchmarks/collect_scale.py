@@ -1,9 +1,14 @@
 #!/usr/bin/env python
 """K-FAC collection at the users' scale (issue 10): against the ideal, against the peers, at 7B shapes.
 
-    .venv/bin/python benchmarks/collect_scale.py                  # every part, ~20 min on 2 cores
-    .venv/bin/python benchmarks/collect_scale.py --quick          # smoke run of every part, ~2 min
-    .venv/bin/python benchmarks/collect_scale.py --part ideal     # one part (repeatable)
+    .venv/bin/python benchmarks/collect_scale.py                   # every part, ~35 min on 2 cores
+    .venv/bin/python benchmarks/collect_scale.py --no-eigh-11008   # ~25 min: slice without the 11008 eigh and edits
+    .venv/bin/python benchmarks/collect_scale.py --quick           # smoke run of every part, ~8 min
+    .venv/bin/python benchmarks/collect_scale.py --part ideal      # one part (repeatable)
+
+Minutes per part on an idle 2-core machine: selection 1.5, ideal 7, peers 4, slice 18 (8 of them
+the 11008 eigh in float32 and float64, 1 the edits), gloo 2. Timed runs wait for other processes
+to go quiet and are redone when disturbed, so a shared machine makes it longer, not wrong.
 
 Parts (each writes its section of benchmarks/results-collect.md and its key of
 benchmarks/results-collect.json, starting with the command that produced it; with several parts
@@ -23,9 +28,11 @@ peers      ours vs curvlinops' ``KFACLinearOperator`` (KFAC-expand) and kronflue
            true/MC Fisher) and agreement of A and G (relative Frobenius error, empirical Fisher,
            after each library's documented scale convention; see ``bench_peers``).
 slice      7B-shaped decoder layers (hidden 4096, intermediate 11008, 32 heads, vocab 32000) in
-           bfloat16 with float32 factors, 1 and 2 layers: tokens/s of collecting gate/up/down,
-           peak RSS, factor bytes, eigh per matrix (4096 and 11008, float32 and float64, on the
-           collected factors), edit time per matrix, and a projection to 20M tokens x 32 layers.
+           bfloat16 with float32 factors: bfloat16 vs float32 GEMMs at the up_proj shape; tokens/s
+           of collecting gate/up/down with the bfloat16 model as loaded (1 layer, 32 tokens: it is
+           ~40x slower) and with its Linear layers computed in float32 (1 and 2 layers); peak RSS,
+           factor bytes, eigh per matrix (4096 and 11008, float32 and float64, on the collected
+           factors), edit time per matrix, and a projection to 20M tokens x 32 layers.
 gloo       1 vs 2 processes of ``torchrun -m unmemorize collect`` (gloo) on the same work, when
            ``unmemorize.curvature.distributed`` exists; else "skipped".
 selection  runs benchmarks/selection_under_load.py.
@@ -616,11 +623,8 @@ def slice_eigh_and_edit(model, factors, quick: bool) -> dict:
     for matrix in (a_4096, g_11008):
         for dtype in (torch.float32, torch.float64):
             d = matrix.shape[0]
-            if quick and d > 4096:
-                continue
-            if os.environ.get("COLLECT_SCALE_SKIP_BIG_FLOAT64") and d > 4096 and dtype == torch.float64:
-                eigh.append({"size": d, "dtype": "float64", "seconds": None, "note": "skipped (COLLECT_SCALE_SKIP_BIG_FLOAT64)"})
-                continue
+            if d > 4096 and (quick or os.environ.get("COLLECT_SCALE_NO_EIGH_11008")):
+                continue  # ~100 s (float32) and ~240 s (float64) on 2 cores; the edits need this basis too
             log(f"  eigh {d} {dtype}")
             seconds, foreign, result = timed_clean(decompose, matrix, dtype, attempts=2)
             eigh.append({"size": d, "dtype": str(dtype).replace("torch.", ""), "seconds": seconds, "foreign_load": foreign})
@@ -643,10 +647,12 @@ def slice_eigh_and_edit(model, factors, quick: bool) -> dict:
     return {"eigh": eigh, "edit": edits}
 
 
-def bench_slice(quick: bool) -> None:
+def bench_slice(quick: bool, no_eigh_11008: bool = False) -> None:
     log("slice: bfloat16 vs float32 GEMM layouts")
     layouts = bf16_gemm_layouts()
     results = []
+    if no_eigh_11008:
+        os.environ["COLLECT_SCALE_NO_EIGH_11008"] = "1"  # read by the child
     for mode, layers in (("bf16", 1), ("upcast", 1), ("upcast", 2)):
         log(f"slice: {mode}, {layers} layer(s) of hidden 4096 / intermediate 11008, bfloat16 weights, child process")
         results.append(run_child(["--slice-layers", str(layers), "--slice-mode", mode] + (["--quick"] if quick else [])))
@@ -817,6 +823,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--part", action="append", choices=PARTS, help="Run only this part (repeatable; default: all).")
     parser.add_argument("--quick", action="store_true", help="Tiny sizes: checks that every part runs (~2 min).")
+    parser.add_argument("--no-eigh-11008", action="store_true",
+                        help="slice: skip eigh of the 11008 x 11008 factor (~100 s float32, ~240 s float64) and the edits that need it.")
     parser.add_argument("--slice-layers", type=int, help=argparse.SUPPRESS)  # internal: one slice child
     parser.add_argument("--slice-mode", choices=("bf16", "upcast"), default="upcast", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -827,7 +835,8 @@ def main() -> None:
     if len(parts) > 1:
         start = time.perf_counter()
         for part in parts:
-            argv = [sys.executable, __file__, "--part", part] + (["--quick"] if args.quick else [])
+            argv = [sys.executable, __file__, "--part", part] + (["--quick"] if args.quick else []) + \
+                (["--no-eigh-11008"] if args.no_eigh_11008 else [])
             log(f"== part {part}")
             if subprocess.run(argv).returncode != 0:
                 log(f"part {part} failed")
@@ -837,7 +846,10 @@ def main() -> None:
     if part == "selection":
         argv = [sys.executable, str(HERE / "selection_under_load.py")] + (["--quick"] if args.quick else [])
         raise SystemExit(subprocess.run(argv).returncode)
-    {"ideal": bench_ideal, "peers": bench_peers, "slice": bench_slice, "gloo": bench_gloo}[part](args.quick)
+    if part == "slice":
+        bench_slice(args.quick, args.no_eigh_11008)
+    else:
+        {"ideal": bench_ideal, "peers": bench_peers, "gloo": bench_gloo}[part](args.quick)
 
 
 if __name__ == "__main__":
