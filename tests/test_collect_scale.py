@@ -44,10 +44,13 @@ def child_env(**extra):
     return {**os.environ, "OMP_NUM_THREADS": "1", **extra}
 
 
-@pytest.mark.parametrize("fisher", ["true", "empirical"])
-def test_two_gloo_processes_give_the_factors_of_one(ws, tmp_path, fisher):
+@pytest.mark.parametrize("fisher, extra", [("true", []), ("empirical", []), ("true", ["--modules-per-pass", "2", "--checkpoint-every", "200"])],
+                         ids=["true", "empirical", "true-3-passes-checkpointed"])
+def test_two_gloo_processes_give_the_factors_of_one(ws, tmp_path, fisher, extra):
     """torchrun, 2 ranks of batch 3, vs one process of batch 8: labels are seeded per window, so the
-    sampled labels (true Fisher) do not depend on how windows are shared or batched."""
+    sampled labels (true Fisher) do not depend on how windows are shared or batched. The third case
+    also reduces the ranks' sums at every checkpoint (rank 0 keeps them, the others restart from 0)
+    and runs 3 passes."""
     single = collect(ws, tmp_path / "single", "--fisher", fisher, "--batch-size", "8", "--seed", "5")
     with socket.socket() as probe:  # a free port for the rendezvous
         probe.bind(("127.0.0.1", 0))
@@ -55,13 +58,14 @@ def test_two_gloo_processes_give_the_factors_of_one(ws, tmp_path, fisher):
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
                              "--master-port", port,
                              "-m", "unmemorize", "collect", "--model", str(ws / "llama"), "--data", str(ws / "clean.txt"),
-                             "--out", str(tmp_path / "ranks"), *COMMON, "--fisher", fisher, "--batch-size", "3", "--seed", "5"],
+                             "--out", str(tmp_path / "ranks"), *COMMON, "--fisher", fisher, "--batch-size", "3", "--seed", "5", *extra],
                             env=child_env(), capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     ranks = load_factors(tmp_path / "ranks")
     assert ranks.metadata["processes"] == 2 and ranks.num_positions == single.num_positions
     assert largest_error(ranks, single) < 1e-5
-    if fisher == "true":  # the comparison can fail: another sampler seed gives other factors
+    assert not (tmp_path / ".ranks.checkpoint").exists()
+    if fisher == "true" and not extra:  # the comparison can fail: another sampler seed gives other factors
         assert largest_error(collect(ws, tmp_path / "seed6", "--batch-size", "8", "--seed", "6"), single) > 1e-3
 
 
