@@ -107,3 +107,11 @@ def update(part: str, markdown: str, data: dict, quick: bool = False) -> None:
     results = json.loads(json_path.read_text()) if json_path.exists() else {}
     results[part] = data
     json_path.write_text(json.dumps(results, indent=1, default=str) + "\n")
+
+
+def write_results(stem: str, lines: list[str], record) -> None:
+    """A whole-file benchmark result: ``benchmarks/<stem>.md`` (the lines) and ``<stem>.json``; the table is printed too."""
+    text = "\n".join(lines)
+    (HERE / f"{stem}.md").write_text(text)
+    (HERE / f"{stem}.json").write_text(json.dumps(record, indent=2))
+    print(text)

@@ -10,12 +10,12 @@ the data; model loading and file writing are not part of either).
 
 from __future__ import annotations
 
-import json
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 from transformers import AutoModelForCausalLM, LlamaConfig  # noqa: E402
@@ -25,6 +25,8 @@ from unmemorize.curvature.job import CollectJob, run_collect_job  # noqa: E402
 from unmemorize.curvature.plan import collection_plan, warmup  # noqa: E402
 from unmemorize.models import load_model  # noqa: E402
 from unmemorize.targets import resolve_targets  # noqa: E402
+
+from _report import write_results  # noqa: E402
 from unmemorize.tiny import make_tokenizer, write_corpus  # noqa: E402
 
 SIZES = [(128, 344, 2), (256, 688, 4), (512, 1376, 4)]
@@ -65,10 +67,7 @@ def main() -> None:
             "uses a warm-up of 4 batches (the first not timed); the collection time is the one factors.json records.", "",
             "| hidden / MLP / blocks | tokens | factor bytes written | planned / written | estimated time | collection time | "
             "estimated / measured |", "|---|---|---|---|---|---|---|", *rows, ""]
-    out = Path(__file__).with_name("results-dry-run.md")
-    out.write_text("\n".join(text))
-    out.with_suffix(".json").write_text(json.dumps(record, indent=2))
-    print("\n".join(text))
+    write_results("results-dry-run", text, record)
 
 
 if __name__ == "__main__":

@@ -11,13 +11,13 @@ warm-up of a real run: ``collect --dry-run`` on the machine that will run it).
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from accelerate import init_empty_weights  # noqa: E402
 from transformers import AutoModelForCausalLM, LlamaConfig, Olmo2Config  # noqa: E402
@@ -26,6 +26,8 @@ from unmemorize.curvature import CollectConfig  # noqa: E402
 from unmemorize.curvature.plan import collection_plan  # noqa: E402
 from unmemorize.models import weight_shape  # noqa: E402
 from unmemorize.targets import resolve_targets  # noqa: E402
+
+from _report import write_results  # noqa: E402
 
 GB = 1024**3
 MODELS = {
@@ -70,10 +72,7 @@ def main() -> None:
              "Command: `.venv/bin/python benchmarks/plan_scale.py`. float32 accumulators and factor files; bf16 weights.", "",
              "| model | targets | modules | passes | factor files GB | accumulators GB (largest pass) | checkpoint GB | "
              "disk GB | weights GB | float64 eigenbasis cache GB |", "|---|---|---|---|---|---|---|---|---|---|", *rows, ""]
-    out = Path(__file__).with_name("results-plan.md")
-    out.write_text("\n".join(table))
-    out.with_suffix(".json").write_text(json.dumps(record, indent=2))
-    print("\n".join(table))
+    write_results("results-plan", table, record)
 
 
 if __name__ == "__main__":

@@ -76,7 +76,7 @@ def output_path(out: str | Path, option: str = "--out") -> Path:
 
 
 def written_by_unmemorize(path: Path) -> bool:
-    """True for a folder or PNG this tool wrote (see the module docstring, step 4)."""
+    """True for a folder, PNG or JSON file this tool wrote (see the module docstring, step 4)."""
     if path.is_dir():
         if (path / MARKER).is_file():
             return True

@@ -21,6 +21,7 @@ import torch
 
 from .curvature.factors import KFACFactors
 from .errors import UnmemorizeError
+from .models import check_device
 
 
 @dataclass
@@ -48,20 +49,13 @@ class Eigendecomposition:
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``None``/'cpu' -> CPU; 'auto' -> the first CUDA device if there is one, else CPU; 'cuda[:k]' must exist."""
+    """``None``/'cpu' -> CPU; 'auto' -> the first CUDA device if there is one, else CPU; otherwise the
+    device must exist here (``models.check_device``)."""
     if device is None or str(device) == "cpu":
         return torch.device("cpu")
     if str(device) == "auto":
         return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
-    try:
-        resolved = torch.device(device)
-    except (RuntimeError, ValueError):
-        raise UnmemorizeError(f"--device {device!r} is not a torch device (use cpu, cuda, cuda:1 or auto)") from None
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise UnmemorizeError(f"--device {device}: CUDA is not available on this machine (use --device cpu or auto)")
-    if resolved.type == "cuda" and resolved.index is not None and resolved.index >= torch.cuda.device_count():
-        raise UnmemorizeError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    return resolved
+    return check_device(str(device))
 
 
 def decompose(matrix: torch.Tensor, dtype: torch.dtype = torch.float64, device: str | torch.device | None = None) -> Eigendecomposition:

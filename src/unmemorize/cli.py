@@ -248,7 +248,7 @@ def _run_edit(args) -> None:
 
 def _edit_dry_run(args, config, inputs) -> None:
     """edit --dry-run: the numbers of ``edit/estimate.py`` for this plan; nothing is written."""
-    from .curvature.factors import _read_info
+    from .curvature.factors import read_factor_info
     from .edit import load_plan, uniform_plan
     from .edit.estimate import edit_estimate
     from .models import load_model
@@ -265,7 +265,7 @@ def _edit_dry_run(args, config, inputs) -> None:
         plan = uniform_plan(resolve_targets(model, args.targets, args.layers, args.proj), args.rho)
     else:
         plan = uniform_plan(_factor_modules(args.factors), args.rho)
-    shared = _read_info(Path(args.factors)).get("shared_activation", {}) if args.factors else {}
+    shared = read_factor_info(Path(args.factors)).get("shared_activation", {}) if args.factors else {}
     estimate = edit_estimate(model, plan, config, shared, args.model)
     mb = 1024**2
     print(f"plan for a {config.method} edit of {estimate['modules']} modules ({estimate['matrices_decomposed']} eigendecompositions, "
@@ -283,7 +283,6 @@ def _search_plan(args, model, tokenizer, config):
     from .curvature import load_factors
     from .data import iter_windows, list_data_files
     from .edit.search import search_plan
-
     from .models import model_limits
 
     if config.method != "kfac" or not args.factors or not args.heldout:
@@ -301,15 +300,14 @@ def _search_plan(args, model, tokenizer, config):
 
 
 def _factor_modules(path: str) -> list[str]:
-    from .curvature.factors import _read_info
+    from .curvature.factors import read_factor_info
 
     if not Path(path).is_dir():
         raise UnmemorizeError(f"--factors {path!r} is not a folder")
-    return list(_read_info(Path(path))["modules"])
+    return list(read_factor_info(Path(path))["modules"])
 
 
 def _run_spectrum(args) -> None:
-    from ._atomic import save_figure
     from .basis import decompose_factors
     from .curvature import load_factors
     from .edit.plan import rho_list

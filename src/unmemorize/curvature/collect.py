@@ -304,7 +304,9 @@ def collect_factors(
     missing = [n for n in targets if n not in run.modules]
     if missing:
         raise UnmemorizeError(f"target modules not in the model: {', '.join(missing)}")
-    fingerprints = {n: weight_fingerprint(run.modules[n]) for n in targets}  # the weights these factors belong to
+    # the weights these factors belong to (a checkpoint's settings already hold them: hashed once)
+    fingerprints = (checkpoint.settings.get("weights") if checkpoint is not None else None) or \
+        {n: weight_fingerprint(run.modules[n]) for n in targets}
     activation: dict[str, torch.Tensor] = {}
     gradient: dict[str, torch.Tensor] = {}
     groups = _module_groups(targets, config.modules_per_pass)
@@ -534,6 +536,7 @@ def collect_from_files(model: nn.Module, tokenizer, data: str, targets: list[str
     factors.metadata["data"] = {
         "path": str(data),
         "files": [str(f) for f in files],
-        "fingerprint": data_fingerprint(files, config.seq_len, budget),
+        "fingerprint": (checkpoint.settings.get("data") if checkpoint is not None else None)
+        or data_fingerprint(files, config.seq_len, budget),  # the corpus is hashed once per run
     }
     return factors

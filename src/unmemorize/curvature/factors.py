@@ -144,7 +144,7 @@ def _check_tensor(name: str, kind: str, tensor: torch.Tensor, expected: int | No
         raise UnmemorizeError(f"{name}: {what} is not symmetric")
 
 
-def _read_info(root: Path) -> dict:
+def read_factor_info(root: Path) -> dict:
     """factors.json, checked field by field (every problem names the file and the field)."""
     info_path = root / "factors.json"
     if not info_path.is_file():
@@ -205,7 +205,7 @@ def load_factors(path: str | Path, model: nn.Module | None = None, modules: list
     With a ``model``, shapes are checked and, unless ``allow_foreign``, the weight fingerprints
     recorded at collection must be the model's (factors of another model are refused)."""
     root = Path(path)
-    info = _read_info(root)
+    info = read_factor_info(root)
     listed = info["modules"]
     names = list(listed) if modules is None else modules
     unknown = [n for n in names if n not in listed]

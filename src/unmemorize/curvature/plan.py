@@ -17,6 +17,7 @@ The warm-up runs a few real batches of the data through the real model; nothing 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import resource
 import time
@@ -97,7 +98,7 @@ def warmup(model, tokenizer, data: str, targets: list[str], config) -> dict:
         batches.append(batch)
         if len(batches) == WARMUP_BATCHES:
             break
-    quiet = type(config)(**{**config.__dict__, "progress": False, "modules_per_pass": 0, "checkpoint_every": 0})
+    quiet = dataclasses.replace(config, progress=False, modules_per_pass=0, checkpoint_every=0)
     device = next(model.parameters()).device
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)

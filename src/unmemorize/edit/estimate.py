@@ -49,7 +49,7 @@ def edit_estimate(model, plan: dict[str, float], config, shared: dict[str, str] 
     compute_bytes = 8 if config.compute_dtype == "float64" else 4
     shapes = {n: weight_shape(modules[n]) for n in plan}
     distinct_a = {shared.get(n, n): shapes[n][1] for n in plan}
-    matrices = [d_in for d_in in distinct_a.values()] + [shapes[n][0] for n in plan]
+    matrices = [*distinct_a.values(), *(shapes[n][0] for n in plan)]
     if config.method == "svd":
         matrices = []
     factors = sum(4 * (d_in**2 + d_out**2) for d_out, d_in in shapes.values()) if config.method != "svd" else 0
