@@ -29,7 +29,7 @@ from unmemorize.targets import resolve_targets  # noqa: E402
 
 from _report import write_results  # noqa: E402
 
-GB = 1024**3
+GiB = 1024**3
 MODELS = {
     "OLMo-2 7B": Olmo2Config(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
                              num_key_value_heads=32, vocab_size=100352, max_position_embeddings=4096),
@@ -59,19 +59,19 @@ def main() -> None:
             plan = collection_plan(model, targets, CollectConfig(modules_per_pass=per_pass))
             sizes = {n for t in targets for n in weight_shape(modules[t])}
             basis = sum(8 * (d * d + d) for t in targets for d in weight_shape(modules[t]))  # float64 eigenvectors, no sharing
-            entry = {"modules": len(targets), "passes": plan["passes"], "factor_files_GB": plan["factor_file_bytes"] / GB,
-                     "accumulators_GB": sum(plan["accumulator_bytes_per_device"].values()) / GB,
-                     "checkpoint_GB": plan["checkpoint_bytes"] / GB, "disk_GB": plan["disk_bytes"] / GB,
-                     "weights_bf16_GB": sum(plan["weight_bytes_per_device"].values()) / GB,
-                     "eigenbasis_cache_float64_GB": basis / GB, "matrix_sizes": sorted(sizes)}
+            entry = {"modules": len(targets), "passes": plan["passes"], "factor_files_GiB": plan["factor_file_bytes"] / GiB,
+                     "accumulators_GiB": sum(plan["accumulator_bytes_per_device"].values()) / GiB,
+                     "checkpoint_GiB": plan["checkpoint_bytes"] / GiB, "disk_GiB": plan["disk_bytes"] / GiB,
+                     "weights_bf16_GiB": sum(plan["weight_bytes_per_device"].values()) / GiB,
+                     "eigenbasis_cache_float64_GiB": basis / GiB, "matrix_sizes": sorted(sizes)}
             record[f"{name} / {label}"] = entry
-            rows.append(f"| {name} | {label} | {entry['modules']} | {entry['passes']} | {entry['factor_files_GB']:.1f} | "
-                        f"{entry['accumulators_GB']:.1f} | {entry['checkpoint_GB']:.1f} | {entry['disk_GB']:.1f} | "
-                        f"{entry['weights_bf16_GB']:.1f} | {entry['eigenbasis_cache_float64_GB']:.1f} |")
+            rows.append(f"| {name} | {label} | {entry['modules']} | {entry['passes']} | {entry['factor_files_GiB']:.1f} | "
+                        f"{entry['accumulators_GiB']:.1f} | {entry['checkpoint_GiB']:.1f} | {entry['disk_GiB']:.1f} | "
+                        f"{entry['weights_bf16_GiB']:.1f} | {entry['eigenbasis_cache_float64_GiB']:.1f} |")
     table = ["# Collection plans at 7B and 70B (from the shapes; `collect --dry-run` formulas)", "",
              "Command: `.venv/bin/python benchmarks/plan_scale.py`. float32 accumulators and factor files; bf16 weights.", "",
-             "| model | targets | modules | passes | factor files GB | accumulators GB (largest pass) | checkpoint GB | "
-             "disk GB | weights GB | float64 eigenbasis cache GB |", "|---|---|---|---|---|---|---|---|---|---|", *rows, ""]
+             "| model | targets | modules | passes | factor files GiB | accumulators GiB (largest pass) | checkpoint GiB | "
+             "disk GiB | weights GiB | float64 eigenbasis cache GiB |", "|---|---|---|---|---|---|---|---|---|---|", *rows, ""]
     write_results("results-plan", table, record)
 
 

@@ -267,12 +267,12 @@ def _edit_dry_run(args, config, inputs) -> None:
         plan = uniform_plan(_factor_modules(args.factors), args.rho)
     shared = read_factor_info(Path(args.factors)).get("shared_activation", {}) if args.factors else {}
     estimate = edit_estimate(model, plan, config, shared, args.model)
-    mb = 1024**2
+    mb = 1024**2  # MiB
     print(f"plan for a {config.method} edit of {estimate['modules']} modules ({estimate['matrices_decomposed']} eigendecompositions, "
           f"{config.eigh_dtype}):\n"
-          f"  peak memory   {estimate['peak_bytes'] / mb:.1f} MB (weights {estimate['weight_bytes'] / mb:.1f}, factors "
+          f"  peak memory   {estimate['peak_bytes'] / mb:.1f} MiB (weights {estimate['weight_bytes'] / mb:.1f}, factors "
           f"{estimate['factor_bytes'] / mb:.1f}, bases {estimate['basis_bytes'] / mb:.1f}, working {estimate['working_bytes'] / mb:.1f})\n"
-          f"  disk needed   {estimate['disk_bytes'] / mb:.1f} MB (the edited model folder)\n"
+          f"  disk needed   {estimate['disk_bytes'] / mb:.1f} MiB (the edited model folder)\n"
           f"  estimated     {estimate['estimated_seconds']:.1f} s (eigh and GEMM speed measured here)")
     print(json.dumps(estimate))
 
