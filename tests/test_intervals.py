@@ -1,0 +1,60 @@
+"""Intervals against independent computations: statsmodels-free Wilson oracle, scipy, exact bootstrap facts."""
+
+import json
+import math
+
+import pytest
+
+from unmemorize.evaluate.intervals import bootstrap_retention, mean_std, spearman, wilson
+from unmemorize.jsonio import strict_dumps, strict_loads
+
+
+def test_wilson_matches_the_closed_form_from_scipy_norm():
+    from scipy.stats import norm
+
+    z = norm.ppf(0.975)
+    for k, n in [(0, 10), (10, 10), (53, 100), (1, 200), (199, 200)]:
+        p = k / n
+        # Wilson (1927) written as the roots of (p - x)^2 = z^2 x (1 - x) / n
+        a, b, c = 1 + z * z / n, -(2 * p + z * z / n), p * p
+        roots = sorted(((-b - math.sqrt(b * b - 4 * a * c)) / (2 * a), (-b + math.sqrt(b * b - 4 * a * c)) / (2 * a)))
+        got = wilson(k, n)
+        assert got.low == pytest.approx(max(0.0, roots[0]), abs=1e-12)
+        assert got.high == pytest.approx(min(1.0, roots[1]), abs=1e-12)
+    assert wilson(0, 50).low == 0.0 and wilson(0, 50).high > 0.05  # not degenerate at 0%
+
+
+def test_bootstrap_retention_brackets_the_value_and_is_exact_when_nothing_changes():
+    before = [True] * 80 + [False] * 20
+    same = bootstrap_retention(before, list(before))
+    assert (same.value, same.low, same.high) == (1.0, 1.0, 1.0)
+    after = [True] * 40 + [False] * 60
+    half = bootstrap_retention(before, after)
+    assert half.value == 0.5 and half.low < 0.5 < half.high
+    assert bootstrap_retention([False] * 5, [False] * 5) is None
+
+
+def test_spearman_matches_scipy_and_refuses_tiny_samples():
+    from scipy.stats import spearmanr
+
+    x, y = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0], [2.0, 1.0, 4.0, 3.0, 6.0, 5.0]
+    got = spearman(x, y)
+    ref = spearmanr(x, y)
+    assert got["spearman"] == pytest.approx(ref.statistic) and got["p_value"] == pytest.approx(ref.pvalue)
+    assert spearman([1.0, 2.0], [2.0, 1.0])["p_value"] is None
+
+
+def test_mean_std_uses_the_sample_standard_deviation():
+    stats = mean_std([1.0, 2.0, 4.0, None])
+    assert stats["n"] == 3 and stats["mean"] == pytest.approx(7 / 3)
+    assert stats["std"] == pytest.approx(math.sqrt(((1 - 7 / 3) ** 2 + (2 - 7 / 3) ** 2 + (4 - 7 / 3) ** 2) / 2))
+
+
+def test_strict_json_writes_null_for_non_finite_and_a_strict_parser_accepts_it():
+    import numpy as np
+
+    value = {"a": float("nan"), "b": [float("inf"), -float("inf"), 1.5], "c": np.float32("nan"), "d": (np.int64(3),)}
+    text = strict_dumps(value)
+    assert strict_loads(text) == {"a": None, "b": [None, None, 1.5], "c": None, "d": [3]}
+    with pytest.raises(ValueError):  # the negative control: Python's default output is not strict JSON
+        strict_loads(json.dumps({"a": float("nan")}))
