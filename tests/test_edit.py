@@ -15,6 +15,7 @@ from conftest import batches_of, random_sequences
 from unmemorize.basis import decompose_factors
 from unmemorize.curvature import CollectConfig, KFACFactors, collect_factors
 from unmemorize.edit import EditConfig, apply_edit, edited, parse_plan, save_edited_model, select_pairs, uniform_plan
+from unmemorize.edit.methods import module_seed
 from unmemorize.errors import UnmemorizeError
 from unmemorize.models import get_weight
 from unmemorize.targets import resolve_targets
@@ -58,14 +59,17 @@ def test_kfac_edit_equals_the_sum_of_kept_rank_one_components():
 
 
 def test_conv1d_and_linear_with_the_same_weights_get_the_same_edit():
-    module = Pair(7, 4)
+    pair = Pair(7, 4)
     a, g = random_psd(4, 3), random_psd(7, 4)
-    factors = KFACFactors({"linear": a, "conv": a}, {"linear": g, "conv": g}, 1)
+    factors = KFACFactors({"layer": a}, {"layer": g}, 1)
+    as_linear, as_conv = nn.Module(), nn.Module()  # the same module name, so the random control draws the same mask
+    as_linear.layer, as_conv.layer = pair.linear, pair.conv
     for method in ("kfac", "random", "svd"):
-        edit = apply_edit(module, {"linear": 0.8, "conv": 0.8}, factors, EditConfig(method=method))
-        assert torch.allclose(module.conv.weight.T, module.linear.weight, atol=1e-12), method
-        assert not torch.allclose(module.linear.weight, edit.originals["linear"]), method
-        edit.restore()
+        edits = [apply_edit(model, {"layer": 0.8}, factors, EditConfig(method=method)) for model in (as_linear, as_conv)]
+        assert torch.allclose(pair.conv.weight.T, pair.linear.weight, atol=1e-12), method
+        assert not torch.allclose(pair.linear.weight, edits[0].originals["layer"]), method
+        for edit in edits:
+            edit.restore()
 
 
 def test_rho_one_returns_the_weight_exactly_and_rho_zero_removes_it(tiny_lm):
@@ -125,6 +129,41 @@ def test_random_control_keeps_as_many_pairs_but_not_the_same_ones(tiny_lm):
     for name in plan:
         assert random.modules[name].kept_pairs == kfac.modules[name].kept_pairs
     assert not torch.allclose(kfac_weight, random_weight, atol=1e-4)
+
+
+def kept_pairs_mask(weight: torch.Tensor, basis) -> torch.Tensor:
+    """The pairs an edit kept, read back from W': the nonzero coefficients of U_G^T W' U_A."""
+    coefficients = basis.gradient.eigenvectors.T @ weight.double() @ basis.activation.eigenvectors
+    return coefficients.abs() > 1e-9 * coefficients.abs().max()
+
+
+def test_random_control_draws_a_mask_per_module_seeded_by_its_name():
+    """Two modules of equal shape, weights and factors (a gate and an up projection) get different
+    random masks; the same module name and seed give the same mask in another model."""
+    a, g = random_psd(5, 3), random_psd(6, 4)
+    factors = KFACFactors({"gate": a, "up": a}, {"gate": g, "up": g}, 1)
+    basis = decompose_factors(factors)["gate"]
+
+    def twins():
+        model = nn.Module()
+        model.gate, model.up = nn.Linear(5, 6, bias=False, dtype=torch.float64), nn.Linear(5, 6, bias=False, dtype=torch.float64)
+        with torch.no_grad():
+            model.gate.weight.copy_(torch.randn(6, 5, generator=torch.Generator().manual_seed(0), dtype=torch.float64))
+            model.up.weight.copy_(model.gate.weight)
+        return model
+
+    first, second = twins(), twins()
+    edit = apply_edit(first, {"gate": 0.8, "up": 0.8}, factors, EditConfig(method="random", seed=3))
+    apply_edit(second, {"gate": 0.8}, factors, EditConfig(method="random", seed=3))
+    masks = {name: kept_pairs_mask(getattr(first, name).weight, basis) for name in ("gate", "up")}
+    kept = edit.modules["gate"].kept_pairs
+    assert 0 < kept < 30 and int(masks["gate"].sum()) == int(masks["up"].sum()) == kept
+    assert not torch.equal(masks["gate"], masks["up"]), "equal-shaped modules must not share one random mask"
+    assert torch.equal(kept_pairs_mask(second.gate.weight, basis), masks["gate"])
+    assert edit.modules["gate"].random_seed != edit.modules["up"].random_seed
+    # the per-module seed is sha256-based, so the same in every process (Python's hash() of a str is not)
+    assert module_seed(0, "model.layers.0.mlp.gate_proj") == 2103592515
+    assert module_seed(0, "model.layers.0.mlp.up_proj") == 1708473504
 
 
 def test_svd_keeps_the_energy_or_prunes_the_fraction_asked():

@@ -23,7 +23,7 @@ from ..basis import ModuleBasis, decompose_factors
 from ..curvature.factors import KFACFactors
 from ..errors import UnmemorizeError, check_seed
 from ..models import get_weight, parse_dtype, set_weight
-from .methods import kfac_edit, random_edit, svd_edit
+from .methods import kfac_edit, module_seed, random_edit, svd_edit
 from .selection import select_pairs, select_per_side
 
 
@@ -49,7 +49,8 @@ class EditConfig:
         default="float64", metadata={"help": "dtype of the projection and SVD; the result is cast back to the weight dtype."}
     )
     eigh_dtype: Literal["float64", "float32"] = field(default="float64", metadata={"help": "dtype of the eigendecompositions."})
-    seed: int = field(default=0, metadata={"help": "Seed of the random control's pair choice."})
+    seed: int = field(default=0, metadata={"help": "Seed of the random control's pair choice; each module draws its mask "
+                                          "with sha256('<seed>:<module name>')[:8] as its own seed."})
 
     def validate(self) -> None:
         choices = {"method": ("kfac", "svd", "random"), "selection": ("pairs", "per-side"), "svd_mode": ("energy", "prune"),
@@ -73,6 +74,7 @@ class ModuleEdit:
     input_eigenvectors_used: int | None  # distinct A eigenvectors (columns) with a kept pair
     relative_change: float  # ||W' - W||_F / ||W||_F
     seconds: float
+    random_seed: int | None = None  # random control: this module's seed, module_seed(config.seed, name)
 
 
 @dataclass
@@ -143,7 +145,7 @@ def apply_edit(
             module = named[name]
             weight = get_weight(module)
             originals[name] = weight.detach().clone()
-            rows_used = cols_used = kept_mass = None
+            rows_used = cols_used = kept_mass = seed = None
             if config.method == "svd":
                 if config.svd_mode == "energy":
                     new, kept, total = svd_edit(weight, keep_energy=rho, compute_dtype=compute)
@@ -164,13 +166,14 @@ def apply_edit(
                     rows_used, cols_used = selection.rows_used, selection.columns_used
                     kept_mass = selection.kept_mass_fraction
                 else:
-                    new = random_edit(weight, basis, kept, config.seed, compute)
+                    seed = module_seed(config.seed, name)
+                    new = random_edit(weight, basis, kept, seed, compute)
             original = originals[name].to(compute)
             norm = original.norm()
             change = float((new - original).norm() / norm) if norm > 0 else 0.0
             set_weight(module, new)
             stats[name] = ModuleEdit(rho, kept, total, kept / total, kept_mass, rows_used, cols_used, change,
-                                     round(time.perf_counter() - start, 4))
+                                     round(time.perf_counter() - start, 4), seed)
     except BaseException:
         for name, weight in originals.items():
             set_weight(named[name], weight)

@@ -2,7 +2,8 @@
 
 * K-FAC (the paper): C = U_G^T W U_A, keep the selected pairs, W' = U_G (C * M) U_A^T.
 * Random control: the same formula with as many pairs kept as the K-FAC selection, but chosen
-  uniformly at random; shows that the curvature order, not the amount removed, matters.
+  uniformly at random; shows that the curvature order, not the amount removed, matters. Each
+  module draws its own mask, seeded by ``module_seed(seed, module name)``.
 * SVD baseline: W = U S V^T, drop the smallest singular values, either keeping a fraction of the
   energy sum(s^2) or pruning a fraction of the singular values.
 
@@ -11,6 +12,8 @@ caller casts back to the module's dtype. Biases are never touched.
 """
 
 from __future__ import annotations
+
+import hashlib
 
 import numpy as np
 import torch
@@ -33,6 +36,15 @@ def kfac_edit(weight: torch.Tensor, basis: ModuleBasis, selection: PairSelection
     if selection.kept_pairs == selection.total_pairs:
         return weight.to(compute_dtype).clone()
     return project_pairs(weight, basis, selection.mask(weight.device), compute_dtype)
+
+
+def module_seed(seed: int, name: str) -> int:
+    """The random control's seed for one module: the first 8 hex digits of sha256("{seed}:{name}").
+
+    Stable across processes and Python versions (unlike ``hash``), and different per module, so
+    two modules of the same shape (gate and up) do not get the same mask.
+    """
+    return int(hashlib.sha256(f"{seed}:{name}".encode()).hexdigest()[:8], 16)
 
 
 def random_pairs_mask(num_rows: int, num_columns: int, kept: int, seed: int) -> torch.Tensor:
