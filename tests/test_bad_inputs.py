@@ -87,6 +87,8 @@ def ws(tmp_path_factory):
     shutil.copytree(root / "llama", bad / "model-renamed")
     weights = load_file(bad / "model-renamed" / "model.safetensors")
     save_file({f"renamed.{k}": v for k, v in weights.items()}, bad / "model-renamed" / "model.safetensors", metadata={"format": "pt"})
+    shutil.copytree(root / "llama", bad / "model-bad-tokenizer")
+    (bad / "model-bad-tokenizer" / "tokenizer.json").write_text('{"version": "1.0", "model": ')  # truncated
     shutil.copytree(root / "gpt2", bad / "edited-gpt2")
     shutil.copy(root / "edited" / "unmemorize_edit.json", bad / "edited-gpt2" / "unmemorize_edit.json")
     # plans
@@ -210,6 +212,8 @@ CASES = [
     ("collect-model-is-file", C(model="{bad}/a-file"), "is a file"),
     ("collect-model-no-config", C(model="{bad}/model-no-config"), "has no config.json"),
     ("collect-model-weights-missing", C(model="{bad}/model-renamed"), "has no weights for"),
+    ("collect-model-tokenizer-corrupt", C(model="{bad}/model-bad-tokenizer"), "has tokenizer.json, tokenizer_config.json but its "
+     "tokenizer cannot be loaded (JSONDecodeError"),
     ("collect-hub-unreachable", C(model="someone/not-cached-anywhere"), "cannot be reached"),
     ("collect-glob-matches-nothing", C("--targets", "mlp.c_fc"), "no linear module matches 'mlp.c_fc'"),
     ("collect-batch-size-zero", C("--batch-size", "0"), "--batch-size must be positive"),
@@ -333,3 +337,22 @@ def test_bad_input_gives_one_clean_error_and_changes_nothing(ws, capsys, monkeyp
 def test_the_matrix_covers_every_command_and_at_least_80_cases():
     commands = {argv[0] for _, argv, _ in CASES}
     assert commands == {"collect", "edit", "spectrum", "analyze", "decompose", "eval", "demo", "testbed"} and len(CASES) >= 80
+
+
+def test_a_broken_tokenizer_names_the_folder_and_the_cause_and_a_missing_one_is_none(ws, tmp_path):
+    """A tokenizer that exists but does not load is an error with transformers' cause (it used to
+    become a silent None, and later a vague 'has no tokenizer'); a folder without any tokenizer
+    file is a model for pre-tokenized input_ids, loaded with tokenizer None."""
+    from unmemorize.errors import UnmemorizeError
+    from unmemorize.models import TOKENIZER_FILES, load_model
+
+    folder = ws / "bad" / "model-bad-tokenizer"
+    with pytest.raises(UnmemorizeError) as caught:
+        load_model(str(folder))
+    message = str(caught.value)
+    assert str(folder) in message and "tokenizer.json" in message and "JSONDecodeError" in message, message
+    bare = shutil.copytree(ws / "llama", tmp_path / "no-tokenizer")
+    for name in TOKENIZER_FILES:
+        (bare / name).unlink(missing_ok=True)
+    model, tokenizer = load_model(str(bare))
+    assert tokenizer is None and model.config.vocab_size == VOCAB

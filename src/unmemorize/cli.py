@@ -453,7 +453,7 @@ def _analyze(args, config, basis_names, paths, comparisons, retention, edited_re
         sources = image_sources(paths, model, positions, config.batch_size, config.max_tokens)
     else:
         if tokenizer is None:
-            raise UnmemorizeError(f"{args.model}: no tokenizer found; text sources need one")
+            raise UnmemorizeError(f"{args.model}: the model folder has no tokenizer files; text sources need a tokenizer")
         sources = text_sources(paths, tokenizer, positions, config.seq_len, config.max_tokens, config.batch_size, config.skip_first,
                                vocab_size=limits[0])
         if args.edited:  # every task row, in file order, so that rows can be matched with their evaluation

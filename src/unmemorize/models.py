@@ -122,7 +122,7 @@ def load_model(model: str, dtype: str = "float32", device: str = "cpu", trust_re
     than one device across the visible GPUs and the CPU with accelerate's big-model dispatch
     (``device`` is then ignored). Returns ``(model, tokenizer_or_None)``; the model is in eval mode.
     """
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageClassification, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageClassification
 
     torch_dtype = parse_dtype(dtype)
     check_device(device)
@@ -168,12 +168,33 @@ def load_model(model: str, dtype: str = "float32", device: str = "cpu", trust_re
     if not device_map:
         net.to(device)
     net.eval()
-    tokenizer = None
+    return net, load_tokenizer(model, trust_remote_code, image_model=loader is AutoModelForImageClassification)
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "spiece.model", "vocab.json", "vocab.txt",
+                   "merges.txt", "special_tokens_map.json")
+
+
+def load_tokenizer(model: str, trust_remote_code: bool = False, image_model: bool = False):
+    """The tokenizer of a model folder or hub id; None where the model has none.
+
+    "Has none": an image classifier, or a local folder without any tokenizer file (a language
+    model used with pre-tokenized input_ids only). A tokenizer that exists but cannot be loaded
+    (a corrupt tokenizer.json, a missing sentencepiece, ...) is an error naming the folder and
+    the cause, never a silent None.
+    """
+    from transformers import AutoTokenizer
+
+    local = Path(model).expanduser()
     try:
-        tokenizer = AutoTokenizer.from_pretrained(model, trust_remote_code=trust_remote_code)
-    except Exception:  # noqa: BLE001 - image models have no tokenizer
-        tokenizer = None
-    return net, tokenizer
+        return AutoTokenizer.from_pretrained(model, trust_remote_code=trust_remote_code)
+    except Exception as exc:  # noqa: BLE001 - transformers raises many types here
+        present = [f for f in TOKENIZER_FILES if (local / f).is_file()] if local.is_dir() else None
+        if image_model or present == []:
+            return None
+        cause = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0]}" if str(exc).strip() else type(exc).__name__
+        where = f"model folder {model!r} has {', '.join(present)} but its tokenizer" if present else f"the tokenizer of model {model!r}"
+        raise UnmemorizeError(f"{where} cannot be loaded ({cause})") from None
 
 
 def model_limits(model: nn.Module) -> tuple[int | None, int | None]:
