@@ -14,6 +14,7 @@ from safetensors.torch import load_file, save_file
 
 from unmemorize.cli import main
 from unmemorize.curvature import load_factors
+from unmemorize.edit.search import SearchConfig
 from unmemorize.errors import UnmemorizeError
 from unmemorize.tiny import save_tiny_lm, write_corpus
 
@@ -100,12 +101,42 @@ def test_label_free_budget_search_stays_within_its_budget(workspace, tmp_path):
     record = json.loads((out / "unmemorize_edit.json").read_text())["label_free_search"]
     assert record["chosen"]["perplexity_ratio"] <= 1.02 and len(record["candidates"]) > 10
     base, tokenizer = load_model(str(workspace / "llama"))
-    windows = list(iter_windows(list_data_files(heldout), tokenizer, 128, 20_000))
+    defaults = SearchConfig()
+    windows = list(iter_windows(list_data_files(heldout), tokenizer, defaults.search_seq_len, defaults.search_tokens))
     edited_ppl = perplexity(AutoModelForCausalLM.from_pretrained(out).eval(), windows).perplexity
     assert edited_ppl <= 1.02 * perplexity(base, windows).perplexity * (1 + 1e-6)
     # the most aggressive candidate within budget: no fitting candidate removes more pairs
     fitting = [c for c in record["candidates"] if c["perplexity_ratio"] <= 1.02]
     assert max(c["removed_pairs"] for c in fitting) == record["chosen"]["removed_pairs"]
+
+
+def test_search_options_set_the_heldout_windows_and_the_rho_grid(workspace, tmp_path):
+    """--search-seq-len / --search-tokens decide the windows every candidate is scored on (the
+    baseline perplexity is recomputed here on windows cut with them), and --search-rhos the grid:
+    candidates = rhos x layer sets x projection sets."""
+    from unmemorize.data import iter_windows, list_data_files
+    from unmemorize.edit.search import default_layer_sets, default_projection_sets
+    from unmemorize.evaluate import perplexity
+    from unmemorize.models import load_model
+
+    heldout = write_corpus(tmp_path / "heldout.txt", documents=80, seed=5)
+    base, tokenizer = load_model(str(workspace / "llama"))
+    sets = len(default_layer_sets(base.config.num_hidden_layers)) * len(default_projection_sets(base))
+    records = {}
+    for seq_len, tokens, rhos in ((16, 160, "0.9"), (40, 400, "0.7,0.9,0.99")):
+        out = tmp_path / f"search-{seq_len}"
+        assert main(["edit", "--model", str(workspace / "llama"), "--factors", str(workspace / "factors"), "--out", str(out),
+                     "--ppl-budget", "1.5", "--heldout", str(heldout), "--search-seq-len", str(seq_len), "--search-tokens",
+                     str(tokens), "--search-rhos", rhos]) == 0
+        record = json.loads((out / "unmemorize_edit.json").read_text())["label_free_search"]
+        grid = [float(r) for r in rhos.split(",")]
+        assert len(record["candidates"]) == len(grid) * sets
+        assert sorted({c["rho"] for c in record["candidates"]}) == grid
+        assert record["heldout"]["windows"] == tokens // seq_len and record["heldout"]["tokens"] == tokens
+        windows = list(iter_windows(list_data_files(heldout), tokenizer, seq_len, tokens))
+        assert record["baseline_perplexity"] == pytest.approx(perplexity(base, windows).perplexity, rel=1e-9)
+        records[seq_len] = record
+    assert records[16]["baseline_perplexity"] != pytest.approx(records[40]["baseline_perplexity"], rel=1e-6)
 
 
 def test_budget_below_one_is_an_error(workspace, tmp_path, capsys):

@@ -67,6 +67,7 @@ def _add_target_options(parser: argparse.ArgumentParser) -> None:
 def _build_parser() -> argparse.ArgumentParser:
     from .curvature.collect import CollectConfig
     from .edit.apply import EditConfig
+    from .edit.search import SearchConfig
 
     parser = argparse.ArgumentParser(prog="unmemorize", description=__doc__.split("\n\n")[0])
     parser.add_argument("--version", action="version", version=f"unmemorize {_version()}")
@@ -109,6 +110,7 @@ def _build_parser() -> argparse.ArgumentParser:
                       "differ from this model's (collected on other weights); recorded in unmemorize_edit.json.")
     _add_target_options(edit)
     _add_config_options(edit, EditConfig)
+    _add_config_options(edit, SearchConfig)
 
     spectrum = commands.add_parser("spectrum", help="Per-module spectra table and plot.",
                                    description="Eigendecompose the factors and print, per module, effective ranks, "
@@ -210,6 +212,10 @@ def _run_edit(args) -> None:
         uniform_plan([], args.rho)  # validates rho before any loading
     if args.ppl_budget is not None and not args.ppl_budget >= 1:
         raise UnmemorizeError(f"--ppl-budget must be >= 1 (a perplexity ratio, e.g. 1.10), got {args.ppl_budget}")
+    if args.ppl_budget is not None:
+        from .edit.search import SearchConfig
+
+        _config_from_args(SearchConfig, args).validate()  # before any loading
     if config.method in ("kfac", "random") and not args.factors:
         raise UnmemorizeError(f"--method {config.method} needs --factors DIR")
     if args.factors:
@@ -281,21 +287,22 @@ def _search_plan(args, model, tokenizer, config):
     """--ppl-budget: the label-free search of ``edit/search.py`` on --heldout text; returns (plan, record, factors)."""
     from .basis import decompose_factors
     from .curvature import load_factors
-    from .data import iter_windows, list_data_files
-    from .edit.search import search_plan
-    from .models import model_limits
+    from .edit.search import SearchConfig, heldout_windows, search_plan
 
     if config.method != "kfac" or not args.factors or not args.heldout:
         raise UnmemorizeError("--ppl-budget needs --method kfac, --factors DIR and --heldout FILE")
+    settings = _config_from_args(SearchConfig, args)
+    settings.validate()
     factors = load_factors(args.factors, model=model, allow_foreign=args.allow_foreign_factors)
-    windows = list(iter_windows(list_data_files(args.heldout), tokenizer, 128, 20_000, *model_limits(model)))
-    search = search_plan(model, factors, decompose_factors(factors), windows, args.ppl_budget)
+    windows = heldout_windows(args.heldout, tokenizer, model, settings)
+    search = search_plan(model, factors, decompose_factors(factors), windows, args.ppl_budget, settings.rho_values())
     if search.plan is None:
         raise UnmemorizeError(f"no plan keeps perplexity within {args.ppl_budget} x baseline ({search.baseline_perplexity:.3f})")
     chosen = {k: v for k, v in search.chosen.items() if k != "plan"}
     print(f"label-free search: {len(search.candidates)} candidates; chosen {chosen}", file=sys.stderr)
     factors.metadata["path"] = str(args.factors)
     return search.plan, {"budget": args.ppl_budget, "baseline_perplexity": search.baseline_perplexity, "chosen": chosen,
+                         "config": dataclasses.asdict(settings), "heldout": search.settings,
                          "candidates": [{k: v for k, v in c.items() if k != "plan"} for c in search.candidates]}, factors
 
 
