@@ -271,6 +271,13 @@ def test_example_retention_matches_a_hand_computation():
     task = example_retention(result, groups, before, after)["svd"]["tasks"]["qa"]
     assert (task["lost"], task["kept"]) == (2, 1) and task["auc"] == pytest.approx(
         np.mean([[float(a > loading[2]) + 0.5 * float(a == loading[2])] for a in lost]))
+    assert task["left_out"] == 1 and task["correct_before"] == 4
+    # a kept row whose top-10% activation is exactly 0 leans infinitely on low curvature: +inf, scored, not left out
+    result["per_sequence"]["qa"]["m1"]["svd"][2, 0] = 0.0
+    examples = example_retention(result, groups, before, after)["svd"]
+    task = examples["tasks"]["qa"]
+    assert (task["lost"], task["kept"], task["left_out"]) == (2, 1, 1) and task["mean_loading_kept"] == float("inf")
+    assert task["auc"] == 0.0 and examples["pooled"]["left_out"] == 1  # both lost rows load less than +inf
 
 
 def test_auc_standard_error_matches_hanley_mcneil_and_shrinks_with_n():
@@ -377,3 +384,88 @@ def test_readout_memory_budget_splits_modules_into_passes_with_the_same_result(t
     sources = {"clean": lambda: text_batches(sequences, "next_token", 2, 0)}
     assert band_analysis(model, modules, {}, sources, basis_names=["svd"])["modules"] == \
         band_analysis(model, modules, {}, sources, basis_names=["svd"], readout_memory_gb=1e-9)["modules"]
+
+
+def exact_zero_case():
+    """Two layers on the same inputs. ``layer`` has a diagonal A, so its pair-basis directions are
+    exact unit vectors, and the memorized inputs are exactly 0 on A's 12 highest directions: their
+    top-10% pair band activation is exactly 0. ``twin`` has a rotated A (finite separations).
+    Source ``empty`` has no counted position (its separations are undefined)."""
+
+    class TwoLayers(nn.Module):
+        def __init__(self, first, second):
+            super().__init__()
+            self.layer, self.twin = OneLayer(first).layer, OneLayer(second).layer
+
+        def forward(self, inputs):
+            return self.layer(inputs) + self.twin(inputs)
+
+    d_in, d_out, n = 16, 12, 400
+    generator = torch.Generator().manual_seed(9)
+    diagonal = torch.diag(0.7 ** torch.arange(d_in, dtype=torch.float64))
+    g = random_psd(d_out, 11, decay=0.6)
+    model = TwoLayers(*(torch.randn(d_out, d_in, dtype=torch.float64, generator=generator) for _ in range(2)))
+    clean = torch.randn(n, d_in, dtype=torch.float64, generator=generator) * diagonal.diagonal().sqrt()
+    memorized = torch.zeros(n, d_in, dtype=torch.float64)
+    memorized[:, -4:] = torch.randn(n, 4, dtype=torch.float64, generator=generator)
+
+    def batches(x, counted=True):
+        return lambda: [({"inputs": x}, torch.full((len(x),), counted))]
+
+    bases = {"layer": basis_of(g, diagonal), "twin": basis_of(g, random_psd(d_in, 10, decay=0.7))}
+    return band_analysis(model, ["layer", "twin"], bases, {"memorized": batches(memorized), "empty": batches(clean, False),
+                                                           "clean": batches(clean)})
+
+
+def test_a_top10_ratio_of_exactly_zero_is_plus_infinity_and_counted_not_dropped():
+    from unmemorize.analysis import separation_score, summarize
+
+    result = exact_zero_case()
+    pairs = result["modules"]["layer"]["bases"]["pairs"]
+    assert pairs["ratio"]["memorized"][0] == 0.0 and pairs["ratio"]["memorized"][-1] > 1
+    assert pairs["separation"]["memorized"] == float("inf")  # the strongest lean, not a missing value
+    twin = result["modules"]["twin"]["bases"]["pairs"]["separation"]["memorized"]
+    assert np.isfinite(twin)
+    summary = summarize(result, "memorized")["pairs"]
+    assert (summary["modules"], summary["in_mean"], summary["plus_inf"], summary["left_out"]) == (2, 1, 1, 0)
+    assert summary["mean_separation"] == pytest.approx(twin)
+    # undefined separations: a NaN ratio, or 0/0 in both bands; the mirror of the +inf case is -inf
+    assert np.isnan(separation_score([float("nan"), 1, 1, 2])) and np.isnan(separation_score([0.0, 1, 1, 0.0]))
+    assert separation_score([2.0, 1, 1, 0.0]) == float("-inf")
+
+
+def test_undefined_separations_are_counted_as_left_out_with_their_reason():
+    from unmemorize.analysis import summarize
+    from unmemorize.analysis.run import LEFT_OUT_REASON, separation_mean
+
+    counts = separation_mean([1.0, 3.0, float("inf"), float("nan"), float("-inf"), None])
+    assert counts["mean"] == 2.0 and counts["max"] == 3.0
+    assert (counts["in_mean"], counts["plus_inf"], counts["minus_inf"], counts["left_out"]) == (2, 1, 1, 2)
+    summary = summarize(exact_zero_case(), "empty")
+    for kind, s in summary.items():  # no counted position: every module's separation is undefined
+        assert s["modules"] == 2 and s["left_out"] == 2 and s["in_mean"] == 0 and np.isnan(s["mean_separation"]), kind
+        assert s["left_out_reason"] == LEFT_OUT_REASON
+
+
+def test_analysis_files_are_strict_json_and_report_what_the_means_leave_out(tmp_path):
+    """analysis.json parses with a strict parser (+inf and NaN become null, the summary counts
+    them); analysis.md has the +inf and left-out columns. Negative control: the same content
+    written with plain json.dumps is not strict JSON."""
+    import json
+
+    from unmemorize.analysis.report import write_analysis
+    from unmemorize.jsonio import strict_loads
+
+    result = exact_zero_case()
+    extra = write_analysis(result, tmp_path, ["memorized", "empty"])
+    saved = strict_loads((tmp_path / "analysis.json").read_text())
+    assert saved["modules"]["layer"]["bases"]["pairs"]["separation"]["memorized"] is None
+    assert saved["summary"]["memorized"]["pairs"]["plus_inf"] == 1 and saved["summary"]["empty"]["svd"]["left_out"] == 2
+    assert saved["summary"]["empty"]["svd"]["mean_separation"] is None
+    text = (tmp_path / "analysis.md").read_text()
+    assert "| +inf (top-10% ratio 0) | -inf | left out (undefined) |" in text
+    assert "| memorized / clean | pairs | 2 |" in text and "| 1 | 0 | 0 |" in text  # pairs: 1 +inf, 0 -inf, 0 left out
+    assert "| empty / clean | svd | 2 |" in text and "| 0 | 0 | 2 |" in text
+    assert "(1 +inf)" in text and "(2 left out)" in text  # the loading table says it too
+    with pytest.raises(ValueError, match="not strict JSON"):
+        strict_loads(json.dumps({**result, **extra}))

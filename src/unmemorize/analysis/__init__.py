@@ -2,11 +2,14 @@
 
 from .bands import BAND_NAMES, BASES, Readout, build_readout, pairs_readout, rank_correlation, separation_score, svd_readout, whitened_readout
 from .inputs import TokenSequence, image_batches, load_image_source, load_text_source, task_sequence, text_batches
-from .run import AnalyzeConfig, add_comparison, auc, band_analysis, retention_correlation, sequence_loading, summarize, task_loading
+from .run import (
+    AnalyzeConfig, add_comparison, auc, band_analysis, retention_correlation, separation_mean, sequence_loading, summarize, task_loading,
+    task_loading_counts,
+)
 
 __all__ = [
     "BAND_NAMES", "BASES", "Readout", "build_readout", "pairs_readout", "rank_correlation", "separation_score", "svd_readout",
     "whitened_readout", "TokenSequence", "image_batches", "load_image_source", "load_text_source", "task_sequence", "text_batches",
-    "AnalyzeConfig", "add_comparison", "auc", "band_analysis", "retention_correlation", "sequence_loading", "summarize",
-    "task_loading",
+    "AnalyzeConfig", "add_comparison", "auc", "band_analysis", "retention_correlation", "separation_mean", "sequence_loading",
+    "summarize", "task_loading", "task_loading_counts",
 ]

@@ -33,7 +33,8 @@ mean_{x in clean} a_b(x). Bases (all computed in float64):
   order, as the edit's selection does.
 
 Separation score of a layer: ln(ratio_bottom50) - ln(ratio_top10); 0 means the source loads on
-high- and low-curvature bands as clean text does, > 0 means it leans on low curvature.
+high- and low-curvature bands as clean text does, > 0 means it leans on low curvature, +inf that
+its top-10% ratio is exactly 0 (see ``separation_score``).
 """
 
 from __future__ import annotations
@@ -173,10 +174,20 @@ def band_ratios(source: list[float], reference: list[float]) -> list[float]:
 
 
 def separation_score(ratios: list[float]) -> float:
-    """ln(ratio of the bottom-50% band) - ln(ratio of the top-10% band)."""
-    top, bottom = ratios[0], ratios[-1]
-    if not (top > 0 and bottom > 0):
+    """ln(ratio of the bottom-50% band) - ln(ratio of the top-10% band).
+
+    A ratio of exactly 0 is a measurement, not a gap: a top-10% ratio of 0 with a positive
+    bottom-50% ratio is the strongest possible lean on low curvature, +inf (and the mirror case
+    -inf). The score is NaN (undefined) only when a ratio is NaN (the reference's band mean is 0,
+    or the source had no counted position) or both ratios are 0 (0/0).
+    """
+    top, bottom = float(ratios[0]), float(ratios[-1])
+    if np.isnan(top) or np.isnan(bottom) or (top == 0 and bottom == 0):
         return float("nan")
+    if top == 0:
+        return float("inf")
+    if bottom == 0:
+        return float("-inf")
     return float(np.log(bottom) - np.log(top))
 
 

@@ -11,7 +11,10 @@ BASIS_TITLES = {"whitened": "K-FAC (whitened weight)", "pairs": "K-FAC (A eigenb
 
 
 def _fmt(value: float) -> str:
-    return "-" if not math.isfinite(value) else f"{value:.3f}"
+    """'-' for undefined (NaN or missing), '+inf' / '-inf' as such (a band ratio of exactly 0 is a measurement)."""
+    if value is None or math.isnan(value):
+        return "-"
+    return f"{value:+}" if math.isinf(value) else f"{value:.3f}"
 
 
 def ratio_table(result: dict, source: str) -> str:

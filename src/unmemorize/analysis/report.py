@@ -7,9 +7,10 @@ import json
 import math
 from pathlib import Path
 
+from ..jsonio import write_json
 from .retention import example_table
 from .plots import comparison_label, plot_band_ratios, plot_loading_vs_retention, ratio_table, verdict_table
-from .run import retention_correlation, summarize, task_loading
+from .run import LEFT_OUT_REASON, retention_correlation, summarize, task_loading, task_loading_counts
 
 
 def retention_from_file(path: str | Path) -> dict[str, float]:
@@ -42,22 +43,41 @@ def retention_from_file(path: str | Path) -> dict[str, float]:
 
 
 def summary_table(summaries: dict[str, dict], reference: str = "clean", unit: str = "layers") -> list[str]:
-    """Markdown rows of ``summarize`` results, {source: {basis: summary}}: one row per comparison and basis."""
-    lines = [f"| comparison | basis | {unit} | bottom-50% > 1 | top-10% < 1 | both | mean separation | max separation |",
-             "|---|---|---|---|---|---|---|---|"]
+    """Markdown rows of ``summarize`` results, {source: {basis: summary}}: one row per comparison and basis.
+
+    Mean and max separation are over the finite separations; the last two columns count the
+    modules they leave out: +inf (top-10% ratio exactly 0, the strongest low-curvature lean) and
+    undefined (NaN, see ``run.LEFT_OUT_REASON``). Works on summaries read back from analysis.json
+    (non-finite numbers are null there)."""
+    lines = [f"| comparison | basis | {unit} | bottom-50% > 1 | top-10% < 1 | both | mean separation (finite) | max separation "
+             "(finite) | +inf (top-10% ratio 0) | -inf | left out (undefined) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for source, per_basis in summaries.items():
         for kind, s in per_basis.items():
             lines.append(f"| {comparison_label(source, reference)} | {kind} | {s['modules']} | {s['bottom50_above_1']} | "
-                         f"{s['top10_below_1']} | {s['both']} | {s['mean_separation']:.3f} | {s['max_separation']:.3f} |")
+                         f"{s['top10_below_1']} | {s['both']} | {_number(s['mean_separation'])} | {_number(s['max_separation'])} | "
+                         f"{s.get('plus_inf', '?')} | {s.get('minus_inf', '?')} | {s.get('left_out', '?')} |")
     return lines
 
 
+def _number(value) -> str:
+    return "-" if value is None or not math.isfinite(value) else f"{value:.3f}"
+
+
+def _loading_cell(counts: dict) -> str:
+    """'0.123', or '0.123 (2 +inf, 1 left out)' when some modules are not in the mean."""
+    notes = [f"{counts[k]} {label}" for k, label in (("plus_inf", "+inf"), ("minus_inf", "-inf"), ("left_out", "left out")) if counts[k]]
+    return _number(counts["mean"]) + (f" ({', '.join(notes)})" if notes else "")
+
+
 def loading_table(result: dict, sources: list[str], modules: list[str] | None = None) -> str:
+    """Markdown: per source and basis, the mean separation over the finite modules, with the
+    count of +inf, -inf and left-out (undefined) modules next to it when there are any."""
     basis_names = list(next(iter(result["modules"].values()))["bases"])
-    loadings = {kind: task_loading(result, kind, modules) for kind in basis_names}
+    loadings = {kind: task_loading_counts(result, kind, modules) for kind in basis_names}
     lines = ["| source | " + " | ".join(f"{k} loading" for k in basis_names) + " |", "|---|" + "---|" * len(basis_names)]
     for source in sources:
-        lines.append(f"| {source} | " + " | ".join(f"{loadings[k][source]:.3f}" for k in basis_names) + " |")
+        lines.append(f"| {source} | " + " | ".join(_loading_cell(loadings[k][source]) for k in basis_names) + " |")
     return "\n".join(lines)
 
 
@@ -82,7 +102,9 @@ def write_analysis(result: dict, out: str | Path, compared: list[str], tasks: li
                                   "tasks": retention_correlation({k: v for k, v in loading.items() if k in tasks}, retention)}
     text = ["# Curvature band analysis", "",
             f"Counted positions: {json.dumps(result['counted_positions'])}. Reference: `{result['reference']}`. "
-            "Band ratio = mean band activation on the source / on the reference; separation = ln(r_bottom50) - ln(r_top10).", ""]
+            "Band ratio = mean band activation on the source / on the reference; separation = ln(r_bottom50) - ln(r_top10). "
+            "Means are over the finite separations; a top-10% ratio of exactly 0 gives +inf (the strongest lean on low "
+            f"curvature), counted in its own column; modules left out: {LEFT_OUT_REASON}.", ""]
     for source in compared:
         slug = source.replace("/", "_vs_")
         plot_band_ratios(result, source, out / f"bands_{slug}.png")
@@ -99,8 +121,9 @@ def write_analysis(result: dict, out: str | Path, compared: list[str], tasks: li
             plot_loading_vs_retention(corr, out / f"loading_vs_retention_{kind}.png",
                                       f"{kind}: Spearman rho = {corr['spearman']:.2f} (n = {corr['n']}); tasks only: "
                                       f"{pair['tasks']['spearman']:.2f} (n = {pair['tasks']['n']})")
+            left_out = f" (left out, no finite loading: {', '.join(corr['left_out'])})" if corr["left_out"] else ""
             text += [f"### Retention vs loading, {kind} basis: Spearman rho = {corr['spearman']:.3f} over {corr['n']} sources, "
-                     f"{pair['tasks']['spearman']:.3f} over the {pair['tasks']['n']} tasks alone", "",
+                     f"{pair['tasks']['spearman']:.3f} over the {pair['tasks']['n']} tasks alone{left_out}", "",
                      f"![loading vs retention](loading_vs_retention_{kind}.png)", ""]
     if examples:
         text += ["## Per example: do rows the edit breaks lean on low curvature?", "",
@@ -109,7 +132,7 @@ def write_analysis(result: dict, out: str | Path, compared: list[str], tasks: li
                  "no information.", "", example_table(examples), ""]
     extra = {"summary": summaries, "correlation": correlations, "tasks": list(tasks), **({"examples": examples} if examples else {})}
     saved = {k: v for k, v in result.items() if k != "per_sequence"}
-    (out / "analysis.json").write_text(json.dumps(_finite({**saved, **extra}), indent=2))
+    write_json(out / "analysis.json", {**saved, **extra})  # strict JSON: NaN and +-inf become null (counts in "summary")
     (out / "analysis.md").write_text("\n".join(text))
     return extra
 
@@ -118,8 +141,10 @@ def print_summary(extra: dict) -> None:
     """The headline numbers of ``write_analysis``'s return value, one line each."""
     for source, summary in extra["summary"].items():
         for kind, s in summary.items():
+            counted = "" if s.get("in_mean", s["modules"]) == s["modules"] else (
+                f" over {s['in_mean']} finite ({s['plus_inf']} +inf, {s['minus_inf']} -inf, {s['left_out']} left out: undefined)")
             print(f"{comparison_label(source)}, {kind}: {s['both']}/{s['modules']} layers with bottom-50% > 1 and top-10% < 1; "
-                  f"mean separation {s['mean_separation']:.3f}")
+                  f"mean separation {_number(s['mean_separation'])}{counted}")
     for kind, pair in extra["correlation"].items():
         print(f"retention vs low-curvature loading ({kind}): Spearman {pair['all']['spearman']:.3f} over {pair['all']['n']} sources, "
               f"{pair['tasks']['spearman']:.3f} over {pair['tasks']['n']} tasks")
@@ -128,13 +153,3 @@ def print_summary(extra: dict) -> None:
         print(f"per example ({kind}): {pooled['lost']} of {pooled['lost'] + pooled['kept']} correct rows lost; "
               f"AUC(loading: lost > kept) = {pooled['auc']:.3f}")
 
-
-def _finite(value):
-    """NaN/inf -> None, so analysis.json is strict JSON."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value

@@ -36,14 +36,16 @@ def example_retention(result: dict, groups: dict[str, list[tuple[int, TokenSeque
     """Per basis: per learned task and pooled, the AUC of loading for lost vs kept rows (see module doc).
 
     ``result`` must come from ``band_analysis(..., per_sequence=<the task names>)`` with the
-    task sources built from ``groups``. Tasks with baseline accuracy below 50% are skipped; rows
-    with no counted position (NaN loading, e.g. a prompt longer than ``seq_len`` with
-    ``positions="continuation"``) are left out.
+    task sources built from ``groups``. Tasks with baseline accuracy below 50% are skipped. Rows
+    whose loading is undefined (NaN: no counted position, e.g. a prompt longer than ``seq_len``
+    with ``positions="continuation"``) are left out and counted (``left_out``); a loading of +inf
+    (the row's top-10% activation is exactly 0) is kept: it is the strongest lean, and the AUC
+    only compares ranks.
     """
     basis_names = list(next(iter(result["modules"].values()))["bases"])
     out = {}
     for kind in basis_names:
-        per_task, pooled_lost, pooled_kept = {}, [], []
+        per_task, pooled_lost, pooled_kept, pooled_left_out = {}, [], [], 0
         for task, members in groups.items():
             before = [correct_before[i] for i, _ in members]
             accuracy = sum(before) / len(before)
@@ -52,13 +54,15 @@ def example_retention(result: dict, groups: dict[str, list[tuple[int, TokenSeque
             loading = sequence_loading(result, task, kind, modules)
             if len(loading) != len(members):
                 raise ValueError(f"task {task!r}: {len(loading)} analysed sequences for {len(members)} rows")
-            usable = [(float(loading[k]), i) for k, (i, _) in enumerate(members) if math.isfinite(float(loading[k]))]
-            lost = [value for value, i in usable if correct_before[i] and not correct_after[i]]
-            kept = [value for value, i in usable if correct_before[i] and correct_after[i]]
+            correct = [(float(loading[k]), i) for k, (i, _) in enumerate(members) if correct_before[i]]
+            usable = [(value, i) for value, i in correct if not math.isnan(value)]
+            lost = [value for value, i in usable if not correct_after[i]]
+            kept = [value for value, i in usable if correct_after[i]]
             pooled_lost += lost
             pooled_kept += kept
-            per_task[task] = {"correct_before": len(lost) + len(kept), **_stats(lost, kept)}
-        out[kind] = {"tasks": per_task, "pooled": _stats(pooled_lost, pooled_kept)}
+            pooled_left_out += len(correct) - len(usable)
+            per_task[task] = {"correct_before": len(correct), "left_out": len(correct) - len(usable), **_stats(lost, kept)}
+        out[kind] = {"tasks": per_task, "pooled": {**_stats(pooled_lost, pooled_kept), "left_out": pooled_left_out}}
     return out
 
 
@@ -69,21 +73,26 @@ def _stats(lost: list[float], kept: list[float]) -> dict:
 
 
 def _mean(values: list[float]) -> float:
+    """The mean; +inf if a row is +inf (and none -inf): such a row leans infinitely, not 'missing'."""
     return sum(values) / len(values) if values else math.nan
 
 
 def example_table(examples: dict) -> str:
     """Markdown: per basis and task, lost / kept counts, mean loadings and the AUC."""
-    lines = ["| basis | task | correct before | lost after edit | mean loading, lost | mean loading, kept | AUC (lost > kept) +- SE |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| basis | task | correct before | left out (no loading) | lost after edit | mean loading, lost | mean loading, kept | "
+             "AUC (lost > kept) +- SE |", "|---|---|---|---|---|---|---|---|"]
 
     def fmt(value):
-        return "-" if value is None or not math.isfinite(value) else f"{value:.3f}"
+        if value is None or math.isnan(value):
+            return "-"
+        return f"{value:+}" if math.isinf(value) else f"{value:.3f}"
 
     for kind, block in examples.items():
-        for task, s in {**block["tasks"], "pooled": {**block["pooled"], "correct_before": block["pooled"]["lost"] + block["pooled"]["kept"]}}.items():
-            lines.append(f"| {kind} | {task} | {s['correct_before']} | {s['lost']} | {fmt(s['mean_loading_lost'])} | "
-                         f"{fmt(s['mean_loading_kept'])} | {fmt(s['auc'])} +- {fmt(s['auc_se'])} |")
+        pooled = block["pooled"]
+        left_out = pooled.get("left_out", 0)
+        for task, s in {**block["tasks"], "pooled": {**pooled, "correct_before": pooled["lost"] + pooled["kept"] + left_out}}.items():
+            lines.append(f"| {kind} | {task} | {s['correct_before']} | {s.get('left_out', 0)} | {s['lost']} | "
+                         f"{fmt(s['mean_loading_lost'])} | {fmt(s['mean_loading_kept'])} | {fmt(s['auc'])} +- {fmt(s['auc_se'])} |")
     return "\n".join(lines)
 
 

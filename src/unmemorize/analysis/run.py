@@ -16,7 +16,8 @@ Result (JSON-ready)::
 ``add_comparison`` adds ratios between any two sources (memorized vs never-trained controls is
 the control the paper lacks: it separates memorization from mere distribution shift).
 ``summarize`` counts, per basis and source, the layers showing the paper's pattern (bottom-50%
-ratio > 1 and top-10% ratio < 1) and the mean separation; ``task_loading`` and
+ratio > 1 and top-10% ratio < 1) and the mean separation (over the finite ones; +inf, -inf and
+undefined separations are counted, never silently dropped); ``task_loading`` and
 ``retention_correlation`` turn per-task separations into the Figure 4 claim (tasks leaning on
 low-curvature bands lose more after the edit: a negative Spearman correlation);
 ``sequence_loading`` and ``auc`` do it per example (``retention.py``).
@@ -220,35 +221,61 @@ def add_comparison(result: dict, source: str, reference: str) -> str:
     return key
 
 
+LEFT_OUT_REASON = ("separation undefined (NaN): a band ratio is undefined (the reference's band mean is 0, or the source "
+                   "had no counted position) or both the top-10% and bottom-50% ratios are 0")
+
+
+def separation_mean(separations: list[float]) -> dict:
+    """The mean separation over modules, and what it does not average, counted.
+
+    ``mean``/``max`` are over the finite separations (``in_mean`` of them); ``plus_inf`` counts
+    modules whose top-10% ratio is exactly 0 (the strongest lean on low curvature, +inf),
+    ``minus_inf`` those whose bottom-50% ratio is 0; ``left_out`` counts undefined (NaN) ones,
+    for the reason ``LEFT_OUT_REASON``. in_mean + plus_inf + minus_inf + left_out = modules.
+    """
+    values = [float(v) if v is not None else math.nan for v in separations]
+    finite = [v for v in values if math.isfinite(v)]
+    return {"mean": sum(finite) / len(finite) if finite else math.nan, "max": max(finite) if finite else math.nan,
+            "in_mean": len(finite), "plus_inf": sum(v == math.inf for v in values),
+            "minus_inf": sum(v == -math.inf for v in values), "left_out": sum(math.isnan(v) for v in values)}
+
+
 def summarize(result: dict, source: str) -> dict:
-    """Per basis: layers with bottom-50% ratio > 1, with top-10% < 1, with both; mean separation."""
+    """Per basis: layers with bottom-50% ratio > 1, with top-10% < 1, with both; the mean and max
+    separation over the finite ones, and how many are +inf, -inf or left out (``separation_mean``)."""
     summary = {}
     basis_names = list(next(iter(result["modules"].values()))["bases"])
     for kind in basis_names:
         rows = [m["bases"][kind]["ratio"][source] for m in result["modules"].values()]
-        separations = [m["bases"][kind]["separation"][source] for m in result["modules"].values()]
-        finite = [s for s in separations if math.isfinite(s)]
+        counts = separation_mean([m["bases"][kind]["separation"][source] for m in result["modules"].values()])
         summary[kind] = {
             "modules": len(rows),
             "bottom50_above_1": sum(r[-1] > 1 for r in rows),
             "top10_below_1": sum(r[0] < 1 for r in rows),
             "both": sum(r[-1] > 1 and r[0] < 1 for r in rows),
-            "mean_separation": sum(finite) / len(finite) if finite else float("nan"),
-            "max_separation": max(finite) if finite else float("nan"),
+            "mean_separation": counts["mean"],
+            "max_separation": counts["max"],
+            "in_mean": counts["in_mean"],
+            "plus_inf": counts["plus_inf"],
+            "minus_inf": counts["minus_inf"],
+            "left_out": counts["left_out"],
+            **({"left_out_reason": LEFT_OUT_REASON} if counts["left_out"] else {}),
         }
     return summary
 
 
-def task_loading(result: dict, basis: str, modules: list[str] | None = None) -> dict[str, float]:
-    """Per source: the mean separation (ln r_bottom50 - ln r_top10 vs clean) over ``modules``."""
+def task_loading_counts(result: dict, basis: str, modules: list[str] | None = None) -> dict[str, dict]:
+    """Per source: ``separation_mean`` of its separations (vs the reference) over ``modules``."""
     names = modules or list(result["modules"])
     sources = [s for s in result["modules"][names[0]]["bases"][basis]["separation"] if "/" not in s]
-    loading = {}
-    for source in sources:
-        values = [result["modules"][n]["bases"][basis]["separation"][source] for n in names]
-        values = [v for v in values if math.isfinite(v)]
-        loading[source] = sum(values) / len(values) if values else float("nan")
-    return loading
+    return {source: separation_mean([result["modules"][n]["bases"][basis]["separation"][source] for n in names])
+            for source in sources}
+
+
+def task_loading(result: dict, basis: str, modules: list[str] | None = None) -> dict[str, float]:
+    """Per source: the mean separation (ln r_bottom50 - ln r_top10 vs clean) over the finite ones
+    among ``modules``; ``task_loading_counts`` says how many were +inf, -inf or left out."""
+    return {source: counts["mean"] for source, counts in task_loading_counts(result, basis, modules).items()}
 
 
 def sequence_loading(result: dict, source: str, basis: str, modules: list[str] | None = None) -> torch.Tensor:
@@ -285,8 +312,10 @@ def auc_standard_error(value: float, positives: int, negatives: int) -> float:
 
 
 def retention_correlation(loading: dict[str, float], retention: dict[str, float]) -> dict:
-    """Spearman rho between low-curvature loading and retention over the sources both name."""
-    names = [n for n in loading if n in retention and retention[n] is not None and math.isfinite(loading[n])]
+    """Spearman rho between low-curvature loading and retention over the sources both name;
+    sources with a retention but no finite loading are listed in ``left_out``."""
+    both = [n for n in loading if n in retention and retention[n] is not None]
+    names = [n for n in both if math.isfinite(loading[n])]
     points = [{"source": n, "loading": loading[n], "retention": retention[n]} for n in names]
-    return {"points": points, "n": len(points),
+    return {"points": points, "n": len(points), "left_out": [n for n in both if n not in names],
             "spearman": rank_correlation([p["loading"] for p in points], [p["retention"] for p in points])}
