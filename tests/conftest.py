@@ -1,7 +1,12 @@
-"""Shared fixtures: tiny random-init models (milliseconds) and the brute-force K-FAC oracle."""
+"""Shared fixtures: tiny random-init models (milliseconds) and the brute-force K-FAC oracle.
+
+Tests marked ``@pytest.mark.slow`` (registered in pyproject.toml) are skipped unless the
+environment has UNMEMORIZE_SLOW=1, as ``make test-all`` sets it.
+"""
 
 from __future__ import annotations
 
+import os
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -10,9 +15,23 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent / "oracles"))
+pytest_plugins = ["pytester"]  # test_slow_marker.py runs pytest on a generated test file
 
 from unmemorize.data import pad_batch  # noqa: E402
 from unmemorize.tiny import build_tiny_lm  # noqa: E402
+
+
+SLOW_SKIP_REASON = "slow test: run it with UNMEMORIZE_SLOW=1 (make test-all)"
+
+
+def pytest_collection_modifyitems(config, items):
+    """Skip ``@pytest.mark.slow`` tests unless UNMEMORIZE_SLOW=1."""
+    if os.environ.get("UNMEMORIZE_SLOW") == "1":
+        return
+    skip = pytest.mark.skip(reason=SLOW_SKIP_REASON)
+    for item in items:
+        if item.get_closest_marker("slow") is not None:
+            item.add_marker(skip)
 
 
 def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
