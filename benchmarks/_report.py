@@ -16,6 +16,8 @@ import sys
 import time
 from pathlib import Path
 
+from unmemorize.jsonio import strict_dumps, write_json
+
 HERE = Path(__file__).resolve().parent
 MARKDOWN = HERE / "results-collect.md"
 JSON = HERE / "results-collect.json"
@@ -106,12 +108,12 @@ def update(part: str, markdown: str, data: dict, quick: bool = False) -> None:
     markdown_path.write_text(TITLE + "".join(f"\n<!-- begin {p} -->\n{sections[p]}<!-- end {p} -->\n" for p in parts))
     results = json.loads(json_path.read_text()) if json_path.exists() else {}
     results[part] = data
-    json_path.write_text(json.dumps(results, indent=1, default=str) + "\n")
+    json_path.write_text(strict_dumps(results, indent=1, default=str) + "\n")  # strict JSON: NaN/Inf as null
 
 
 def write_results(stem: str, lines: list[str], record) -> None:
     """A whole-file benchmark result: ``benchmarks/<stem>.md`` (the lines) and ``<stem>.json``; the table is printed too."""
     text = "\n".join(lines)
     (HERE / f"{stem}.md").write_text(text)
-    (HERE / f"{stem}.json").write_text(json.dumps(record, indent=2))
+    write_json(HERE / f"{stem}.json", record)
     print(text)

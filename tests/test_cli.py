@@ -390,3 +390,31 @@ def test_analyze_edited_needs_tasks(workspace, tmp_path, capsys):
                              str(workspace / "clean.txt"), "--memorized", str(memorized), "--edited", str(workspace / "llama"),
                              "--out", str(tmp_path / "a")])
     assert "--edited needs --tasks FILE" in line
+
+
+def test_every_json_file_and_json_print_of_the_commands_is_strict(workspace, tmp_path, capsys):
+    """Factor folders, decompose caches, edit manifests, output markers and the spectrum --json and
+    collect --dry-run prints all parse with a strict parser (NaN/Inf would be refused; jsonio
+    writes them as null)."""
+    from unmemorize.jsonio import strict_loads
+
+    factors = shutil.copytree(workspace / "factors", tmp_path / "factors")
+    llama = str(workspace / "llama")
+    assert main(["decompose", "--factors", str(factors), "--quiet"]) == 0
+    assert main(["edit", "--model", llama, "--factors", str(factors), "--out", str(tmp_path / "edited"), "--rho", "0.9",
+                 "--method", "random"]) == 0
+    capsys.readouterr()
+    prints = []
+    for argv in (["spectrum", "--factors", str(factors), "--out", str(tmp_path / "s.png"), "--json"],
+                 ["collect", "--model", llama, "--data", str(workspace / "clean.txt"), "--out", str(tmp_path / "never"),
+                  "--seq-len", "32", "--max-tokens", "200", "--dry-run", "--no-progress"]):
+        assert main(argv) == 0, argv
+        out = capsys.readouterr().out
+        prints.append(out[out.index("["):out.rindex("]") + 1] if argv[0] == "spectrum" else out.strip().splitlines()[-1])
+    files = [p for p in tmp_path.rglob("*.json")] + list(tmp_path.rglob(".unmemorize-output.json"))
+    names = {p.name for p in files}
+    assert {"factors.json", "unmemorize_edit.json", ".unmemorize-output.json"} <= names and any(p.parent.name.startswith("eigen-") for p in files)
+    for path in files:
+        strict_loads(path.read_text())
+    for text in prints:
+        assert strict_loads(text), text

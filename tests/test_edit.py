@@ -166,6 +166,29 @@ def test_random_control_draws_a_mask_per_module_seeded_by_its_name():
     assert module_seed(0, "model.layers.0.mlp.up_proj") == 1708473504
 
 
+def test_edit_manifest_is_strict_json_with_non_finite_numbers_as_null(tiny_lm, tmp_path):
+    """unmemorize_edit.json parses with a strict parser when the record holds NaN/Inf (a search
+    candidate whose perplexity overflowed, a zero weight's relative change); plain json.dumps of the
+    same record (the old writer) does not."""
+    from unmemorize.jsonio import strict_loads
+
+    model, _ = tiny_lm("llama")
+    name = "model.layers.0.mlp.up_proj"
+    d_out, d_in = get_weight(dict(model.named_modules())[name]).shape
+    factors = KFACFactors({name: random_psd(d_in, 1)}, {name: random_psd(d_out, 2)}, 1)
+    edit = apply_edit(model, {name: 0.8}, factors, EditConfig(method="random"))
+    edit.modules[name].relative_change = float("nan")
+    search = {"baseline_perplexity": 12.5, "candidates": [{"rho": 0.5, "perplexity": float("inf"), "perplexity_ratio": float("inf")}]}
+    save_edited_model(edit, tmp_path / "out", extra={"label_free_search": search})
+    text = (tmp_path / "out" / "unmemorize_edit.json").read_text()
+    record = strict_loads(text)
+    assert record["label_free_search"]["candidates"][0]["perplexity"] is None and record["modules"][name]["relative_change"] is None
+    assert record["label_free_search"]["baseline_perplexity"] == 12.5 and record["config"]["method"] == "random"
+    assert strict_loads((tmp_path / "out" / ".unmemorize-output.json").read_text())["kind"]
+    with pytest.raises(ValueError, match="not strict JSON"):
+        strict_loads(json.dumps({**edit.summary(), "label_free_search": search}, indent=2))
+
+
 def test_svd_keeps_the_energy_or_prunes_the_fraction_asked():
     torch.manual_seed(0)
     module = nn.Sequential(nn.Linear(10, 8, bias=False).double())

@@ -37,6 +37,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import UnmemorizeError
+from .jsonio import strict_dumps
 
 MARKER = ".unmemorize-output.json"
 # folders of earlier versions, before the marker: their metadata file and a key only unmemorize writes there
@@ -212,7 +213,7 @@ def claim_output(out: str | Path, overwrite: bool = False, kind: str = "dir", op
 def _marker(kind: str) -> str:
     from . import __version__
 
-    return json.dumps({"unmemorize_version": __version__, "kind": kind, "written": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    return strict_dumps({"unmemorize_version": __version__, "kind": kind, "written": time.strftime("%Y-%m-%dT%H:%M:%S%z")}, indent=None)
 
 
 @contextmanager

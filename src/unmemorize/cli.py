@@ -21,6 +21,7 @@ import typing
 from pathlib import Path
 
 from .errors import UnmemorizeError
+from .jsonio import strict_dumps
 
 
 def _add_config_options(parser: argparse.ArgumentParser, config_cls, skip=()) -> None:
@@ -280,7 +281,7 @@ def _edit_dry_run(args, config, inputs) -> None:
           f"{estimate['factor_bytes'] / mb:.1f}, bases {estimate['basis_bytes'] / mb:.1f}, working {estimate['working_bytes'] / mb:.1f})\n"
           f"  disk needed   {estimate['disk_bytes'] / mb:.1f} MiB (the edited model folder)\n"
           f"  estimated     {estimate['estimated_seconds']:.1f} s (eigh and GEMM speed measured here)")
-    print(json.dumps(estimate))
+    print(strict_dumps(estimate, indent=None))
 
 
 def _search_plan(args, model, tokenizer, config):
@@ -335,7 +336,7 @@ def _run_spectrum(args) -> None:
         bases = decompose_factors(factors)
         rows = spectrum_rows(bases, rhos)
         png = plot_spectra(bases, out, overwrite=args.overwrite)
-    print(json.dumps(rows, indent=2) if args.json else format_table(rows))
+    print(strict_dumps(rows) if args.json else format_table(rows))
     print(f"plot: {png}", file=sys.stderr)
 
 

@@ -28,6 +28,7 @@ from .basis import decompose, resolve_device
 from .basis_cache import FORMAT_VERSION, INDEX_FILE, cache_dir, shard_name, tensor_fingerprint, write_module_shard
 from .curvature.factors import load_factors
 from .errors import UnmemorizeError
+from .jsonio import write_json
 from .models import parse_dtype
 
 
@@ -178,7 +179,7 @@ def _decompose_on_ranks(factors_path: Path, config: DecomposeConfig, overwrite: 
             entries[name] = _decompose_unit(factors_path, name, owner if owner in names else name, dtype, device, tmp, k, len(names))
             if progress:
                 print(f"[rank {ranks.rank}] {name}: eigh {sum(v or 0 for v in entries[name]['seconds'].values()):.2f} s", file=sys.stderr)
-        (tmp / f"rank-{ranks.rank:05d}.json").write_text(json.dumps(entries, indent=2))
+        write_json(tmp / f"rank-{ranks.rank:05d}.json", entries)
     except BaseException as exc:  # noqa: BLE001 - reported to every rank, then re-raised
         error = exc
     ok = ranks.all_ok(error is None)
@@ -218,7 +219,7 @@ def _write_index(tmp: Path, names: list[str], config: DecomposeConfig, device: t
         "fingerprint": "sha256 of '<dtype>|<shape>|' + raw bytes of each factor tensor",
         "modules": {n: entries[n] for n in names},
     }
-    (tmp / INDEX_FILE).write_text(json.dumps(index, indent=2, allow_nan=False))
+    write_json(tmp / INDEX_FILE, index)
 
 
 def add_decompose_command(subparsers) -> None:

@@ -29,6 +29,7 @@ from safetensors.torch import load_file, save_file
 
 from .._atomic import _fault_point
 from ..errors import UnmemorizeError
+from ..jsonio import write_json
 
 CHECKPOINT_VERSION = 1
 
@@ -90,7 +91,7 @@ class Checkpoint:
             save_file({k: v.detach().cpu().contiguous() for k, v in sums.items()}, str(self.folder / name))
         record = {**(self.state or {}), **state, "version": CHECKPOINT_VERSION, "settings": self.settings, "serial": serial, "sums": name}
         tmp = self.folder / "state.json.tmp"
-        tmp.write_text(json.dumps(record, indent=1))
+        write_json(tmp, record, indent=1)
         os.replace(tmp, self.folder / "state.json")
         self.state = record
         if previous and previous != name:

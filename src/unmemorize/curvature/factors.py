@@ -24,6 +24,7 @@ from torch import nn
 
 from .._atomic import _fault_point, atomic_dir
 from ..errors import UnmemorizeError
+from ..jsonio import write_json
 from ..models import weight_shape
 
 FORMAT_VERSION = 1
@@ -85,7 +86,7 @@ def save_factors(factors: KFACFactors, out: str | Path, model: nn.Module | None 
     with atomic_dir(out, overwrite) as tmp:
         shapes = _write_shard(tmp / TENSOR_FILE, factors.activation, factors.gradient)
         info = _folder_info(factors, {n: TENSOR_FILE for n in factors.modules}, shapes, model)
-        (tmp / "factors.json").write_text(json.dumps(info, indent=2))
+        write_json(tmp / "factors.json", info)
     return Path(out)
 
 
@@ -117,7 +118,7 @@ class ShardedFactorWriter:
 
     def finish(self, factors: KFACFactors) -> None:
         info = _folder_info(factors, self.files, self.shapes, self.model)
-        (self.tmp / "factors.json").write_text(json.dumps(info, indent=2))
+        write_json(self.tmp / "factors.json", info)
 
     def __exit__(self, *exc):
         return self._context.__exit__(*exc)

@@ -26,6 +26,7 @@ from collections import defaultdict
 import torch
 
 from ..models import weight_shape
+from ..jsonio import strict_dumps
 from .collect import _PassRecorder, _dummy_batch, _module_groups, collect_factors
 from .objectives import NextTokenObjective
 
@@ -145,7 +146,7 @@ def print_collect_plan(job) -> dict:
     lines.append(f"  speed              {speed['tokens_per_second']:.0f} tokens/s (warm-up: {speed['warmup_tokens']} tokens)")
     lines.append(f"  estimated time     {eta} for {tokens or '?'} tokens x {plan['passes']} pass(es), one process")
     print("\n".join(lines))
-    print(json.dumps(plan))  # the same, for scripts: the last line
+    print(strict_dumps(plan, indent=None))  # the same, for scripts: the last line (strict JSON)
     return plan
 
 

@@ -8,7 +8,6 @@ tokenizer) plus ``unmemorize_edit.json`` with per-module statistics and factor p
 
 from __future__ import annotations
 
-import json
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -22,6 +21,7 @@ from .._atomic import _fault_point, atomic_dir
 from ..basis import ModuleBasis, decompose_factors
 from ..curvature.factors import KFACFactors
 from ..errors import UnmemorizeError, check_seed
+from ..jsonio import write_json
 from ..models import get_weight, parse_dtype, set_weight
 from .methods import kfac_edit, module_seed, random_edit, svd_edit
 from .selection import select_pairs, select_per_side
@@ -201,5 +201,5 @@ def save_edited_model(edit: AppliedEdit, out: str | Path, tokenizer=None, overwr
         _fault_point("edit-weights-written")
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
-        (tmp / "unmemorize_edit.json").write_text(json.dumps(summary, indent=2))
+        write_json(tmp / "unmemorize_edit.json", summary)  # strict JSON: NaN/Inf (e.g. a perplexity) as null
     return Path(out)

@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..errors import UnmemorizeError
+from ..jsonio import write_json
 
 
 @dataclass
@@ -256,5 +257,5 @@ def run_eval(args) -> None:
         if out is None:
             return
         with atomic_file(out, args.overwrite) as tmp:
-            tmp.write_text(json.dumps(record, indent=2, allow_nan=False))
+            write_json(tmp, record)  # strict JSON: NaN/Inf (e.g. a stderr lm-eval could not compute) as null
         print(f"wrote {out}", file=sys.stderr)
