@@ -8,7 +8,7 @@ unmemorize convention (causal LM, input_ids (B, T), no padding), N = B * (T - 1)
       for the empirical Fisher, or labels sampled from the model for "mc").
 
 How curvlinops is driven, and the scale conversion:
-  * Data is ONE batch (X, y) = (input_ids[:, :-1], input_ids[:, 1:].reshape(-1)); the
+  * Data is one or more batches (X, y) = (input_ids[:, :-1], input_ids[:, 1:].reshape(-1)); the
     wrapper returns logits.reshape(-1, V). Feeding the TRUNCATED sequence matters:
     curvlinops' input hook sees every position the Linear layer processes, so with the
     full sequence A would also contain the unlabelled last position. For a causal LM
@@ -51,7 +51,7 @@ class _FlatLogits(nn.Module):
 
 def curvlinops_kfac_factors(
     model: nn.Module,
-    input_ids: torch.Tensor,
+    input_ids: torch.Tensor | list[torch.Tensor],
     module_names: list[str],
     fisher: str = "empirical",
     mc_seed: int = 0,
@@ -60,13 +60,19 @@ def curvlinops_kfac_factors(
     unmemorize's normalization (see module docstring): A = A_cl, G = G_cl / N with
     N = B * (T - 1), using KFAC-expand and a SUM-reduced CrossEntropyLoss.
 
+    ``input_ids``: one (B, T) batch, or a list of batches (B_k, T) of one length T and any
+    sizes B_k; then B = sum B_k (with a sum-reduced loss, curvlinops adds every batch's
+    g g^T with weight 1, so unequal batches need no correction).
     ``module_names`` are names in ``model.named_modules()`` of bias-free nn.Linear layers.
     ``fisher``: "empirical" (labels = input_ids shifted left) or "mc" (curvlinops'
     FisherType.MC, 1 sample, labels drawn with curvlinops' own generator seeded by
     ``mc_seed``; not bit-compatible with any other sampler).
     """
     fisher_type = {"empirical": FisherType.EMPIRICAL, "mc": FisherType.MC}[fisher]
-    B, T = input_ids.shape
+    batches = [input_ids] if isinstance(input_ids, torch.Tensor) else list(input_ids)
+    if len({ids.shape[1] for ids in batches}) != 1:
+        raise ValueError("every batch must have the same length T")
+    B, T = sum(ids.shape[0] for ids in batches), batches[0].shape[1]
     N = B * (T - 1)
     modules = dict(model.named_modules())
     params = []
@@ -77,8 +83,7 @@ def curvlinops_kfac_factors(
         params.append(mod.weight)
 
     wrapper = _FlatLogits(model)
-    X = input_ids[:, :-1].contiguous()
-    y = input_ids[:, 1:].reshape(-1)
+    data = [(ids[:, :-1].contiguous(), ids[:, 1:].reshape(-1)) for ids in batches]
     saved = [p.requires_grad for p in params]
     try:
         for p in params:
@@ -88,7 +93,7 @@ def curvlinops_kfac_factors(
                 wrapper,
                 nn.CrossEntropyLoss(reduction="sum"),
                 params,
-                [(X, y)],
+                data,
                 progressbar=False,
                 check_deterministic=False,  # would re-run forward/backward passes
                 seed=mc_seed,
