@@ -1,69 +1,165 @@
 """``unmemorize demo --vision``: remove memorized noisy labels from a ViT, the paper's Table 2.
 
 1. train (or load) the vision testbed: a small ViT on images with 10% wrong training labels;
+   split the noised images in a *tuning* and a *validation* half (``metrics.split_noised``);
 2. collect K-FAC factors of every MLP linear (fc1, fc2) on the training images, CLS token only,
    labels sampled from the model (true Fisher);
-3. per-block sweep: each single block (fc1 + fc2) at each rho, then the best pair -- scored on
-   the *training* set only (memorized % and clean-train accuracy); validation is never used for a
-   choice. Rule: lowest memorized % among edits that keep clean-train accuracy within
-   ``clean_budget`` of the baseline;
-4. evaluate baseline, K-FAC, SVD on the same modules at matched clean-train accuracy, and the
-   random-pairs control;
-5. activation-ratio analysis (paper Figure 2, ViT panels): band ratios of noisy-label vs
-   clean-label training images in every fc1/fc2, K-FAC and SVD bases (``analysis/``);
-6. write report.md, results.json and plots.
+3. tune K-FAC and SVD with the same candidates and the same rule (``tune``): each single block
+   (fc1 + fc2) at each value of the method's grid (K-FAC rho, SVD kept energy; equal sizes), the
+   best block per block, then the two best blocks together at each value. Rule: lowest memorized %
+   on the *tuning half* among edits that keep clean-train accuracy within ``clean_budget`` of the
+   baseline (ties: higher clean-train). When no candidate meets the budget the lowest memorized %
+   is taken anyway and ``rule_met`` is false. The validation half and the held-out images are never
+   read by a choice;
+4. report baseline, K-FAC, SVD (own tuning), SVD matched (K-FAC's blocks, the energy whose
+   clean-train accuracy is closest to K-FAC's) and the random-pairs control on every split, with
+   95% Wilson intervals; the held-out accuracy change has a paired bootstrap interval;
+5. activation-ratio analysis (paper Figure 2, ViT panels) in ``analysis/``;
+6. with several seeds: one folder per seed and a combined report (mean +- std, pooled Wilson).
 """
 
 from __future__ import annotations
 
-import json
+import shlex
+import sys
 import time
-from dataclasses import asdict, dataclass, field
+from contextlib import contextmanager
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import torch
 
+from .._atomic import atomic_dir
 from ..analysis import band_analysis, image_batches
-from ..analysis.report import summary_table, write_analysis
+from ..analysis.report import write_analysis
 from ..basis import decompose_factors
 from ..curvature import CollectConfig, ImageClassificationObjective, collect_factors
-from .._atomic import atomic_dir
 from ..edit import EditConfig, edited
 from ..edit.plan import rho_list
-from ..errors import check_seed
+from ..errors import UnmemorizeError, check_seed
+from ..jsonio import write_json
 from ..targets import preset_modules
-from .metrics import evaluate_vision
+from .metrics import heldout_correct, paired_bootstrap_difference, score_training, split_noised
+from .report import write_combined_report, write_vision_report
 from .train import VisionConfig, load_vision
 
 QUICK_VISION = dict(hidden_size=32, layers=2, heads=2, intermediate_size=64, epochs=40)
+FASHION_VISION = dict(patch_size=7, epochs=150)  # 28x28 in 16 patches; 150 epochs memorize the noised labels (report)
+FASHION_MNIST_DEBIAN = "/usr/share/datasets/fashion-mnist"  # apt-get install dataset-fashion-mnist
+VALUE_NAME = {"kfac": "rho", "svd": "energy", "random": "rho"}
 
 
 @dataclass
 class VisionDemoConfig:
-    out: str = "runs/demo-vision"
-    quick: bool = False
-    seed: int = 0
-    dataset: str = "digits"
-    noise_fraction: float = 0.1
-    fisher: str = "true"
-    positions: str = "cls"
-    rhos: str = "0.9,0.95,0.98,0.99,0.995,0.999"
-    clean_budget: float = 0.05
-    overwrite: bool = False
+    out: str = field(default="runs/demo-vision", metadata={"help": "Output folder (claimed first, written atomically)."})
+    quick: bool = field(default=False, metadata={"help": "A 2-block ViT trained 40 epochs: seconds, for tests."})
+    seed: int = field(default=0, metadata={"help": "Seed of split, noise, halves, init and data order (when seeds is empty)."})
+    seeds: str = field(default="", metadata={"help": "Comma list like '0,1,2': one run per seed in <out>/seed-<k>/ plus a combined report."})
+    dataset: str = field(default="digits", metadata={"help": "'digits', 'fashion-mnist' (Debian's folder) or a folder of Fashion-MNIST IDX files."})
+    train_limit: int = field(default=2000, metadata={"help": "Fashion-MNIST: the first this many training images (the held-out set is all of t10k)."})
+    epochs: int = field(default=0, metadata={"help": "Training epochs; 0: 300 on digits, 150 on Fashion-MNIST, 40 with quick."})
+    noise_fraction: float = field(default=0.1, metadata={"help": "Fraction of training labels replaced by a wrong class."})
+    fisher: str = field(default="true", metadata={"help": "K-FAC labels: 'true' (sampled from the model) or 'empirical'."})
+    positions: str = field(default="cls", metadata={"help": "K-FAC positions: 'cls' (the paper) or 'all' tokens."})
+    rhos: str = field(default="0.9,0.95,0.98,0.99,0.995,0.999", metadata={"help": "K-FAC grid: kept curvature mass rho."})
+    energies: str = field(default="0.5,0.7,0.8,0.9,0.95,0.98", metadata={"help": "SVD grid: kept fraction of sum(s^2); as many values as rhos."})
+    clean_budget: float = field(default=0.05, metadata={"help": "Rule: clean-train accuracy at least baseline minus this (a fraction)."})
+    command: str = field(default="", metadata={"help": "The command line recorded in the report (default: this process's argv)."})
+    overwrite: bool = field(default=False, metadata={"help": "Replace an existing output folder this tool wrote."})
 
 
-def _plan(model, blocks: list[int], rho: float) -> dict[str, float]:
-    return {name: rho for name in preset_modules(model, blocks, ["fc1", "fc2"])}
+def seed_list(config: VisionDemoConfig) -> list[int]:
+    """The seeds to run: ``seeds`` parsed ('0,1,2'), or ``[seed]`` when it is empty."""
+    if not str(config.seeds).strip():
+        return [check_seed(config.seed)]
+    try:
+        seeds = [int(s) for s in str(config.seeds).split(",") if s.strip()]
+    except ValueError:
+        raise UnmemorizeError(f"--seeds {config.seeds!r} is not a comma-separated list of integers") from None
+    if len(set(seeds)) != len(seeds):
+        raise UnmemorizeError(f"--seeds {config.seeds!r} repeats a seed")
+    return [check_seed(s, "--seeds") for s in seeds]
 
 
-def _choose(points: list[dict], baseline: dict, budget: float) -> dict:
-    allowed = [p for p in points if p["clean_train"] >= baseline["clean_train"] - budget] or points
-    return min(allowed, key=lambda p: (p["memorized"], -p["clean_train"]))
+def grids(config: VisionDemoConfig) -> tuple[list[float], list[float]]:
+    rhos, energies = rho_list(config.rhos, "--rhos"), rho_list(config.energies, "--energies")
+    if len(rhos) != len(energies):
+        raise UnmemorizeError(f"the SVD energy grid needs as many values as the K-FAC rho grid (same candidate budget): "
+                              f"{len(energies)} energies ({config.energies}) vs {len(rhos)} rhos ({config.rhos})")
+    return rhos, energies
+
+
+def vision_config(config: VisionDemoConfig) -> VisionConfig:
+    dataset = FASHION_MNIST_DEBIAN if config.dataset == "fashion-mnist" else config.dataset
+    sizes = {} if dataset == "digits" else {**FASHION_VISION, "train_limit": config.train_limit}
+    sizes.update(QUICK_VISION if config.quick else {})
+    if config.epochs:
+        sizes["epochs"] = config.epochs
+    return VisionConfig(dataset=dataset, noise_fraction=config.noise_fraction, seed=config.seed, **sizes)
+
+
+def _modules(model, blocks: list[int]) -> list[str]:
+    return preset_modules(model, blocks, ["fc1", "fc2"])
+
+
+@contextmanager
+def _edit(model, method: str, blocks: list[int], value: float, factors=None, bases=None, seed: int = 0):
+    """The model with fc1+fc2 of ``blocks`` edited by ``method`` at ``value`` (rho or kept energy); restored on exit."""
+    plan = {name: value for name in _modules(model, blocks)}
+    if method == "kfac":
+        context = edited(model, plan, factors, bases=bases)
+    elif method == "svd":
+        context = edited(model, plan, config=EditConfig(method="svd"))
+    else:
+        context = edited(model, plan, factors, EditConfig(method="random", seed=seed), bases=bases)
+    with context:
+        yield model
+
+
+def choose(points: list[dict], baseline: dict, budget: float) -> dict:
+    """The rule on the tuning half: lowest memorized_tuning among points with clean_train >= baseline - budget
+    (ties: higher clean_train). No point within budget: the same minimum over all points, ``rule_met`` False."""
+    allowed = [p for p in points if p["clean_train"] >= baseline["clean_train"] - budget]
+    best = min(allowed or points, key=lambda p: (p["memorized_tuning"], -p["clean_train"]))
+    return {**best, "rule_met": bool(allowed)}
+
+
+def tune(model, testbed, halves, factors, bases, rhos: list[float], energies: list[float], budget: float) -> dict:
+    """K-FAC and SVD tuned alike: per-block sweep, best pair, ``choose``; reads training images only.
+
+    Returns {"baseline", "kfac", "svd", "svd_matched", "per_block": {method: [...]}, "candidates": {method: count},
+    "sweep": [...]} with training scores (both halves are scored, only the tuning half is compared)."""
+    baseline = score_training(model, testbed, halves)
+    blocks = list(range(model.config.num_hidden_layers))
+    scored: dict[tuple, dict] = {}
+
+    def score(method, which, value):
+        key = (method, tuple(which), value)
+        if key not in scored:
+            with _edit(model, method, list(which), value, factors, bases):
+                scored[key] = {"method": method, "blocks": list(which), VALUE_NAME[method]: value, **score_training(model, testbed, halves)}
+        return scored[key]
+
+    result = {"baseline": baseline, "per_block": {}, "candidates": {}}
+    for method, grid in (("kfac", rhos), ("svd", energies)):
+        per_block = [choose([score(method, [b], v) for v in grid], baseline, budget) for b in blocks]
+        candidates = list(per_block)
+        if len(blocks) > 1:
+            ranked = sorted(blocks, key=lambda b: (per_block[b]["memorized_tuning"], -per_block[b]["clean_train"]))
+            candidates += [score(method, sorted(ranked[:2]), v) for v in grid]
+        result[method] = choose(candidates, baseline, budget)
+        result["per_block"][method] = per_block
+        result["candidates"][method] = len(blocks) * len(grid) + (len(grid) if len(blocks) > 1 else 0)
+    kfac = result["kfac"]
+    matched = [score("svd", kfac["blocks"], e) for e in energies]
+    result["svd_matched"] = min(matched, key=lambda p: (abs(p["clean_train"] - kfac["clean_train"]), p["memorized_tuning"]))
+    result["sweep"] = list(scored.values())
+    return result
 
 
 def _band_analysis(model, testbed, modules, bases, out: Path, positions: str) -> dict:
     """Figure 2 for the ViT: noisy-label (memorized) training images vs clean-label training images,
-    and validation images vs clean training images, at the factors' positions (CLS by default)."""
+    and held-out images vs clean training images, at the factors' positions (CLS by default)."""
     images = testbed.train.images
     tokens = (model.config.image_size // model.config.patch_size) ** 2 + 1
     groups = {"clean": images[~testbed.noised], "memorized": images[testbed.noised], "validation": testbed.validation.images}
@@ -74,18 +170,40 @@ def _band_analysis(model, testbed, modules, bases, out: Path, positions: str) ->
     return {"summary": extra["summary"], "memorized_ratios": layers, "counted_positions": result["counted_positions"], "folder": "analysis"}
 
 
+def _command(config: VisionDemoConfig) -> str:
+    if config.command:
+        return config.command
+    argv = list(sys.argv)
+    if argv and Path(argv[0]).name == "unmemorize":
+        argv[0] = "unmemorize"
+    elif argv and argv[0].endswith(str(Path("vision", "demo.py"))):
+        argv[0:1] = ["python", "-m", "unmemorize.vision.demo"]
+    return shlex.join(argv)
+
+
 def run_vision_demo(config: VisionDemoConfig | None = None) -> dict:
-    """The vision experiment; ``config.out`` is claimed before any work and written atomically at the end."""
+    """The vision experiment for every seed; ``config.out`` is claimed before any work and written atomically at the end.
+
+    One seed: report.md, results.json, plots and analysis/ in ``out``. Several: the same in
+    ``out/seed-<k>/`` for each, plus a combined report.md and results.json in ``out``."""
     config = config or VisionDemoConfig()
-    check_seed(config.seed)
-    rho_list(config.rhos, "--rhos")
+    seeds = seed_list(config)
+    grids(config)
+    config = replace(config, command=_command(config))
     with atomic_dir(config.out, config.overwrite, kind="demo-vision") as tmp:
-        results = _run_vision_demo(config, tmp)
-    print(f"\nreport: {Path(config.out) / 'report.md'}   total {sum(results['wall_seconds'].values()):.1f} s")
+        if len(seeds) == 1:
+            results = _run_one(replace(config, seed=seeds[0], seeds=""), tmp)
+            total = sum(results["wall_seconds"].values())
+        else:
+            runs = {s: _run_one(replace(config, seed=s), tmp / f"seed-{s}") for s in seeds}
+            results = write_combined_report(config, runs, tmp)
+            total = sum(results["wall_seconds"].values())
+    print(f"\nreport: {Path(config.out) / 'report.md'}   total {total:.1f} s")
     return results
 
 
-def _run_vision_demo(config: VisionDemoConfig, out: Path) -> dict:
+def _run_one(config: VisionDemoConfig, out: Path) -> dict:
+    out.mkdir(parents=True, exist_ok=True)
     walls, clock = {}, time.perf_counter()
 
     def lap(name):
@@ -93,136 +211,86 @@ def _run_vision_demo(config: VisionDemoConfig, out: Path) -> dict:
         walls[name] = round(time.perf_counter() - clock, 2)
         clock = time.perf_counter()
 
-    sizes = {**(QUICK_VISION if config.quick else {}), **({} if config.dataset == "digits" else {"patch_size": 4})}  # 28x28: 49 patches
-    vision_config = VisionConfig(dataset=config.dataset, noise_fraction=config.noise_fraction, seed=config.seed, **sizes)
-    testbed = load_vision(vision_config)
+    testbed = load_vision(vision_config(config))
     model = testbed.model
+    halves = split_noised(testbed.noised, config.seed)
     lap("vision testbed (train or load)")
-    baseline = evaluate_vision(model, testbed)
-    targets = preset_modules(model, None, ["fc1", "fc2"])
+    targets = _modules(model, None)
     images = testbed.train.images
     batches = [{"pixel_values": images[i : i + 256], "labels": testbed.noisy_labels[i : i + 256]} for i in range(0, len(images), 256)]
     objective = ImageClassificationObjective(model, config.positions)
     factors = collect_factors(model, batches, targets, CollectConfig(fisher=config.fisher, seed=config.seed, progress=False), objective)
     bases = decompose_factors(factors)
     lap("K-FAC factors (CLS) + eigendecomposition")
-    rhos = rho_list(config.rhos, "--rhos")
-    blocks = list(range(model.config.num_hidden_layers))
-    sweep = []
-    for block in blocks:
-        for rho in rhos:
-            with edited(model, _plan(model, [block], rho), factors, bases=bases):
-                sweep.append({"blocks": [block], "rho": rho, "method": "kfac", **evaluate_vision(model, testbed)})
-    best_per_block = {b: _choose([p for p in sweep if p["blocks"] == [b]], baseline, config.clean_budget) for b in blocks}
-    ranked = sorted(blocks, key=lambda b: (best_per_block[b]["memorized"], -best_per_block[b]["clean_train"]))
-    candidates = [best_per_block[b] for b in blocks]
-    if len(blocks) > 1:
-        pair = sorted(ranked[:2])
-        for rho in rhos:
-            with edited(model, _plan(model, pair, rho), factors, bases=bases):
-                point = {"blocks": pair, "rho": rho, "method": "kfac", **evaluate_vision(model, testbed)}
-            sweep.append(point)
-            candidates.append(point)
-    chosen = _choose(candidates, baseline, config.clean_budget)
-    plan = _plan(model, chosen["blocks"], chosen["rho"])
-    lap("per-block sweep (training set only)")
-    svd_points = []
-    for energy in (0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99):
-        with edited(model, {n: energy for n in plan}, config=EditConfig(method="svd")):
-            svd_points.append({"blocks": chosen["blocks"], "energy": energy, "method": "svd", **evaluate_vision(model, testbed)})
-    svd = min(svd_points, key=lambda p: abs(p["clean_train"] - chosen["clean_train"]))
-    svd_per_block = []
-    for block in blocks:
-        with edited(model, {n: svd["energy"] for n in _plan(model, [block], 1.0)}, config=EditConfig(method="svd")):
-            svd_per_block.append({"blocks": [block], "energy": svd["energy"], "method": "svd", **evaluate_vision(model, testbed)})
-    with edited(model, plan, factors, EditConfig(method="random", seed=config.seed), bases=bases):
-        random_point = evaluate_vision(model, testbed)
-    lap("SVD, random control")
+    rhos, energies = grids(config)
+    tuned = tune(model, testbed, halves, factors, bases, rhos, energies, config.clean_budget)
+    lap("tuning: K-FAC and SVD sweeps (tuning half + clean training images)")
+    kfac = tuned["kfac"]
+    with _edit(model, "random", kfac["blocks"], kfac["rho"], factors, bases, config.seed):
+        random_point = {"method": "random", "blocks": kfac["blocks"], "rho": kfac["rho"], **score_training(model, testbed, halves)}
+    baseline_correct = heldout_correct(model, testbed)
+
+    def reported(point: dict | None) -> tuple[dict, torch.Tensor]:
+        """``point`` with its held-out accuracy (evaluated under its edit; the baseline when None)."""
+        if point is None:
+            return {**tuned["baseline"], "heldout": float(baseline_correct.float().mean())}, baseline_correct
+        method = point["method"]
+        with _edit(model, method, point["blocks"], point[VALUE_NAME[method]], factors, bases, config.seed):
+            correct = heldout_correct(model, testbed)
+        return {**point, "heldout": float(correct.float().mean())}, correct
+
+    methods, differences = {"baseline": reported(None)[0]}, {}
+    for name, point in (("kfac", kfac), ("svd", tuned["svd"]), ("svd_matched", tuned["svd_matched"]), ("random", random_point)):
+        methods[name], correct = reported(point)
+        differences[name] = paired_bootstrap_difference(baseline_correct, correct, seed=config.seed)
+    per_block = {m: [reported(p)[0] for p in points] for m, points in tuned["per_block"].items()}
+    lap("held-out accuracy of the reported points, random control")
     analysis = _band_analysis(model, testbed, targets, bases, out, config.positions)
     lap("activation-ratio analysis (bands, K-FAC vs SVD)")
-    label = f"blocks {'+'.join(map(str, chosen['blocks']))}, fc1+fc2"
+    counts = {**halves.counts(), "heldout": len(testbed.validation.labels)}
     results = {
-        "config": {**asdict(config), "vision": testbed.info, "targets": targets,
-                   "selection_rule": f"lowest memorized % with clean-train accuracy >= baseline - {config.clean_budget}; validation never used"},
-        "methods": {
-            "baseline": {**baseline, "setting": "-"},
-            "kfac": {**{k: chosen[k] for k in ("memorized", "recovery", "clean_train", "validation")}, "setting": f"{label}, rho={chosen['rho']}"},
-            "svd": {**{k: svd[k] for k in ("memorized", "recovery", "clean_train", "validation")}, "setting": f"{label}, energy={svd['energy']}"},
-            "random": {**random_point, "setting": f"{label}, rho={chosen['rho']}, random pairs"},
-        },
-        "per_block": {"kfac": [best_per_block[b] for b in blocks], "svd": svd_per_block},
-        "sweep": sweep + svd_points,
+        "config": {**asdict(config), "vision": testbed.info, "targets": targets, "rho_grid": rhos, "energy_grid": energies,
+                   "train_subset": testbed.info["train_images"], "candidates": tuned["candidates"],
+                   "selection_rule": f"lowest memorized % on the tuning half of the noised images (ties: higher clean-train) among "
+                                     f"edits with clean-train accuracy >= baseline - {config.clean_budget}; the validation half "
+                                     f"and the held-out images are never read by a choice"},
+        "n": counts,
+        "rule_met": {"kfac": kfac["rule_met"], "svd": tuned["svd"]["rule_met"]},
+        "methods": methods,
+        "heldout_difference": differences,
+        "per_block": per_block,
+        "sweep": tuned["sweep"] + [random_point],
         "analysis": analysis,
         "wall_seconds": walls,
     }
     table = write_vision_report(results, out)
     lap("report")
+    write_json(out / "results.json", results)
     print(table)
     return results
 
 
-def _analysis_lines(results: dict) -> list[str]:
-    analysis = results.get("analysis")
-    if not analysis:
-        return []
-    lines = ["## Activation-ratio analysis (paper Figure 2, ViT panels)", "",
-             "fc1/fc2 inputs at the factors' positions, projected on curvature-ordered bands; ratio = mean band activation on "
-             "noisy-label (memorized) training images / on clean-label training images. Separation = ln(r_bottom50) - ln(r_top10).", "",
-             *summary_table(analysis["summary"], unit="blocks x fc")]
-    lines += ["", "![bands](analysis/bands_memorized.png)", "", "Per-module tables: [analysis/analysis.md](analysis/analysis.md).", ""]
-    return lines
+def main(argv: list[str] | None = None) -> int:
+    """``python -m unmemorize.vision.demo --seeds 0,1,2 --out docs/demo-vision --overwrite``: every
+    ``VisionDemoConfig`` field as an option (the same run as ``unmemorize demo --vision``)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m unmemorize.vision.demo", description=__doc__.splitlines()[0])
+    for item in fields(VisionDemoConfig):
+        option = "--" + item.name.replace("_", "-")
+        if item.default is MISSING:
+            continue
+        if isinstance(item.default, bool):
+            parser.add_argument(option, action="store_true", help=item.metadata.get("help"))
+        else:
+            parser.add_argument(option, type=type(item.default), default=item.default, help=item.metadata.get("help"))
+    try:
+        run_vision_demo(VisionDemoConfig(**vars(parser.parse_args(argv))))
+    except UnmemorizeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
 
 
-def write_vision_report(results: dict, out: Path) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(results, indent=2))
-    lines = ["| method | setting | memorized noisy labels % | ground-truth recovery % | clean-train acc % | validation acc % |",
-             "|---|---|---|---|---|---|"]
-    for name, r in results["methods"].items():
-        lines.append(f"| {name} | {r['setting']} | {100 * r['memorized']:.1f} | {100 * r['recovery']:.1f} | {100 * r['clean_train']:.1f} | "
-                     f"{100 * r['validation']:.1f} |")
-    table = "\n".join(lines)
-    kfac, svd = results["per_block"]["kfac"], results["per_block"]["svd"]
-    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
-    x = np.arange(len(kfac))
-    for ax, key, title in zip(axes, ("memorized", "recovery", "validation"), ("memorized noisy labels", "ground-truth recovery", "validation")):
-        ax.bar(x - 0.2, [100 * p[key] for p in kfac], 0.4, label="K-FAC (best rho)")
-        ax.bar(x + 0.2, [100 * p[key] for p in svd], 0.4, label="SVD")
-        ax.axhline(100 * results["methods"]["baseline"][key], color="grey", ls="--", lw=0.8, label="baseline")
-        ax.set(title=f"{title} %, single block edited", xlabel="block", xticks=x)
-    axes[0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "per_block.png", dpi=120)
-    plt.close(fig)
-    fig, ax = plt.subplots(figsize=(6, 4.2))
-    for method, marker in (("kfac", "o"), ("svd", "s")):
-        points = [p for p in results["sweep"] if p["method"] == method]
-        ax.scatter([100 * p["memorized"] for p in points], [100 * p["validation"] for p in points], marker=marker, alpha=0.6, label=method)
-    base = results["methods"]["baseline"]
-    ax.scatter([100 * base["memorized"]], [100 * base["validation"]], color="black", marker="*", s=90, label="baseline")
-    ax.set(xlabel="memorized noisy labels %", ylabel="validation accuracy %", title="Memorization vs validation (all sweep points)")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "memorized_vs_validation.png", dpi=120)
-    plt.close(fig)
-    info = results["config"]["vision"]
-    text = ["# unmemorize vision demo report", "",
-            f"ViT with {info['parameters']:,} parameters on {results['config']['dataset']} ({info['train_images']} training images, "
-            f"{info['noised_images']} with a wrong label); trained to {100 * info['train_accuracy_noised_subset']:.1f}% on the noised subset "
-            f"and {100 * info['train_accuracy_clean_subset']:.1f}% on the clean subset in {info['seconds']:.0f} s. Factors on the CLS "
-            f"token, {results['config']['fisher']} Fisher. Rule: {results['config']['selection_rule']}.", "",
-            "## Paper Table 2 analogue", "", table, "", "## Per block", "", "![per block](per_block.png)", "",
-            "| block | K-FAC rho | memorized % | recovery % | clean-train % | validation % | SVD memorized % | SVD validation % |",
-            "|---|---|---|---|---|---|---|---|",
-            *[f"| {k['blocks'][0]} | {k['rho']} | {100 * k['memorized']:.1f} | {100 * k['recovery']:.1f} | {100 * k['clean_train']:.1f} | "
-              f"{100 * k['validation']:.1f} | {100 * s['memorized']:.1f} | {100 * s['validation']:.1f} |" for k, s in zip(kfac, svd)],
-            "", "![memorized vs validation](memorized_vs_validation.png)", "", *_analysis_lines(results), "## Wall times", "", "| stage | seconds |", "|---|---|",
-            *[f"| {k} | {v:.1f} |" for k, v in results["wall_seconds"].items()], ""]
-    (out / "report.md").write_text("\n".join(text))
-    return table
+if __name__ == "__main__":
+    raise SystemExit(main())
