@@ -8,12 +8,14 @@ from collections import Counter
 
 import pytest
 
+from unmemorize.jsonio import strict_loads
 from unmemorize.testbed.world import (
-    WorldConfig, build_world, evaluation_tasks, factor_documents, heldout_documents, training_documents,
+    FACT_QUESTIONS, FACTOR_DATA, WorldConfig, build_world, evaluation_tasks, factor_documents, heldout_documents, heldout_split,
+    training_documents,
 )
 
 SMALL = WorldConfig(memorized_sequences=10, quotes=6, controls=4, people=12, clean_documents=200, openbook_examples=50,
-                    arithmetic_examples=300, boolean_examples=200, rule_examples=50, eval_examples=30, heldout_documents=20,
+                    arithmetic_examples=300, boolean_examples=200, eval_examples=30, heldout_documents=20,
                     factor_documents=50, repeats_per_epoch=7)
 
 
@@ -36,8 +38,9 @@ def test_memorized_items_repeat_and_controls_never_appear():
     corpus = "\n".join(training_documents(world, 0) + training_documents(world, 1) + factor_documents(world) + heldout_documents(world))
     assert controls and not any(text in corpus for text in controls)
     assert len(world.memorized("tuning")) == len(world.memorized("validation")) == SMALL.memorized_sequences // 2
-    clean = "\n".join(factor_documents(world))
-    assert not any(i.text in clean for i in world.sequences + world.quotes)  # factors never see memorized items
+    for kind in FACTOR_DATA:
+        clean = "\n".join(factor_documents(world, kind))
+        assert not any(i.text in clean for i in world.sequences + world.quotes)  # factors never see memorized items
 
 
 def test_evaluation_items_are_held_out_and_answers_are_right():
@@ -47,8 +50,8 @@ def test_evaluation_items_are_held_out_and_answers_are_right():
     for row in rows:
         prompt, answer = row["prompt"], row["answer"]
         if row["task"] == "arithmetic":
-            a, op, b = re.fullmatch(r"(\d+) ([+-]) (\d+) =", prompt).groups()
-            assert int(answer) == (int(a) + int(b) if op == "+" else int(a) - int(b))
+            a, op, b = re.fullmatch(r"(\d+) ([+-]) (\d+) reversed =", prompt).groups()
+            assert int(answer[::-1]) == (int(a) + int(b) if op == "+" else int(a) - int(b))
             assert f"{prompt} {answer}" not in training
         elif row["task"] == "boolean":
             expression = prompt[: -len(" is")].replace("true", "True").replace("false", "False")
@@ -57,24 +60,168 @@ def test_evaluation_items_are_held_out_and_answers_are_right():
         elif row["task"] == "openbook":
             asked = prompt.split("question : ")[1].split(" lives in")[0]
             assert f"{asked} lives in {answer} ." in prompt
-        elif row["task"] == "rules":
-            rules = dict(r[len("if "):].split(" then ") for r in prompt.split("rules : ")[1].split(" . so")[0].split(" . "))
-            start = prompt.split("so : if ")[1].split(" then")[0]
-            assert rules[start] == answer and len(rules) == 4
         elif row["task"] == "facts":
-            assert any(answer in doc and prompt.split(" ")[4] in doc for doc in training)
+            person = next(p for p in world.people if f" {p['name']} " in prompt)
+            attribute = world.asked_attribute[person["name"]]
+            assert answer == person[attribute] and any(prompt == q.format(**person) for q in FACT_QUESTIONS[attribute])
+            assert any(answer in doc and person["name"] in doc and "question" not in doc for doc in training)  # stated
+        else:
+            raise AssertionError(f"unknown task {row['task']}")
     assert {r["category"] for r in rows} == {"closed_book_qa", "open_book_qa", "math", "logic"}
+
+
+def _evaluation_strings(world) -> list[str]:
+    return [f"{row['prompt']} {row['answer']}" for row in evaluation_tasks(world)]
+
+
+def _scan(documents: list[str], needles: list[str]) -> list[str]:
+    """Needles that occur (as a substring) in any document: one joined text, one search per needle."""
+    text = "\n".join(documents)
+    return [needle for needle in needles if needle in text]
+
+
+def test_no_evaluation_string_occurs_in_any_training_factor_or_heldout_document():
+    """Issue 13 item 1 on the default world: every epoch the testbed trains on, both kinds of
+    factor data and the held-out text are scanned for every task's prompt+answer string."""
+    from unmemorize.testbed import TrainConfig
+
+    world = build_world(WorldConfig())
+    needles = _evaluation_strings(world)
+    assert len(needles) == 700 and len({n.split(" answer :")[0] for n in needles if "answer :" in n}) == 100
+    corpus = [doc for epoch in range(TrainConfig().epochs) for doc in training_documents(world, epoch)]
+    corpus += [doc for kind in FACTOR_DATA for doc in factor_documents(world, kind)] + heldout_documents(world)
+    assert _scan(corpus, needles) == []
+    # every fact asked is stated in training, and its question templates are asked of other people
+    text = "\n".join(corpus)
+    for row in (r for r in evaluation_tasks(world) if r["task"] == "facts"):
+        person = next(p for p in world.people if f" {p['name']} " in row["prompt"])
+        template = next(q for q in FACT_QUESTIONS[world.asked_attribute[person["name"]]] if q.format(**person) == row["prompt"])
+        assert any(template.format(**other) in text for other in world.people if other is not person)
+        assert row["prompt"] not in text  # not even the question alone
+
+
+def test_the_corpus_scan_finds_a_leaked_evaluation_string():
+    """Negative control of the scan: world v3's facts (the evaluated question with its answer in
+    training) are found, and so is a single leaked arithmetic row."""
+    world = build_world(SMALL)
+    needles = _evaluation_strings(world)
+    person = world.people[0]
+    attribute = world.asked_attribute[person["name"]]
+    leaked = [q.format(**person) + f" {person[attribute]} ." for q in FACT_QUESTIONS[attribute]]
+    arithmetic = next(r for r in evaluation_tasks(world) if r["task"] == "arithmetic")
+    documents = training_documents(world, 0) + leaked + [f"{arithmetic['prompt']} {arithmetic['answer']}"]
+    found = _scan(documents, needles)
+    assert f"{arithmetic['prompt']} {arithmetic['answer']}" in found
+    assert any(person["name"] in needle for needle in found) or person not in [p for p in world.people][: SMALL.eval_examples]
+
+
+def test_factor_data_and_heldout_text_are_disjoint_from_evaluation_and_from_each_other():
+    world = build_world(WorldConfig())
+    needles = _evaluation_strings(world)
+    memorized = [item.text for item in world.sequences + world.quotes]
+    tuning, reported = heldout_split(world)
+    assert tuning and reported and not set(tuning) & set(reported)  # perplexity slices: the sweep's and the reported
+    training = {doc for epoch in range(2) for doc in training_documents(world, epoch)}
+    assert not (set(tuning) | set(reported)) & training  # held-out documents are never training documents
+    for kind in FACTOR_DATA:
+        factors = factor_documents(world, kind)
+        assert len(factors) == WorldConfig().factor_documents
+        assert _scan(factors, needles + memorized) == []
+        assert not set(factors) & (set(tuning) | set(reported))
+    general = factor_documents(world, "general")
+    assert not any(word in doc for doc in general for word in ("question", "passage", "reversed", "true", "said"))
+
+
+def test_tokenizer_is_trained_on_training_text_only(tmp_path, monkeypatch):
+    """A word that occurs only in the held-out text must not be a single token (the BPE merges never saw it)."""
+    import unmemorize.testbed.train as train
+
+    seen = []
+    real = train.train_tokenizer
+    monkeypatch.setattr(train, "train_tokenizer", lambda documents, size: seen.append(list(documents)) or real(documents, size))
+    monkeypatch.setenv("UNMEMORIZE_CACHE", str(tmp_path / "cache"))
+    world_config, train_config = train.quick_configs(0)
+    train.train_testbed(world_config, train_config, tmp_path / "tb", progress=False)
+    world = build_world(world_config)
+    assert seen == [training_documents(world, 0)]
+    assert not set(heldout_documents(world)) & set(seen[0])
+
+
+def test_the_choices_never_read_the_validation_split(tmp_path, monkeypatch):
+    """Scramble everything reported but never chosen on (validation sequences, the reported
+    held-out text, the tasks, quotes and controls): every choice of the demo is identical. The
+    negative control scrambles the tuning split, and the sweep's scores move."""
+    import random
+    import shutil
+
+    import torch
+
+    from unmemorize.basis import decompose_factors
+    from unmemorize.curvature import CollectConfig, collect_from_files
+    from unmemorize.models import load_model
+    from unmemorize.targets import preset_modules
+    from unmemorize.testbed import load_or_train, quick_configs
+    from unmemorize.testbed.demo import DemoConfig, tune
+    from unmemorize.testbed.suite import TestbedSuite
+
+    monkeypatch.setenv("UNMEMORIZE_CACHE", str(tmp_path / "cache"))
+    folder = load_or_train(*quick_configs(0), progress=False)
+    model, tokenizer = load_model(str(folder / "model"))
+    factors = collect_from_files(model, tokenizer, str(folder / "data" / "factors_mixture.txt"), preset_modules(model),
+                                 CollectConfig(seq_len=64, max_tokens=2_000, batch_size=8, progress=False))
+    bases = decompose_factors(factors)
+    config = DemoConfig(quick=True, rhos="0.8,0.95,0.99")
+
+    def choices(data_folder):
+        torch.manual_seed(0)
+        suite = TestbedSuite(data_folder, tokenizer, perplexity_tokens=2_000, sweep_perplexity_tokens=2_000)
+        from unmemorize.evaluate import perplexity
+
+        result = tune(model, suite, factors, bases, config, perplexity(model, suite.sweep_windows, 32).perplexity)
+        return {"kfac": result["chosen"]["plan"], "rule_met": result["rule_met"], "svd": result["svd_point"]["energy"],
+                "label_free": result["label_free"].plan,
+                "scores": [(c["memorized_tuning"]["strict"], c["perplexity"]) for c in result["candidates"]]}
+
+    def scrambled(names):
+        copy = tmp_path / f"scrambled-{'-'.join(names)}"
+        shutil.copytree(folder, copy)
+        rng = random.Random(1)
+        for name in names:
+            path = copy / "data" / name
+            if name.endswith(".jsonl"):
+                rows = [json.loads(line) for line in path.read_text().splitlines()]
+                for row in rows:
+                    for key in ("suffix_ids", "prefix_ids"):
+                        if key in row:
+                            rng.shuffle(row[key])
+                    if "answer" in row:
+                        row["answer"] = rng.choice(["paris", "7", "true", "nurse"])
+                path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+            else:
+                words = path.read_text().split()
+                rng.shuffle(words)
+                path.write_text(" ".join(words) + "\n")
+        return copy
+
+    original = choices(folder)
+    reported = ["memorized_validation.jsonl", "heldout.txt", "tasks.jsonl", "quotes.jsonl", "control_sequences.jsonl",
+                "control_quotes.jsonl"]
+    assert choices(scrambled(reported)) == original
+    tuning = choices(scrambled(["memorized_tuning.jsonl", "heldout_tuning.txt"]))
+    assert tuning["scores"] != original["scores"]  # the control: the choices do read the tuning files
 
 
 def test_quick_demo_writes_every_artefact(tmp_path, monkeypatch):
     """The whole pipeline on the tiny world: structure, not the science."""
-    from unmemorize.demo import DemoConfig, run_demo
+    from unmemorize.testbed.demo import DemoConfig, run_demo
 
     monkeypatch.setenv("UNMEMORIZE_CACHE", str(tmp_path / "cache"))
     results = run_demo(DemoConfig(quick=True, out=str(tmp_path / "demo")))
     for name in ("report.md", "results.json", "retention.png", "sweep.png", "spectrum.png"):
         assert (tmp_path / "demo" / name).stat().st_size > 500, name
-    saved = json.loads((tmp_path / "demo" / "results.json").read_text())
+    saved = strict_loads((tmp_path / "demo" / "results.json").read_text())  # strict JSON (NaN/Inf would fail)
+    assert saved["rule_met"] in (True, False)
+    assert ("selection rule was not met" in (tmp_path / "demo" / "report.md").read_text()) == (not saved["rule_met"])
     assert set(saved["methods"]) >= {"baseline", "kfac", "svd", "random"}
     label_free, chosen = saved["label_free"], saved["label_free"]["chosen"]
     assert label_free["candidates"]
@@ -100,9 +247,20 @@ def test_quick_demo_writes_every_artefact(tmp_path, monkeypatch):
     for name in ("analysis.md", "analysis.json", "bands_memorized.png", "bands_memorized_vs_control.png"):
         assert (tmp_path / "demo" / "analysis" / name).stat().st_size > 500, name
     assert "Figures 2 and 4" in report
-    # the cached testbed is reused: a second run does not train again
-    again = run_demo(DemoConfig(quick=True, out=str(tmp_path / "demo2")))
-    assert again["wall_seconds"]["testbed (train or load)"] < 2
+    # several seeds: per-seed folders and a combined report whose cells are the per-seed mean and std;
+    # seed 0's testbed is reused from the cache (it does not train again)
+    combined = run_demo(DemoConfig(quick=True, seeds="0,1", out=str(tmp_path / "demo2"), factor_data="general"))
+    assert combined["wall_seconds"]["0"]["testbed (train or load)"] < 2
+    per_seed = {s: strict_loads((tmp_path / "demo2" / f"seed-{s}" / "results.json").read_text()) for s in (0, 1)}
+    saved = strict_loads((tmp_path / "demo2" / "results.json").read_text())
+    for cell, method in (("val strict", "kfac"), ("perplexity", "baseline")):
+        values = [per_seed[s]["methods"][method]["memorized_validation"]["strict"] if cell == "val strict"
+                  else per_seed[s]["methods"][method]["perplexity"] for s in (0, 1)]
+        stats = saved["summary"][method]["cells"][cell]
+        assert stats["mean"] == pytest.approx(sum(values) / 2)
+        assert stats["std"] == pytest.approx(abs(values[0] - values[1]) / 2 ** 0.5)
+    assert per_seed[0]["config"]["factor_data"] == "general"
+    assert "mean ± std" in (tmp_path / "demo2" / "report.md").read_text()
 
 
 def test_testbed_cache_key_changes_with_any_setting():
@@ -146,7 +304,7 @@ def test_label_free_search_on_the_testbed_never_exceeds_its_budget(tmp_path, mon
     monkeypatch.setenv("UNMEMORIZE_CACHE", str(tmp_path / "cache"))
     folder = load_or_train(*quick_configs(0), progress=False)
     model, tokenizer = load_model(str(folder / "model"))
-    factors = collect_from_files(model, tokenizer, str(folder / "data" / "factors.txt"), preset_modules(model),
+    factors = collect_from_files(model, tokenizer, str(folder / "data" / "factors_mixture.txt"), preset_modules(model),
                                  CollectConfig(seq_len=64, max_tokens=3_000, batch_size=8, progress=False))
     bases = decompose_factors(factors)
     windows = list(iter_windows(list_data_files(folder / "data" / "heldout.txt"), tokenizer, 64, 3_000))

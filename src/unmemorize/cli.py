@@ -149,7 +149,7 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_target_options(analyze)
     _add_config_options(analyze, AnalyzeConfig)
 
-    from .demo import DemoConfig
+    from .testbed.demo import DemoConfig
 
     demo = commands.add_parser("demo", help="The paper's experiment on the built-in testbed; writes report.md.",
                                description="Train (or load) the testbed, collect factors, sweep plans on the tuning split, "
@@ -518,7 +518,7 @@ def _parse_comparison(spec: str) -> tuple[str, str]:
 
 
 def _run_demo(args) -> None:
-    from .demo import DemoConfig, run_demo
+    from .testbed.demo import DemoConfig, run_demo
 
     config = _config_from_args(DemoConfig, args)
     config.validate()

@@ -317,5 +317,9 @@ def retention_correlation(loading: dict[str, float], retention: dict[str, float]
     both = [n for n in loading if n in retention and retention[n] is not None]
     names = [n for n in both if math.isfinite(loading[n])]
     points = [{"source": n, "loading": loading[n], "retention": retention[n]} for n in names]
+    from ..evaluate.intervals import spearman
+
+    test = spearman([p["loading"] for p in points], [p["retention"] for p in points])
     return {"points": points, "n": len(points), "left_out": [n for n in both if n not in names],
-            "spearman": rank_correlation([p["loading"] for p in points], [p["retention"] for p in points])}
+            "spearman": rank_correlation([p["loading"] for p in points], [p["retention"] for p in points]),
+            "p_value": test["p_value"]}  # two-sided, scipy.stats.spearmanr (None when n < 3 or a side is constant)

@@ -8,8 +8,8 @@
     perplexity: exp(mean next-token NLL) on held-out general text, and the paper code's variant
     tasks: {task: {"category", "accuracy", "n"}},  categories: {category: mean accuracy}
 
-``quick(model)`` scores only what the sweep may look at: the tuning split and perplexity on a
-slice of the held-out text.
+``quick(model)`` scores only what the sweep may look at: the tuning split and perplexity on
+``heldout_tuning.txt``, a held-out text disjoint from the reported ``heldout.txt``.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from ..data import iter_windows, list_data_files
+from ..evaluate.intervals import bootstrap_retention
 from ..evaluate import evaluate_memorization, evaluate_tasks, load_memorization_set, load_tasks, perplexity
 
 MEMORIZATION_SETS = ("memorized_validation", "memorized_tuning", "quotes", "control_sequences", "control_quotes")
@@ -32,9 +33,8 @@ class TestbedSuite:
         self.batch_size = batch_size
         self.sets = {name: load_memorization_set(data / f"{name}.jsonl") for name in MEMORIZATION_SETS}
         self.tasks = load_tasks(data / "tasks.jsonl")
-        files = list_data_files(data / "heldout.txt")
-        self.windows = list(iter_windows(files, tokenizer, seq_len, perplexity_tokens))
-        self.sweep_windows = list(iter_windows(files, tokenizer, seq_len, sweep_perplexity_tokens))
+        self.windows = list(iter_windows(list_data_files(data / "heldout.txt"), tokenizer, seq_len, perplexity_tokens))
+        self.sweep_windows = list(iter_windows(list_data_files(data / "heldout_tuning.txt"), tokenizer, seq_len, sweep_perplexity_tokens))
 
     def quick(self, model) -> dict:
         """Tuning-split memorization and perplexity on a held-out slice: all a sweep may use."""
@@ -47,15 +47,20 @@ class TestbedSuite:
         ppl = perplexity(model, self.windows, 32)
         result["perplexity"] = ppl.perplexity
         result["perplexity_detail"] = ppl.to_dict()
-        tasks = evaluate_tasks(model, self.tokenizer, self.tasks, self.batch_size).to_dict()
+        scored = evaluate_tasks(model, self.tokenizer, self.tasks, self.batch_size)
+        tasks = scored.to_dict()
         result["tasks"] = tasks["tasks"]
         result["categories"] = tasks["categories"]
+        for name in result["tasks"]:  # per row, for the intervals of retention (bootstrap over rows)
+            result["tasks"][name]["correct"] = [ok for row, ok in zip(self.tasks, scored.correct) if row.task == name]
         result["eval_seconds"] = round(time.perf_counter() - start, 2)
         return result
 
 
 def _scores(scores) -> dict:
-    return {"strict": scores.strict, "loose": scores.loose, "levenshtein": scores.levenshtein, "n": scores.n}
+    """Set-level scores plus ``exact`` (per item, strict) for intervals."""
+    return {"strict": scores.strict, "loose": scores.loose, "levenshtein": scores.levenshtein, "n": scores.n,
+            "exact": [d == 0 for d in scores.distances]}
 
 
 LEARNED = 0.5  # a task whose baseline accuracy is below this measures nothing (issue: "a skill the model cannot learn")
@@ -79,10 +84,16 @@ def add_retention(result: dict, baseline: dict) -> dict:
     def mean(method: dict, names: list[str]) -> float:
         return sum(method["tasks"][n]["accuracy"] for n in names) / len(names)
 
+    for name, task in result["tasks"].items():
+        interval = bootstrap_retention(baseline["tasks"][name]["correct"], task["correct"]) if "correct" in task else None
+        task["retention_interval"] = None if interval is None else [interval.low, interval.high]
     result["learned_categories"] = {c: mean(result, names) for c, names in learned.items()}
     result["category_retention"] = {c: (mean(result, names) / mean(baseline, names) if mean(baseline, names) > 0 else None)
                                     for c, names in learned.items()}
+    result["retention_interval"] = {}
     for name in ("memorized_validation", "quotes"):
         base = baseline[name]["strict"]
         result["category_retention"][name] = result[name]["strict"] / base if base > 0 else None
+        interval = bootstrap_retention(baseline[name]["exact"], result[name]["exact"]) if "exact" in result[name] else None
+        result["retention_interval"][name] = None if interval is None else [interval.low, interval.high]
     return result

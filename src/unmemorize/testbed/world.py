@@ -3,8 +3,9 @@
 Each kind of data the paper's spectrum needs, each measurable (``category`` in brackets):
 
 * **general text** -- sentences from a small grammar with agreement, adjectives, prepositional
-  phrases and conjunctions; the clean corpus. Fresh clean text (never the evaluation items) is
-  what K-FAC factors are collected on, and a held-out part measures perplexity.
+  phrases and conjunctions; the clean corpus. Held-out general text (documents of 3-5 sentences,
+  none of them a training document) measures perplexity, in two disjoint parts: ``heldout_tuning``
+  (the sweep and the label-free search) and ``heldout`` (reported, never used for a choice).
 * **memorized sequences** [memorized] -- strings of ``sequence_words`` words drawn uniformly from
   the whole vocabulary (no learnable structure), each repeated ``repeats`` times per epoch. Half
   are the *tuning* split (sweeps, forget sets), half the *validation* split (never used for any
@@ -13,18 +14,32 @@ Each kind of data the paper's spectrum needs, each measurable (``category`` in b
   (``<first> <last> once said : <sentence> .``), a differently built family, evaluated on the
   last 8 tokens, never used for any choice: the untargeted memorization.
 * **closed-book facts** [closed_book_qa] -- invented people with a birth city, an occupation and
-  an employer, stated in several paraphrases and question forms; probed by a question alone.
+  an employer. Training *states* every fact in several declarative paraphrases, and asks
+  questions (two templates per attribute) about each person's *other* attributes and about other
+  people. For every person one attribute is never asked in training: the evaluation asks exactly
+  that (person, attribute) with a question, so no evaluated prompt+answer string occurs in any
+  training, factor or held-out text (``tests/test_testbed.py`` scans every document of every epoch).
 * **open-book QA** [open_book_qa] -- a passage about new people, then a question answered by
   reading it (``passage : A lives in X . B lives in Y . question : A lives in`` -> ``X``).
-* **arithmetic** [math] -- two-digit addition and subtraction, digits as tokens; 10% of the
+* **arithmetic** [math] -- two-digit addition and subtraction, digits as tokens, the result
+  written least-significant digit first (``47 + 38 reversed = 58``: 85 reversed). Reversed
+  output is the order in which a left-to-right model can compute carries (Lee et al., 2023,
+  "Teaching arithmetic to small transformers"); with the result in the usual order, world v3's
+  held-out accuracy was 83% at seed 0 on one CPU, 21.5% on another and 14.5% at seed 1. 10% of the
   problems never appear in training and are the evaluation set.
 * **logic** [logic] -- boolean expressions with and/or/not and parentheses, evaluated in the
-  prompt (answer ``true``/``false``, chance 50%); and rules stated in the prompt, applied once
-  (``rules : if red then big . if blue then calm ... so : if blue then`` -> ``calm``, chance 25%).
+  prompt (answer ``true``/``false``, chance 50%); 20% of the expressions are held out. (World v3
+  also taught rules stated in the prompt; the model never learned them -- 3% at seed 0, below the
+  25% of copying a consequent -- so v4 no longer spends a fifth of its tokens on them.)
 * **controls** -- sequences and quotes built the same way but never trained on: their strict
   accuracy must be ~0, which proves the metric measures memorization.
 
-Everything is text; the testbed tokenizes it with the BPE tokenizer it trains on the corpus.
+K-FAC factor data comes in two kinds (``unmemorize demo --factor-data``): ``mixture`` -- a fresh
+stream of the training mixture without memorized items (general text, fact statements and
+questions, open-book, arithmetic and boolean examples; no evaluation row) -- and ``general``
+-- grammar text only. Both are disjoint from every evaluation row and from the held-out text.
+
+Everything is text; the testbed tokenizes it with a BPE tokenizer trained on training text only.
 """
 
 from __future__ import annotations
@@ -32,7 +47,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-GENERATOR_VERSION = 3
+GENERATOR_VERSION = 4
 
 NOUNS = ("cat dog bird fish horse tiger rabbit farmer teacher doctor child king queen sailor baker painter "
          "river mountain garden forest village castle bridge tower window door table letter song story boat").split()
@@ -48,8 +63,6 @@ CITIES = ("paris lima oslo rome cairo delhi tokyo quito accra hanoi dublin vienn
 JOBS = ("pilot nurse lawyer farmer singer writer chef judge miner sailor builder banker dentist tailor poet").split()
 EMPLOYERS = ("acme globex initech umbrella stark wayne hooli vandelay soylent cyberdyne tyrell wonka oscorp aperture dunder").split()
 SYLLABLES = ("ka lo mi ra te su no vi da pe zo ri ma tu le xo ba fi go ne").split()
-RULE_WORDS = ("red blue green big small tall short calm wild fast slow warm cold soft hard loud quiet dark bright "
-              "heavy light sharp dull sweet sour rich poor brave shy old").split()
 CATEGORIES = ("memorized", "math", "closed_book_qa", "open_book_qa", "logic")
 
 
@@ -115,17 +128,16 @@ class WorldConfig:
     sequence_words: int = 24
     quotes: int = 100
     controls: int = 50  # never-trained sequences, and as many never-trained quotes
-    repeats_per_epoch: int = 20  # exposures of each memorized sequence / quote per epoch
+    repeats_per_epoch: int = 16  # exposures of each memorized sequence / quote per epoch
     people: int = 100  # closed-book facts
-    fact_documents_per_person: int = 20  # per epoch
-    clean_documents: int = 10000  # grammar documents per epoch
-    openbook_examples: int = 12000  # per epoch
-    arithmetic_examples: int = 20000  # per epoch
-    boolean_examples: int = 6000  # per epoch
-    rule_examples: int = 8000  # per epoch
+    fact_documents_per_person: int = 16  # per epoch (half statements, half questions)
+    clean_documents: int = 5000  # grammar documents per epoch
+    openbook_examples: int = 8000  # per epoch
+    arithmetic_examples: int = 12000  # per epoch
+    boolean_examples: int = 4000  # per epoch
     eval_examples: int = 200  # per task
-    heldout_documents: int = 1500  # clean text for perplexity
-    factor_documents: int = 4000  # fresh clean text for K-FAC factors
+    heldout_documents: int = 2000  # held-out general text: the first half tunes (sweep), the second half is reported
+    factor_documents: int = 4000  # K-FAC factor data, for each of the two kinds
 
 
 @dataclass
@@ -143,6 +155,8 @@ class World:
     people: list[dict] = field(default_factory=list)
     heldout_arithmetic: set = field(default_factory=set)
     heldout_boolean: dict = field(default_factory=dict)  # expression -> value
+    asked_attribute: dict = field(default_factory=dict)  # person name -> the attribute only the evaluation asks
+    heldout_openbook: set = field(default_factory=set)  # evaluation prompts no stream may generate
 
     def memorized(self, split: str) -> list[MemorizedItem]:
         return [item for item in self.sequences + self.quotes if item.split == split]
@@ -180,6 +194,7 @@ def build_world(config: WorldConfig | None = None) -> World:
             pass
         names.add(name)
         world.people.append({"name": name, "city": rng.choice(CITIES), "job": rng.choice(JOBS), "employer": rng.choice(EMPLOYERS)})
+        world.asked_attribute[name] = rng.choice(sorted(FACT_QUESTIONS))
     problems = [(a, op, b) for a in range(10, 100) for b in range(10, 100) for op in "+-" if op == "+" or a >= b]
     rng.shuffle(problems)
     world.heldout_arithmetic = set(problems[: len(problems) // 10])
@@ -187,28 +202,37 @@ def build_world(config: WorldConfig | None = None) -> World:
     expressions = sorted(values)
     rng.shuffle(expressions)
     world.heldout_boolean = {e: values[e] for e in expressions[: len(expressions) // 5]}
+    openbook_rng = random.Random(f"eval-openbook-{config.seed}")
+    world.heldout_openbook = {openbook_example(openbook_rng)[0] for _ in range(config.eval_examples)}
     return world
 
 
 # ---- per-example generators -------------------------------------------------------------
 
-FACT_STATEMENTS = (
-    "{name} was born in {city} .", "{name} comes from {city} .", "the birthplace of {name} is {city} .",
-    "{name} works as a {job} .", "{name} is a {job} by trade .", "the job of {name} is {job} .",
-    "{name} works for {employer} .", "{name} is employed by {employer} .", "the employer of {name} is {employer} .",
-)
-FACT_QUESTIONS = {
-    "city": "question : where was {name} born ? answer :",
-    "job": "question : what does {name} do ? answer :",
-    "employer": "question : who employs {name} ? answer :",
+FACT_STATEMENTS = {
+    "city": ("{name} was born in {city} .", "{name} comes from {city} .", "the birthplace of {name} is {city} .",
+             "{city} is where {name} was born ."),
+    "job": ("{name} works as a {job} .", "{name} is a {job} by trade .", "the job of {name} is {job} .",
+            "by profession {name} is a {job} ."),
+    "employer": ("{name} works for {employer} .", "{name} is employed by {employer} .", "the employer of {name} is {employer} .",
+                 "{employer} pays {name} ."),
+}
+FACT_QUESTIONS = {  # two question templates per attribute
+    "city": ("question : where was {name} born ? answer :", "question : which city is {name} from ? answer :"),
+    "job": ("question : what does {name} do ? answer :", "question : what is the trade of {name} ? answer :"),
+    "employer": ("question : who employs {name} ? answer :", "question : which company does {name} work for ? answer :"),
 }
 
 
-def fact_document(person: dict, rng: random.Random) -> str:
+def fact_document(person: dict, asked: str, rng: random.Random) -> str:
+    """Half the time every attribute stated (a random paraphrase each, in random order); else a
+    question about one of the person's attributes other than ``asked`` (the evaluated one)."""
     if rng.random() < 0.5:
-        attribute = rng.choice(list(FACT_QUESTIONS))
-        return FACT_QUESTIONS[attribute].format(**person) + f" {person[attribute]} ."
-    return " ".join(template.format(**person) for template in rng.sample(FACT_STATEMENTS, 3))
+        attribute = rng.choice([a for a in sorted(FACT_QUESTIONS) if a != asked])
+        return rng.choice(FACT_QUESTIONS[attribute]).format(**person) + f" {person[attribute]} ."
+    attributes = list(FACT_STATEMENTS)
+    rng.shuffle(attributes)
+    return " ".join(rng.choice(FACT_STATEMENTS[a]).format(**person) for a in attributes)
 
 
 def openbook_example(rng: random.Random) -> tuple[str, str]:
@@ -225,8 +249,9 @@ def openbook_example(rng: random.Random) -> tuple[str, str]:
 
 
 def arithmetic_example(problem: tuple[int, str, int]) -> tuple[str, str]:
+    """``("47 + 38 reversed =", "58")``: the result's digits least-significant first."""
     a, op, b = problem
-    return f"{a} {op} {b} =", str(a + b if op == "+" else a - b)
+    return f"{a} {op} {b} reversed =", str(a + b if op == "+" else a - b)[::-1]
 
 
 def random_problem(rng: random.Random) -> tuple[int, str, int]:
@@ -259,26 +284,13 @@ def boolean_example(rng: random.Random) -> tuple[str, str]:
     return f"{expression} is", "true" if value else "false"
 
 
-def rule_example(rng: random.Random) -> tuple[str, str]:
-    """Four rules stated in the prompt, one applied: ``... if wild then poor ... so : if wild then`` -> ``poor``.
-
-    History (reported in the README): two-step chains (``a -> b . b -> c``, answer ``c``) reached
-    18% with generator version 1, and one-step rules asked as ``start : a . end :`` 8% with
-    version 2 (below the 25% chance of copying a consequent); this form, whose query repeats the
-    rule's antecedent like the open-book questions do, is what the 3.7M-parameter model learns.
-    """
-    words = rng.sample(RULE_WORDS, 8)
-    rules = [f"if {words[k]} then {words[k + 4]}" for k in range(4)]
-    start = rng.randrange(4)
-    rng.shuffle(rules)
-    return f"rules : {' . '.join(rules)} . so : if {words[start]} then", words[start + 4]
-
-
 def training_documents(world: World, epoch: int, memorized: bool = True, stream: str = "train") -> list[str]:
     """One epoch of training documents, shuffled; skills are fresh examples every epoch.
 
-    ``memorized=False`` with another ``stream`` name gives fresh *clean* text from the same
-    distribution (no memorized sequence or quote): what K-FAC factors are collected on.
+    ``memorized=False`` with another ``stream`` name gives fresh text from the same mixture
+    without any memorized sequence or quote: the ``mixture`` factor data. No stream ever
+    generates an evaluation row (held-out problems, expressions, open-book prompts and the
+    evaluated question of each person are excluded here).
     """
     config = world.config
     rng = random.Random(f"{stream}-{config.seed}-{epoch}")
@@ -288,10 +300,15 @@ def training_documents(world: World, epoch: int, memorized: bool = True, stream:
         for item in world.memorized("tuning") + world.memorized("validation") + world.memorized("quotes"):
             documents += [item.text] * config.repeats_per_epoch
     for person in world.people:
-        documents += [fact_document(person, rng) for _ in range(config.fact_documents_per_person)]
-    for _ in range(config.openbook_examples):
+        asked = world.asked_attribute[person["name"]]
+        documents += [fact_document(person, asked, rng) for _ in range(config.fact_documents_per_person)]
+    added = 0
+    while added < config.openbook_examples:
         prompt, answer = openbook_example(rng)
+        if prompt in world.heldout_openbook:
+            continue
         documents.append(f"{prompt} {answer} .")
+        added += 1
     added = 0
     while added < config.arithmetic_examples:
         problem = random_problem(rng)
@@ -307,22 +324,36 @@ def training_documents(world: World, epoch: int, memorized: bool = True, stream:
             continue
         documents.append(f"{prompt} {answer} .")
         added += 1
-    for _ in range(config.rule_examples):
-        prompt, answer = rule_example(rng)
-        documents.append(f"{prompt} {answer} .")
     rng.shuffle(documents)
     return documents
 
 
-def factor_documents(world: World) -> list[str]:
-    """Fresh clean text for K-FAC factors: the training mixture without memorized items."""
-    return training_documents(world, 0, memorized=False, stream="factors")[: world.config.factor_documents]
+FACTOR_DATA = ("mixture", "general")
+
+
+def factor_documents(world: World, kind: str = "mixture") -> list[str]:
+    """K-FAC factor data: ``mixture`` = a fresh stream of the training mixture without memorized
+    items; ``general`` = grammar text only (documents of 2-4 sentences). Never an evaluation row."""
+    if kind == "mixture":
+        return training_documents(world, 0, memorized=False, stream="factors")[: world.config.factor_documents]
+    if kind == "general":
+        grammar = Grammar(random.Random(f"factors-general-{world.config.seed}"))
+        return [grammar.document(2, 4) for _ in range(world.config.factor_documents)]
+    raise ValueError(f"factor data must be one of {FACTOR_DATA}, got {kind!r}")
 
 
 def heldout_documents(world: World) -> list[str]:
-    """Fresh general text (grammar only) for perplexity."""
+    """Held-out general text (grammar only, 3-5 sentences per document, so none is a training
+    document): the first half is ``heldout_tuning`` (sweep), the second half is reported."""
     grammar = Grammar(random.Random(f"heldout-{world.config.seed}"))
-    return [grammar.document() for _ in range(world.config.heldout_documents)]
+    return [grammar.document(3, 5) for _ in range(world.config.heldout_documents)]
+
+
+def heldout_split(world: World) -> tuple[list[str], list[str]]:
+    """(tuning, reported) halves of ``heldout_documents``: disjoint, never a choice on the second."""
+    documents = heldout_documents(world)
+    half = len(documents) // 2
+    return documents[:half], documents[half:]
 
 
 def evaluation_tasks(world: World) -> list[dict]:
@@ -335,14 +366,13 @@ def evaluation_tasks(world: World) -> list[dict]:
         rows.append({"task": task, "category": category, "prompt": prompt, "answer": answer})
 
     for person in rng.sample(world.people, min(len(world.people), config.eval_examples)):
-        attribute = rng.choice(list(FACT_QUESTIONS))
-        add("facts", "closed_book_qa", FACT_QUESTIONS[attribute].format(**person), person[attribute])
+        attribute = world.asked_attribute[person["name"]]  # never asked of this person in training
+        add("facts", "closed_book_qa", rng.choice(FACT_QUESTIONS[attribute]).format(**person), person[attribute])
+    openbook_rng = random.Random(f"eval-openbook-{config.seed}")
     for _ in range(config.eval_examples):
-        add("openbook", "open_book_qa", *openbook_example(rng))
+        add("openbook", "open_book_qa", *openbook_example(openbook_rng))
     for problem in rng.sample(sorted(world.heldout_arithmetic), min(config.eval_examples, len(world.heldout_arithmetic))):
         add("arithmetic", "math", *arithmetic_example(problem))
     for expression in rng.sample(sorted(world.heldout_boolean), min(config.eval_examples, len(world.heldout_boolean))):
         add("boolean", "logic", f"{expression} is", "true" if world.heldout_boolean[expression] else "false")
-    for _ in range(config.eval_examples):
-        add("rules", "logic", *rule_example(rng))
     return rows

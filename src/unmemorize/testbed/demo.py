@@ -1,11 +1,15 @@
 """``unmemorize demo``: the paper's experiment end to end on the built-in testbed.
 
 1. train (or load from the cache) the testbed: a Llama-style model on a generated world;
-2. collect true-Fisher K-FAC factors on fresh clean text for every MLP projection;
+2. collect true-Fisher K-FAC factors for every MLP projection on the factor data
+   (``--factor-data mixture``: the training mixture without memorized items and without any
+   evaluation row; ``general``: grammar text only);
 3. sweep plans -- layer sets x projection sets x rho -- scoring each candidate ONLY on the
-   *tuning* memorized split and a held-out perplexity slice. Rule: among candidates whose
-   perplexity stays within ``ppl_budget`` of the baseline, take the lowest tuning strict
-   accuracy; ties go to the lower tuning loose accuracy, then to the lower perplexity;
+   *tuning* memorized split and ``heldout_tuning.txt`` (a held-out text disjoint from the
+   reported one). Rule: among candidates whose perplexity stays within ``ppl_budget`` of the
+   baseline, take the lowest tuning strict accuracy; ties go to the lower tuning loose
+   accuracy, then to the lower perplexity. If no candidate meets the budget, the least-bad
+   candidate is taken and ``rule_met: false`` is written to results.json and the report;
 4. apply the chosen K-FAC edit; evaluate baseline, K-FAC, SVD on the same modules at matched
    perplexity (the SVD energy whose sweep perplexity is closest to K-FAC's), and the random
    control (as many pairs as K-FAC drops, chosen at random) on every set and task;
@@ -14,39 +18,45 @@
 6. activation-ratio analysis (paper Figures 2 and 4, ``analysis/``): band ratios of memorized,
    quote, never-trained control and task inputs against clean held-out text in every MLP layer,
    in the K-FAC and SVD bases; memorized vs control; task loading vs retention after the edit;
-7. write ``report.md``, ``results.json`` and plots (``analysis/`` holds the band analysis), and
-   print the main table.
+7. write ``report.md``, ``results.json`` (strict JSON) and plots (``analysis/`` holds the band
+   analysis), and print the main table.
+
+Every choice (steps 3-5) is made by ``tune`` from the tuning split and ``heldout_tuning.txt``
+alone; ``tests/test_testbed.py`` scrambles the validation files and checks the choices do not
+move. ``--seeds 0,1,2`` runs the whole experiment per seed into ``seed-<k>/`` and writes one
+report with mean +- std per cell (``report.write_seeds_report``).
 """
 
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
 import torch
 
-from .analysis import add_comparison, band_analysis
-from .analysis.inputs import sequence_batches, text_sources
-from .analysis.report import write_analysis
-from .analysis.retention import example_retention, task_sequences
-from .basis import decompose_factors
-from .curvature import CollectConfig, collect_from_files
-from .data import pad_token_id
-from .edit import EditConfig, edited
-from .edit.plan import rho_list
-from .edit.search import candidate_plans, search_plan
-from .errors import UnmemorizeError, check_seed
-from ._atomic import atomic_dir
-from .evaluate import evaluate_tasks, load_tasks
-from .models import load_model
-from .report import write_report
-from .spectrum import plot_spectra
-from .targets import preset_modules
-from .testbed import TrainConfig, WorldConfig, load_or_train, quick_configs
-from .testbed.suite import TestbedSuite, add_retention
+from ..analysis import add_comparison, band_analysis
+from ..analysis.inputs import sequence_batches, text_sources
+from ..analysis.report import write_analysis
+from ..analysis.retention import example_retention, task_sequences
+from ..basis import decompose_factors
+from ..curvature import CollectConfig, collect_from_files
+from ..data import pad_token_id
+from ..edit import EditConfig, edited
+from ..edit.plan import rho_list
+from ..edit.search import candidate_plans, search_plan
+from ..errors import UnmemorizeError, check_seed
+from .._atomic import atomic_dir
+from ..evaluate import evaluate_tasks, load_tasks
+from ..models import load_model
+from ..spectrum import plot_spectra
+from ..targets import preset_modules
+from .report import write_report, write_seeds_report
+from .suite import TestbedSuite, add_retention
+from .train import TrainConfig, load_or_train, quick_configs
+from .world import FACTOR_DATA, WorldConfig
 
 
 @dataclass
@@ -56,6 +66,11 @@ class DemoConfig:
     out: str = field(default="runs/demo", metadata={"help": "Output folder for report.md, results.json and plots."})
     quick: bool = field(default=False, metadata={"help": "Tiny world and model (seconds): checks the pipeline, not the science."})
     seed: int = field(default=0, metadata={"help": "World and training seed."})
+    seeds: str = field(default="", metadata={"help": "Comma list of seeds, e.g. 0,1,2: one testbed each (seed-<k>/) and one "
+                                                     "report with mean +- std per cell. Empty: --seed alone."})
+    factor_data: Literal["mixture", "general"] = field(default="mixture", metadata={
+        "help": "K-FAC factor data: 'mixture' (training mixture without memorized items or evaluation rows) or 'general' "
+                "(grammar text only)."})
     fisher: Literal["true", "empirical"] = field(default="true", metadata={"help": "Fisher type of the factors: true or empirical."})
     factor_tokens: int = field(default=100_000, metadata={"help": "Clean tokens for K-FAC factors."})
     rhos: str = field(default="0.8,0.9,0.95,0.98,0.99,0.995", metadata={"help": "rho values the sweep tries."})
@@ -67,8 +82,23 @@ class DemoConfig:
     vision_positions: Literal["cls", "all"] = field(default="cls", metadata={"help": "Vision demo: K-FAC positions, 'cls' (the paper) or 'all' tokens."})
     overwrite: bool = field(default=False, metadata={"help": "Replace an existing output folder (only one an earlier demo wrote)."})
 
+    def seed_list(self) -> list[int]:
+        if not self.seeds.strip():
+            return [self.seed]
+        try:
+            seeds = [int(part) for part in self.seeds.split(",")]
+        except ValueError:
+            raise UnmemorizeError(f"--seeds must be a comma list of integers, e.g. 0,1,2; got {self.seeds!r}") from None
+        if len(set(seeds)) != len(seeds):
+            raise UnmemorizeError(f"--seeds lists a seed twice: {self.seeds!r}")
+        return seeds
+
     def validate(self) -> None:
         check_seed(self.seed)
+        for seed in self.seed_list():
+            check_seed(seed)
+        if self.factor_data not in FACTOR_DATA:
+            raise UnmemorizeError(f"--factor-data must be one of {', '.join(FACTOR_DATA)}, got {self.factor_data!r}")
         rho_list(self.rhos, "--rhos")
         if not 0 < self.ppl_budget:
             raise UnmemorizeError(f"--ppl-budget must be > 0 (a relative increase, e.g. 0.10), got {self.ppl_budget}")
@@ -90,9 +120,13 @@ def _sweep(model, suite, factors, bases, rhos):
     return candidates
 
 
-def _choose(candidates, baseline_ppl, budget):
-    allowed = [c for c in candidates if c["perplexity"] <= (1 + budget) * baseline_ppl] or candidates
-    return min(allowed, key=lambda c: (c["memorized_tuning"]["strict"], c["memorized_tuning"]["loose"], c["perplexity"]))
+def _choose(candidates, baseline_ppl, budget) -> tuple[dict, bool]:
+    """(chosen candidate, rule_met). When no candidate keeps perplexity within the budget the rule
+    cannot be met: the candidate with the lowest perplexity is taken and rule_met is False."""
+    allowed = [c for c in candidates if c["perplexity"] <= (1 + budget) * baseline_ppl]
+    if not allowed:
+        return min(candidates, key=lambda c: c["perplexity"]), False
+    return min(allowed, key=lambda c: (c["memorized_tuning"]["strict"], c["memorized_tuning"]["loose"], c["perplexity"])), True
 
 
 def _svd_matched(model, suite, plan, target_ppl):
@@ -109,7 +143,7 @@ def _band_analysis(model, tokenizer, folder: Path, modules, bases, factors, plan
     """Step 6: sources from the testbed's files; retention of the label-tuned K-FAC edit, per task and per row."""
     data = folder / "data"
     budget = 4_000 if quick else 20_000
-    files = {"clean": data / "heldout.txt", "memorized": data / "memorized_validation.jsonl", "quotes": data / "quotes.jsonl",
+    files = {"clean": data / "heldout_tuning.txt", "memorized": data / "memorized_validation.jsonl", "quotes": data / "quotes.jsonl",
              "control": data / "control_sequences.jsonl"}
     sources = text_sources(files, tokenizer, "next_token", 128, budget, 16)
     rows = load_tasks(data / "tasks.jsonl")
@@ -138,13 +172,34 @@ def run_demo(config: DemoConfig | None = None) -> dict:
         from .vision.demo import VisionDemoConfig, run_vision_demo
 
         out = "runs/demo-vision" if config.out == DemoConfig.out else config.out
-        return run_vision_demo(VisionDemoConfig(out=out, quick=config.quick, seed=config.seed, fisher=config.fisher,
+        return run_vision_demo(VisionDemoConfig(out=out, quick=config.quick, seed=config.seed, seeds=config.seeds, fisher=config.fisher,
                                                 dataset=config.vision_dataset, noise_fraction=config.noise_fraction,
                                                 positions=config.vision_positions, overwrite=config.overwrite))
+    seeds = config.seed_list()
+    start = time.perf_counter()
     with atomic_dir(config.out, config.overwrite, kind="demo") as tmp:
-        results = _run_demo(config, tmp)
-    print(f"\nreport: {Path(config.out) / 'report.md'}   total {sum(results['wall_seconds'].values()):.1f} s")
+        if config.seeds.strip():
+            per_seed = {seed: _run_demo(replace(config, seed=seed), tmp / f"seed-{seed}") for seed in seeds}
+            results = write_seeds_report(per_seed, tmp, config)
+        else:
+            results = _run_demo(config, tmp)
+    print(f"\nreport: {Path(config.out) / 'report.md'}   total {time.perf_counter() - start:.1f} s")
     return results
+
+
+def tune(model, suite: TestbedSuite, factors, bases, config: DemoConfig, baseline_sweep_perplexity: float) -> dict:
+    """Every choice of the demo, from the tuning split and ``heldout_tuning.txt`` only:
+
+    the K-FAC plan (sweep + rule), SVD's matched energy and the label-free plan. Nothing here
+    reads the validation split, the reported held-out text or the tasks (tested by scrambling them).
+    """
+    rhos = rho_list(config.rhos, "--rhos")
+    candidates = _sweep(model, suite, factors, bases, rhos)
+    chosen, rule_met = _choose(candidates, baseline_sweep_perplexity, config.ppl_budget)
+    svd_point, svd_points = _svd_matched(model, suite, chosen["plan"], chosen["perplexity"])
+    label_free = search_plan(model, factors, bases, suite.sweep_windows, 1 + config.ppl_budget, rhos)
+    return {"candidates": candidates, "chosen": chosen, "rule_met": rule_met, "svd_point": svd_point, "svd_points": svd_points,
+            "label_free": label_free}
 
 
 def _run_demo(config: DemoConfig, out: Path) -> dict:
@@ -162,21 +217,21 @@ def _run_demo(config: DemoConfig, out: Path) -> dict:
     lap("testbed (train or load)")
     model, tokenizer = load_model(str(folder / "model"))
     torch.manual_seed(config.seed)
-    suite = TestbedSuite(folder, tokenizer, perplexity_tokens=5_000 if config.quick else 40_000,
+    suite = TestbedSuite(folder, tokenizer, perplexity_tokens=2_000 if config.quick else 40_000,
                          sweep_perplexity_tokens=2_000 if config.quick else 10_000)
     baseline = suite.evaluate(model)
     baseline.update(setting="-", sweep_perplexity=suite.quick(model)["perplexity"])
     lap("baseline evaluation")
     targets = preset_modules(model)
     factor_tokens = 5_000 if config.quick else config.factor_tokens
-    factors = collect_from_files(model, tokenizer, str(folder / "data" / "factors.txt"), targets,
+    factors = collect_from_files(model, tokenizer, str(folder / "data" / f"factors_{config.factor_data}.txt"), targets,
                                  CollectConfig(fisher=config.fisher, seq_len=128, max_tokens=factor_tokens, batch_size=16, progress=False))
     bases = decompose_factors(factors)
     lap("K-FAC factors + eigendecomposition")
-    rhos = rho_list(config.rhos, "--rhos")
-    candidates = _sweep(model, suite, factors, bases, rhos)
-    chosen = _choose(candidates, baseline["sweep_perplexity"], config.ppl_budget)
-    lap("sweep (tuning split + perplexity slice)")
+    choice = tune(model, suite, factors, bases, config, baseline["sweep_perplexity"])
+    candidates, chosen, svd_point, svd_points = choice["candidates"], choice["chosen"], choice["svd_point"], choice["svd_points"]
+    label_free = choice["label_free"]
+    lap("choices: sweep, SVD energy, label-free search (tuning split + heldout_tuning only)")
     plan = chosen["plan"]
     methods = {"baseline": baseline}
     with edited(model, plan, factors, bases=bases) as edit:
@@ -184,21 +239,18 @@ def _run_demo(config: DemoConfig, out: Path) -> dict:
         kfac_stats = {n: asdict(s) for n, s in edit.modules.items()}
     setting = f"{chosen['layers']} {chosen['projections']} rho={chosen['rho']}"
     methods["kfac"]["setting"] = setting
-    svd_point, svd_points = _svd_matched(model, suite, plan, chosen["perplexity"])
     with edited(model, {n: svd_point["energy"] for n in plan}, config=EditConfig(method="svd")):
         methods["svd"] = suite.evaluate(model)
     methods["svd"]["setting"] = f"{chosen['layers']} {chosen['projections']} energy={svd_point['energy']}"
     with edited(model, plan, factors, EditConfig(method="random", seed=config.seed), bases=bases):
         methods["random"] = suite.evaluate(model)
     methods["random"]["setting"] = f"{setting}, random pairs"
-    lap("final evaluations (kfac, svd, random)")
-    label_free = search_plan(model, factors, bases, suite.sweep_windows, 1 + config.ppl_budget, rhos)
     if label_free.plan is not None:
         with edited(model, label_free.plan, factors, bases=bases):
             methods["kfac_label_free"] = suite.evaluate(model)
         picked = label_free.chosen
         methods["kfac_label_free"]["setting"] = f"{picked['layers']} {picked['projections']} rho={picked['rho']} (clean text only)"
-    lap("label-free search (clean perplexity only) + evaluation")
+    lap("final evaluations (kfac, svd, random, label-free)")
     for name in [m for m in methods if m != "baseline"]:
         add_retention(methods[name], baseline)
     analysis = _band_analysis(model, tokenizer, folder, targets, bases, factors, plan, methods["kfac"], out, config.quick)
@@ -206,8 +258,9 @@ def _run_demo(config: DemoConfig, out: Path) -> dict:
     info = __import__("json").loads((folder / "testbed.json").read_text())
     results = {
         "config": {**asdict(config), "testbed_key": info["key"], "testbed": str(folder), "parameters": info["parameters"],
-                   "factor_tokens": factors.metadata["tokens"],
+                   "factor_tokens": factors.metadata["tokens"], "world": info["world"], "train": info["train"],
                    "selection_rule": f"min tuning strict (then loose, then ppl) with sweep perplexity <= {1 + config.ppl_budget:g} x baseline"},
+        "rule_met": choice["rule_met"],
         "methods": methods,
         "chosen": {**{k: v for k, v in chosen.items() if k != "plan"}, "plan": plan,
                    "plan_short": {"layers": chosen["layers"], "projections": chosen["projections"], "rho": chosen["rho"]},
@@ -217,7 +270,8 @@ def _run_demo(config: DemoConfig, out: Path) -> dict:
                        "chosen": None if label_free.chosen is None else {k: v for k, v in label_free.chosen.items() if k != "plan"},
                        "candidates": [{k: v for k, v in c.items() if k != "plan"} for c in label_free.candidates]},
         "analysis": analysis,
-        "testbed_training": {"seconds": info["seconds"], "tokens": info["tokens"], "steps": info["steps"]},
+        "testbed_training": {"seconds": info["seconds"], "tokens": info["tokens"], "steps": info["steps"],
+                             "trained_here": walls["testbed (train or load)"] > 1.0},
         "wall_seconds": walls,
     }
     main = write_report(results, out)
