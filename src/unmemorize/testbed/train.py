@@ -49,7 +49,7 @@ class TrainConfig:
     heads: int = field(default=4, metadata={"help": "Attention heads."})
     seq_len: int = field(default=128, metadata={"help": "Training window length in tokens."})
     batch_size: int = field(default=32, metadata={"help": "Windows per optimiser step."})
-    epochs: int = field(default=4, metadata={"help": "Passes over freshly generated epochs of the world."})
+    epochs: int = field(default=6, metadata={"help": "Passes over freshly generated epochs of the world."})
     learning_rate: float = field(default=2e-3, metadata={"help": "Peak AdamW learning rate (cosine decay to 10%)."})
     warmup_steps: int = field(default=50, metadata={"help": "Linear warm-up steps."})
     weight_decay: float = field(default=0.1, metadata={"help": "AdamW weight decay (the paper: separation grows with it)."})
