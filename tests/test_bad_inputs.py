@@ -313,6 +313,9 @@ CASES = [
     ("demo-seed-negative", D("--seed", "-1"), "--seed must be an integer in [0, 2^63-1]"),
     ("demo-ppl-budget-negative", D("--ppl-budget", "-0.1"), "--ppl-budget must be > 0"),
     ("demo-out-empty", D(out=""), "--out is empty"),
+    ("demo-seeds-not-integers", D("--seeds", "0,x"), "--seeds must be a comma list of integers"),
+    ("demo-seeds-repeated", D("--seeds", "1,1"), "--seeds lists a seed twice"),
+    ("demo-seeds-negative", D("--seeds", "0,-2"), "--seed must be an integer in [0, 2^63-1]"),
     ("testbed-seed-negative", ["testbed", "info", "--seed", "-1"], "--seed must be an integer in [0, 2^63-1]"),
 ]
 

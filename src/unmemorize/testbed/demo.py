@@ -77,7 +77,7 @@ class DemoConfig:
     ppl_budget: float = field(default=0.10, metadata={"help": "Largest allowed relative perplexity increase in the sweep."})
     vision: bool = field(default=False, metadata={"help": "Run the vision demo instead: noisy-label memorization in a ViT "
                                                           "(output: runs/demo-vision unless --out is given)."})
-    vision_dataset: str = field(default="digits", metadata={"help": "Vision demo: 'digits' or a folder of Fashion-MNIST IDX files."})
+    vision_dataset: str = field(default="digits", metadata={"help": "Vision demo: 'digits', 'fashion-mnist' (Debian's dataset-fashion-mnist) or a folder of Fashion-MNIST IDX files."})
     noise_fraction: float = field(default=0.1, metadata={"help": "Vision demo: fraction of training labels made wrong."})
     vision_positions: Literal["cls", "all"] = field(default="cls", metadata={"help": "Vision demo: K-FAC positions, 'cls' (the paper) or 'all' tokens."})
     overwrite: bool = field(default=False, metadata={"help": "Replace an existing output folder (only one an earlier demo wrote)."})
