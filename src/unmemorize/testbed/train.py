@@ -31,6 +31,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .._atomic import atomic_dir
+from ..jsonio import write_json
 from .world import (FACTOR_DATA, GENERATOR_VERSION, World, WorldConfig, build_world, evaluation_tasks, factor_documents, heldout_split,
                     training_documents)
 
@@ -219,7 +220,7 @@ def train_testbed(world_config: WorldConfig | None = None, train_config: TrainCo
         model.save_pretrained(tmp / "model", safe_serialization=True)
         tokenizer.save_pretrained(tmp / "model")
         _write_data(tmp, world, tokenizer)
-        (tmp / "testbed.json").write_text(json.dumps(info, indent=2))
+        write_json(tmp / "testbed.json", info)
     return out
 
 
