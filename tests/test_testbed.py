@@ -147,6 +147,22 @@ def test_tokenizer_is_trained_on_training_text_only(tmp_path, monkeypatch):
     assert not set(heldout_documents(world)) & set(seen[0])
 
 
+def _quick_testbed_with_factors(tmp_path, monkeypatch, factor_tokens: int):
+    """The quick testbed (cached under tmp_path), its model and tokenizer, mixture factors and their bases."""
+    from unmemorize.basis import decompose_factors
+    from unmemorize.curvature import CollectConfig, collect_from_files
+    from unmemorize.models import load_model
+    from unmemorize.targets import preset_modules
+    from unmemorize.testbed import load_or_train, quick_configs
+
+    monkeypatch.setenv("UNMEMORIZE_CACHE", str(tmp_path / "cache"))
+    folder = load_or_train(*quick_configs(0), progress=False)
+    model, tokenizer = load_model(str(folder / "model"))
+    factors = collect_from_files(model, tokenizer, str(folder / "data" / "factors_mixture.txt"), preset_modules(model),
+                                 CollectConfig(seq_len=64, max_tokens=factor_tokens, batch_size=8, progress=False))
+    return folder, model, tokenizer, factors, decompose_factors(factors)
+
+
 def test_the_choices_never_read_the_validation_split(tmp_path, monkeypatch):
     """Scramble everything reported but never chosen on (validation sequences, the reported
     held-out text, the tasks, quotes and controls): every choice of the demo is identical. The
@@ -156,20 +172,10 @@ def test_the_choices_never_read_the_validation_split(tmp_path, monkeypatch):
 
     import torch
 
-    from unmemorize.basis import decompose_factors
-    from unmemorize.curvature import CollectConfig, collect_from_files
-    from unmemorize.models import load_model
-    from unmemorize.targets import preset_modules
-    from unmemorize.testbed import load_or_train, quick_configs
     from unmemorize.testbed.demo import DemoConfig, tune
     from unmemorize.testbed.suite import TestbedSuite
 
-    monkeypatch.setenv("UNMEMORIZE_CACHE", str(tmp_path / "cache"))
-    folder = load_or_train(*quick_configs(0), progress=False)
-    model, tokenizer = load_model(str(folder / "model"))
-    factors = collect_from_files(model, tokenizer, str(folder / "data" / "factors_mixture.txt"), preset_modules(model),
-                                 CollectConfig(seq_len=64, max_tokens=2_000, batch_size=8, progress=False))
-    bases = decompose_factors(factors)
+    folder, model, tokenizer, factors, bases = _quick_testbed_with_factors(tmp_path, monkeypatch, 2_000)
     config = DemoConfig(quick=True, rhos="0.8,0.95,0.99")
 
     def choices(data_folder):
@@ -291,22 +297,12 @@ def test_label_free_search_on_the_testbed_never_exceeds_its_budget(tmp_path, mon
     fitting candidate removes more pairs."""
     import torch
 
-    from unmemorize.basis import decompose_factors
-    from unmemorize.curvature import CollectConfig, collect_from_files
     from unmemorize.data import iter_windows, list_data_files
     from unmemorize.edit import apply_edit
     from unmemorize.edit.search import search_plan
     from unmemorize.evaluate import perplexity
-    from unmemorize.models import load_model
-    from unmemorize.targets import preset_modules
-    from unmemorize.testbed import load_or_train, quick_configs
 
-    monkeypatch.setenv("UNMEMORIZE_CACHE", str(tmp_path / "cache"))
-    folder = load_or_train(*quick_configs(0), progress=False)
-    model, tokenizer = load_model(str(folder / "model"))
-    factors = collect_from_files(model, tokenizer, str(folder / "data" / "factors_mixture.txt"), preset_modules(model),
-                                 CollectConfig(seq_len=64, max_tokens=3_000, batch_size=8, progress=False))
-    bases = decompose_factors(factors)
+    folder, model, tokenizer, factors, bases = _quick_testbed_with_factors(tmp_path, monkeypatch, 3_000)
     windows = list(iter_windows(list_data_files(folder / "data" / "heldout.txt"), tokenizer, 64, 3_000))
     baseline = perplexity(model, windows).perplexity
     for budget in (1.02, 1.05, 1.10):

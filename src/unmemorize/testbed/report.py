@@ -11,7 +11,7 @@ import math
 from pathlib import Path
 
 from ..analysis.report import summary_table
-from ..evaluate.intervals import format_wilson, mean_std, wilson_of_fraction
+from ..evaluate.intervals import mean_std, wilson_of_fraction
 from ..jsonio import write_json
 
 CATEGORY_ORDER = ("memorized_validation", "quotes", "math", "closed_book_qa", "open_book_qa", "logic")
