@@ -10,7 +10,7 @@ The trained testbed is a folder (``<cache>/testbed/<key>/``)::
     data/memorized_tuning.jsonl, memorized_validation.jsonl, quotes.jsonl,
     data/control_sequences.jsonl, control_quotes.jsonl   prefix_ids / suffix_ids rows
     data/tasks.jsonl            task rows (task, category, prompt, answer)
-    testbed.json                configs, cache key, loss curve, wall time
+    testbed.json                configs, cache key, loss curve, per-epoch task accuracy, wall time
 
 The key is a hash of (generator version, testbed version, world config, training config): a
 cached folder is reused only if it was produced by exactly this code and these settings.
@@ -35,7 +35,7 @@ from ..jsonio import write_json
 from .world import (FACTOR_DATA, GENERATOR_VERSION, World, WorldConfig, build_world, evaluation_tasks, factor_documents, heldout_split,
                     training_documents)
 
-TESTBED_VERSION = 2
+TESTBED_VERSION = 3
 SPECIAL_TOKENS = ["<pad>", "<unk>", "<eos>"]
 
 
@@ -166,6 +166,16 @@ def _learning_rate(step: int, total: int, config: TrainConfig) -> float:
     return config.learning_rate * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
+def _task_accuracies(model, tokenizer, rows: list[dict]) -> dict:
+    """Accuracy per task at the end of an epoch: a learning curve, logged only (no choice reads it)."""
+    from ..evaluate import evaluate_tasks
+
+    model.eval()
+    scored = evaluate_tasks(model, tokenizer, rows)
+    model.train()
+    return {"tasks": {name: round(score.accuracy, 4) for name, score in scored.tasks.items()}}
+
+
 def train_testbed(world_config: WorldConfig | None = None, train_config: TrainConfig | None = None, out: Path | None = None,
                   progress: bool = True, overwrite: bool = False) -> Path:
     """Generate the world, train tokenizer and model, write the testbed folder; returns it."""
@@ -182,7 +192,8 @@ def train_testbed(world_config: WorldConfig | None = None, train_config: TrainCo
     optimizer = torch.optim.AdamW(model.parameters(), lr=train_config.learning_rate, weight_decay=train_config.weight_decay,
                                   betas=(0.9, 0.95))
     model.train()
-    log, step, tokens = [], 0, 0
+    task_rows = evaluation_tasks(world)
+    log, task_curve, step, tokens = [], [], 0, 0
     ema = None
     bar = tqdm(total=total_steps, desc="train testbed", unit="step", disable=not progress, dynamic_ncols=True)
     for epoch in range(train_config.epochs):
@@ -208,6 +219,9 @@ def train_testbed(world_config: WorldConfig | None = None, train_config: TrainCo
                 log.append({"step": step, "epoch": epoch, "loss_ema": round(ema, 4)})
             bar.update(1)
             bar.set_postfix(loss=f"{ema:.3f}", epoch=epoch, refresh=False)
+        task_curve.append({"epoch": epoch, "step": step, **_task_accuracies(model, tokenizer, task_rows)})
+        if progress:
+            tqdm.write(f"epoch {epoch}: task accuracy {task_curve[-1]['tasks']}")
     bar.close()
     model.eval()
     seconds = time.perf_counter() - start
@@ -215,6 +229,7 @@ def train_testbed(world_config: WorldConfig | None = None, train_config: TrainCo
         "key": cache_key(world_config, train_config), "generator_version": GENERATOR_VERSION, "testbed_version": TESTBED_VERSION,
         "world": asdict(world_config), "train": asdict(train_config), "parameters": sum(p.numel() for p in model.parameters()),
         "steps": step, "tokens": tokens, "seconds": round(seconds, 1), "loss_curve": log,
+        "task_curve": task_curve,
     }
     with atomic_dir(out, overwrite=True if overwrite or not out.exists() else overwrite) as tmp:
         model.save_pretrained(tmp / "model", safe_serialization=True)
