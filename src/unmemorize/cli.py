@@ -6,6 +6,7 @@
     unmemorize analyze  --model M --factors DIR --clean FILE --memorized FILE [--tasks FILE] [--retention JSON] --out DIR
     unmemorize decompose --factors DIR [--device cuda] [--dtype float64|float32]
     unmemorize eval     --model DIR --lm-eval TASKS [--factors DIR --edit-plan FILE | --edit-rho X]
+    unmemorize stress   --model DIR --items FILE [--controls FILE] [--checks stress,ndcg,relearn,sample,bf16] ... --out JSON
     unmemorize demo     [--out DIR]
 
 Errors in the input print one line, ``unmemorize: error: ...``, and exit with status 2.
@@ -157,10 +158,12 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_config_options(demo, DemoConfig)
 
     from .decompose import add_decompose_command
+    from .evaluate.checks import add_stress_command
     from .evaluate.lm_eval_bridge import add_eval_command
 
     add_decompose_command(commands)
     add_eval_command(commands)
+    add_stress_command(commands)
 
     testbed = commands.add_parser("testbed", help="Train or inspect the built-in testbed.",
                                   description="The testbed: a Llama-style model trained on a generated world with known "
@@ -537,6 +540,12 @@ def _run_eval(args) -> None:
     run_eval(args)
 
 
+def _run_stress(args) -> None:
+    from .evaluate.checks import run_stress
+
+    run_stress(args)
+
+
 def _run_testbed(args) -> None:
     from .errors import check_seed
     from .testbed import TrainConfig, WorldConfig, quick_configs, testbed_dir, train_testbed
@@ -569,7 +578,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = _build_parser()
     args = parser.parse_args(argv)
     runners = {"collect": _run_collect, "edit": _run_edit, "spectrum": _run_spectrum, "analyze": _run_analyze, "demo": _run_demo,
-               "testbed": _run_testbed, "decompose": _run_decompose, "eval": _run_eval}
+               "testbed": _run_testbed, "decompose": _run_decompose, "eval": _run_eval, "stress": _run_stress}
     previous = signal.signal(signal.SIGTERM, _on_sigterm) if _main_thread() else None
     try:
         from transformers.utils import logging as hf_logging
