@@ -8,6 +8,7 @@
     unmemorize eval     --model DIR --lm-eval TASKS [--factors DIR --edit-plan FILE | --edit-rho X]
     unmemorize stress   --model DIR --items FILE [--controls FILE] [--checks stress,ndcg,relearn,sample,bf16] ... --out JSON
     unmemorize demo     [--out DIR]
+    unmemorize unlearn bsn --model M --forget FILE --retain FILE --out DIR [--ratio R] [--alpha A] ...
 
 Errors in the input print one line, ``unmemorize: error: ...``, and exit with status 2.
 """
@@ -157,6 +158,7 @@ def _build_parser() -> argparse.ArgumentParser:
                                "edit, evaluate baseline / K-FAC / SVD / random, write report.md, results.json and plots.")
     _add_config_options(demo, DemoConfig)
 
+    from .baselines.cli import add_unlearn_command
     from .decompose import add_decompose_command
     from .evaluate.checks import add_stress_command
     from .evaluate.lm_eval_bridge import add_eval_command
@@ -164,6 +166,7 @@ def _build_parser() -> argparse.ArgumentParser:
     add_decompose_command(commands)
     add_eval_command(commands)
     add_stress_command(commands)
+    add_unlearn_command(commands)
 
     testbed = commands.add_parser("testbed", help="Train or inspect the built-in testbed.",
                                   description="The testbed: a Llama-style model trained on a generated world with known "
@@ -546,6 +549,12 @@ def _run_stress(args) -> None:
     run_stress(args)
 
 
+def _run_unlearn(args) -> None:
+    from .baselines.cli import run_unlearn
+
+    run_unlearn(args)
+
+
 def _run_testbed(args) -> None:
     from .errors import check_seed
     from .testbed import TrainConfig, WorldConfig, quick_configs, testbed_dir, train_testbed
@@ -578,7 +587,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = _build_parser()
     args = parser.parse_args(argv)
     runners = {"collect": _run_collect, "edit": _run_edit, "spectrum": _run_spectrum, "analyze": _run_analyze, "demo": _run_demo,
-               "testbed": _run_testbed, "decompose": _run_decompose, "eval": _run_eval, "stress": _run_stress}
+               "testbed": _run_testbed, "decompose": _run_decompose, "eval": _run_eval, "stress": _run_stress,
+               "unlearn": _run_unlearn}
     previous = signal.signal(signal.SIGTERM, _on_sigterm) if _main_thread() else None
     try:
         from transformers.utils import logging as hf_logging
