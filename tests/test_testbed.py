@@ -87,7 +87,7 @@ def test_no_evaluation_string_occurs_in_any_training_factor_or_heldout_document(
 
     world = build_world(WorldConfig())
     needles = _evaluation_strings(world)
-    assert len(needles) == 800 and len({n.split(" answer :")[0] for n in needles if "answer :" in n}) == 200
+    assert len(needles) == 700 and len({n.split(" answer :")[0] for n in needles if "answer :" in n}) == 100
     corpus = [doc for epoch in range(TrainConfig().epochs) for doc in training_documents(world, epoch)]
     corpus += [doc for kind in FACTOR_DATA for doc in factor_documents(world, kind)] + heldout_documents(world)
     assert _scan(corpus, needles) == []

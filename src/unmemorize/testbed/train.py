@@ -35,7 +35,7 @@ from ..jsonio import write_json
 from .world import (FACTOR_DATA, GENERATOR_VERSION, World, WorldConfig, build_world, evaluation_tasks, factor_documents, heldout_split,
                     training_documents)
 
-TESTBED_VERSION = 3
+TESTBED_VERSION = 2  # unchanged by the per-epoch task curve (metadata only): cached v4 testbeds stay valid
 SPECIAL_TOKENS = ["<pad>", "<unk>", "<eos>"]
 
 

@@ -47,7 +47,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-GENERATOR_VERSION = 5
+GENERATOR_VERSION = 4
 
 NOUNS = ("cat dog bird fish horse tiger rabbit farmer teacher doctor child king queen sailor baker painter "
          "river mountain garden forest village castle bridge tower window door table letter song story boat").split()
@@ -129,8 +129,8 @@ class WorldConfig:
     quotes: int = 100
     controls: int = 50  # never-trained sequences, and as many never-trained quotes
     repeats_per_epoch: int = 20  # exposures of each memorized sequence / quote per epoch
-    people: int = 200  # closed-book facts (the evaluation asks each once: n = min(people, eval_examples))
-    fact_documents_per_person: int = 36  # per epoch (half statements, half questions)
+    people: int = 100  # closed-book facts
+    fact_documents_per_person: int = 24  # per epoch (half statements, half questions)
     clean_documents: int = 6000  # grammar documents per epoch
     openbook_examples: int = 12000  # per epoch
     arithmetic_examples: int = 24000  # per epoch
@@ -236,17 +236,11 @@ def fact_document(person: dict, asked: str, rng: random.Random) -> str:
 
 
 def openbook_example(rng: random.Random) -> tuple[str, str]:
-    """(prompt, answer): a passage about 2-3 new people, then a question about one of them.
-
-    Names are one word of two syllables (one BPE token), distinct within a passage. World v4 drew
-    2-3 syllables (1-3 tokens, sometimes split mid-syllable): its models always answered with a
-    city of the passage but, in about 40% of rows, the city of the wrong person (seed 0: 70 of
-    200 rows), the multi-token name being the key they failed to match.
-    """
+    """(prompt, answer): a passage about 2-3 new people, then a question about one of them."""
     count = rng.randint(2, 3)
     people = []
     while len(people) < count:
-        name = _name(rng, 2)
+        name = _name(rng, rng.randint(2, 3))
         if name not in [p for p, _ in people]:
             people.append((name, rng.choice(CITIES)))
     asked, city = rng.choice(people)
