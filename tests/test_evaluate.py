@@ -20,6 +20,7 @@ from unmemorize.evaluate import (MemorizationItem, answer_matches, evaluate_memo
                                  perplexity, perplexity_of_file, retention, token_levenshtein)
 from unmemorize.evaluate.generate import _greedy_left_padded
 from unmemorize.tiny import WORDS, write_corpus
+from naive_decoding import naive_greedy  # tests/oracles/
 
 SPECIAL = 3  # ids 0, 1, 2 are <pad>, <unk>, <eos> in the tiny tokenizer
 
@@ -34,14 +35,6 @@ def dp_levenshtein(a: list[int], b: list[int]) -> int:
         previous = current
     return previous[-1]
 
-
-def naive_greedy(model, prompt: list[int], steps: int) -> list[int]:
-    """One unpadded sequence, no cache: re-run the whole sequence and take the last argmax each step."""
-    sequence = list(prompt)
-    with torch.no_grad():
-        for _ in range(steps):
-            sequence.append(int(model(input_ids=torch.tensor([sequence])).logits[0, -1].argmax()))
-    return sequence[len(prompt):]
 
 
 def random_prompts(lengths, seed=0, vocab=len(WORDS) + SPECIAL):

@@ -21,6 +21,7 @@ from unmemorize.evaluate.coherence import NDCGConfig, ndcg, ndcg_per_position, n
 from unmemorize.evaluate.stress import StressConfig, exact_prefix_length, position_variants, stress_test, variant_count
 from unmemorize.jsonio import strict_loads
 from unmemorize.tiny import WORDS, make_tokenizer, write_corpus
+from naive_decoding import naive_greedy  # tests/oracles/
 
 
 # --- variants ---------------------------------------------------------------------------------
@@ -96,13 +97,6 @@ def test_stress_scores_of_a_bigram_model_match_the_hand_computation():
     # keeping the unperturbed prompt in the max: item b's own prompt scores 3
     assert stress_test(model, items, 0, StressConfig(t=2, exclude_unperturbed=False)).stressed == [3, 3]
 
-
-def naive_greedy(model, prompt: list[int], steps: int) -> list[int]:
-    sequence = list(prompt)
-    with torch.no_grad():
-        for _ in range(steps):
-            sequence.append(int(model(input_ids=torch.tensor([sequence])).logits[0, -1].argmax()))
-    return sequence[len(prompt):]
 
 
 def test_stress_test_matches_naive_decoding_of_every_variant(tiny_lm):
