@@ -7,7 +7,6 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from unmemorize.evaluate.tasks import load_tasks, generative_correct, greedy_continuations, _ids, pad_token_id
 torch.set_num_threads(2)
 key = sys.argv[1]
-root = f"/root/.cache/unmemorize/testbed/{key}"
 import os; root = os.path.expanduser(f"~/.cache/unmemorize/testbed/{key}")
 tok = AutoTokenizer.from_pretrained(root + "/model"); model = AutoModelForCausalLM.from_pretrained(root + "/model").eval()
 rows = [r for r in load_tasks(root + "/data/tasks.jsonl") if r.task in ("openbook", "facts")]
@@ -28,5 +27,5 @@ for r, o in zip(rows, outs):
     else:
         kind = "ok" if a == r.answer else "wrong"
         q = r.prompt
-        stats[(r.task, q.split()[2] if True else "", kind)] += 1
+        stats[(r.task, q.split()[2], kind)] += 1
 for k in sorted(stats): print(k, stats[k])
