@@ -222,8 +222,8 @@ def test_quick_demo_writes_every_artefact(tmp_path, monkeypatch):
     from unmemorize.testbed.demo import DemoConfig, run_demo
 
     monkeypatch.setenv("UNMEMORIZE_CACHE", str(tmp_path / "cache"))
-    results = run_demo(DemoConfig(quick=True, out=str(tmp_path / "demo")))
-    for name in ("report.md", "results.json", "retention.png", "sweep.png", "spectrum.png"):
+    results = run_demo(DemoConfig(quick=True, out=str(tmp_path / "demo"), baselines=True))
+    for name in ("report.md", "results.json", "retention.png", "sweep.png", "spectrum.png", "baselines/report.md", "baselines/pareto.png"):
         assert (tmp_path / "demo" / name).stat().st_size > 500, name
     saved = strict_loads((tmp_path / "demo" / "results.json").read_text())  # strict JSON (NaN/Inf would fail)
     assert saved["rule_met"] in (True, False)
@@ -253,6 +253,8 @@ def test_quick_demo_writes_every_artefact(tmp_path, monkeypatch):
     for name in ("analysis.md", "analysis.json", "bands_memorized.png", "bands_memorized_vs_control.png"):
         assert (tmp_path / "demo" / "analysis" / name).stat().st_size > 500, name
     assert "Figures 2 and 4" in report
+    assert "[baselines/report.md](baselines/report.md)" in report  # --baselines: the comparison, linked from the report
+    assert set(strict_loads((tmp_path / "demo" / "baselines" / "results.json").read_text())["summary"]) == {"baseline", "kfac", "svd", "bsn"}
     # several seeds: per-seed folders and a combined report whose cells are the per-seed mean and std;
     # seed 0's testbed is reused from the cache (it does not train again)
     combined = run_demo(DemoConfig(quick=True, seeds="0,1", out=str(tmp_path / "demo2"), factor_data="general"))

@@ -7,7 +7,8 @@
     unmemorize decompose --factors DIR [--device cuda] [--dtype float64|float32]
     unmemorize eval     --model DIR --lm-eval TASKS [--factors DIR --edit-plan FILE | --edit-rho X]
     unmemorize stress   --model DIR --items FILE [--controls FILE] [--checks stress,ndcg,relearn,sample,bf16] ... --out JSON
-    unmemorize demo     [--out DIR]
+    unmemorize demo     [--out DIR] [--seeds 0,1,2] [--baselines]
+    unmemorize compare  [--seeds 0,1,2] [--out DIR]   (K-FAC vs SVD vs BSN with stress test, nDCG and attacks)
     unmemorize unlearn bsn --model M --forget FILE --retain FILE --out DIR [--ratio R] [--alpha A] ...
 
 Errors in the input print one line, ``unmemorize: error: ...``, and exit with status 2.
@@ -157,6 +158,15 @@ def _build_parser() -> argparse.ArgumentParser:
                                description="Train (or load) the testbed, collect factors, sweep plans on the tuning split, "
                                "edit, evaluate baseline / K-FAC / SVD / random, write report.md, results.json and plots.")
     _add_config_options(demo, DemoConfig)
+
+    from .testbed.compare import CompareConfig
+
+    compare = commands.add_parser("compare", help="K-FAC vs SVD vs BalancedSubnet on the testbed, with stress test, nDCG and attacks.",
+                                  description="Per seed: sweep K-FAC (layers x rho), SVD (layers x energy) and BSN (ratio x alpha x "
+                                  "epochs), choose each by the same rule on the tuning split, then evaluate the chosen edits: "
+                                  "memorization, perplexity, tasks, stress test, nDCG@10, relearning, sampled extraction, bf16. "
+                                  "Writes report.md, results.json and pareto.png.")
+    _add_config_options(compare, CompareConfig)
 
     from .baselines.cli import add_unlearn_command
     from .decompose import add_decompose_command
@@ -531,6 +541,14 @@ def _run_demo(args) -> None:
     run_demo(config)
 
 
+def _run_compare(args) -> None:
+    from .testbed.compare import CompareConfig, run_comparison
+
+    config = _config_from_args(CompareConfig, args)
+    config.validate()
+    run_comparison(config)
+
+
 def _run_decompose(args) -> None:
     from .decompose import run_decompose
 
@@ -587,7 +605,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = _build_parser()
     args = parser.parse_args(argv)
     runners = {"collect": _run_collect, "edit": _run_edit, "spectrum": _run_spectrum, "analyze": _run_analyze, "demo": _run_demo,
-               "testbed": _run_testbed, "decompose": _run_decompose, "eval": _run_eval, "stress": _run_stress,
+               "compare": _run_compare,               "testbed": _run_testbed, "decompose": _run_decompose, "eval": _run_eval, "stress": _run_stress,
                "unlearn": _run_unlearn}
     previous = signal.signal(signal.SIGTERM, _on_sigterm) if _main_thread() else None
     try:

@@ -80,6 +80,9 @@ class DemoConfig:
     vision_dataset: str = field(default="digits", metadata={"help": "Vision demo: 'digits', 'fashion-mnist' (Debian's dataset-fashion-mnist) or a folder of Fashion-MNIST IDX files."})
     noise_fraction: float = field(default=0.1, metadata={"help": "Vision demo: fraction of training labels made wrong."})
     vision_positions: Literal["cls", "all"] = field(default="cls", metadata={"help": "Vision demo: K-FAC positions, 'cls' (the paper) or 'all' tokens."})
+    baselines: bool = field(default=False, metadata={"help": "Also compare K-FAC with SVD and BalancedSubnet (sweeps, stress test, "
+                                                             "nDCG@10, attacks; ``unmemorize compare``) into <out>/baselines/ "
+                                                             "(about 15 min more per seed on 2 cores)."})
     overwrite: bool = field(default=False, metadata={"help": "Replace an existing output folder (only one an earlier demo wrote)."})
 
     def seed_list(self) -> list[int]:
@@ -120,7 +123,7 @@ def _sweep(model, suite, factors, bases, rhos):
     return candidates
 
 
-def _choose(candidates, baseline_ppl, budget) -> tuple[dict, bool]:
+def choose_candidate(candidates, baseline_ppl, budget) -> tuple[dict, bool]:
     """(chosen candidate, rule_met). When no candidate keeps perplexity within the budget the rule
     cannot be met: the candidate with the lowest perplexity is taken and rule_met is False."""
     allowed = [c for c in candidates if c["perplexity"] <= (1 + budget) * baseline_ppl]
@@ -183,8 +186,27 @@ def run_demo(config: DemoConfig | None = None) -> dict:
             results = write_seeds_report(per_seed, tmp, config)
         else:
             results = _run_demo(config, tmp)
+        if config.baselines:
+            results["baselines"] = _baselines(config, tmp, seeds)
     print(f"\nreport: {Path(config.out) / 'report.md'}   total {time.perf_counter() - start:.1f} s")
     return results
+
+
+def _baselines(config: DemoConfig, tmp: Path, seeds: list[int]) -> dict:
+    """``--baselines``: the comparison (``compare.py``) into baselines/, linked from report.md."""
+    from .compare import CompareConfig, compare_into
+
+    compare = CompareConfig(out=str(Path(config.out) / "baselines"), quick=config.quick, seeds=",".join(map(str, seeds)),
+                            factor_data=config.factor_data, factor_tokens=config.factor_tokens, rhos=config.rhos,
+                            ppl_budget=config.ppl_budget)
+    record = compare_into(compare, tmp / "baselines")
+    claim = record["paper_claim"]["pooled"]
+    with (tmp / "report.md").open("a") as report:
+        report.write("\n## Baselines: K-FAC vs SVD vs BalancedSubnet\n\nSweeps of every method chosen by the same rule, the stress "
+                     "test, nDCG@10 and attacks on the edit: [baselines/report.md](baselines/report.md). Pooled over seeds, K-FAC "
+                     f"removes more quotes than BSN: {'yes' if claim['quotes_half_holds'] else 'not shown'}; BSN removes more of its "
+                     f"forget set than K-FAC: {'yes' if claim['forget_half_holds'] else 'not shown'}.\n")
+    return {"paper_claim": record["paper_claim"], "survival": record["survival"]}
 
 
 def tune(model, suite: TestbedSuite, factors, bases, config: DemoConfig, baseline_sweep_perplexity: float) -> dict:
@@ -195,7 +217,7 @@ def tune(model, suite: TestbedSuite, factors, bases, config: DemoConfig, baselin
     """
     rhos = rho_list(config.rhos, "--rhos")
     candidates = _sweep(model, suite, factors, bases, rhos)
-    chosen, rule_met = _choose(candidates, baseline_sweep_perplexity, config.ppl_budget)
+    chosen, rule_met = choose_candidate(candidates, baseline_sweep_perplexity, config.ppl_budget)
     svd_point, svd_points = _svd_matched(model, suite, chosen["plan"], chosen["perplexity"])
     label_free = search_plan(model, factors, bases, suite.sweep_windows, 1 + config.ppl_budget, rhos)
     return {"candidates": candidates, "chosen": chosen, "rule_met": rule_met, "svd_point": svd_point, "svd_points": svd_points,

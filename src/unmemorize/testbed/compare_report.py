@@ -1,0 +1,312 @@
+"""Tables, verdicts and the Pareto plot of ``compare.py``'s results (report.md, results.json, pareto.png).
+
+Every percentage is a mean +- std over seeds with the pooled 95% Wilson interval of all seeds'
+rows (``intervals.wilson``); sampled extraction pools n = items x samples draws. Verdicts:
+
+* **paper claim** (Table 1): at matched perplexity K-FAC removes more *untargeted* memorization
+  (quotes strict) than BSN, while BSN removes more of its *targeted* forget set (the tuning split);
+  each half holds at a seed when the inequality holds there, pooled when the pooled Wilson intervals
+  do not overlap.
+* **does a removal survive an attack?** restored = (after - edited) / (baseline - edited) on the
+  validation split's strict accuracy (after the largest k of a relearning run, after sampling:
+  the sampled exact rate against the edited greedy rate is shown, not a ratio). Survives: restored
+  < 0.25; partly: 0.25-0.75; restored: > 0.75; undefined when the edit removed nothing.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..evaluate.intervals import mean_std, wilson
+from ..jsonio import write_json
+
+METHOD_ORDER = ("baseline", "kfac", "svd", "bsn")
+CATEGORIES = ("math", "closed_book_qa", "open_book_qa", "logic")
+
+
+def _count(fraction: float, n: int) -> tuple[int, int]:
+    return int(round(fraction * n)), n
+
+
+def _percent_cell(values: list[tuple[int, int]]) -> dict:
+    """mean/std over seeds of k/n, and the pooled Wilson interval."""
+    stats = mean_std([k / n for k, n in values])
+    pooled = wilson(sum(k for k, _ in values), sum(n for _, n in values))
+    return {**stats, "pooled": {"value": pooled.value, "low": pooled.low, "high": pooled.high, "n": pooled.n}}
+
+
+def _plain_cell(values: list[float | None]) -> dict:
+    return mean_std(values)
+
+
+def _fmt(cell: dict, percent: bool = True, digits: int = 1) -> str:
+    if cell.get("mean") is None:
+        return "-"
+    scale = 100 if percent else 1
+    text = f"{scale * cell['mean']:.{digits}f}"
+    if cell.get("std") is not None:
+        text += f" ± {scale * cell['std']:.{digits}f}"
+    if "pooled" in cell:
+        text += f" [{100 * cell['pooled']['low']:.1f}, {100 * cell['pooled']['high']:.1f}]"
+    return text
+
+
+def _largest(run: dict, name: str) -> dict:
+    return run["sets"][name][-1]
+
+
+def summarize(per_seed: dict[int, dict]) -> dict:
+    """Per method: the Table-1 cells and the attack cells over seeds."""
+    seeds = sorted(per_seed)
+    first = per_seed[seeds[0]]
+    attack_keys = list(first["methods"]["baseline"]["checks"]["relearn"])
+    summary = {}
+    for method in METHOD_ORDER:
+        rows = [per_seed[s]["methods"][method] for s in seeds]
+        cells = {}
+        for name, label in (("memorized_validation", "val"), ("quotes", "quotes"), ("memorized_tuning", "forget (tuning)"),
+                            ("control_sequences", "control seq")):
+            cells[f"{label} strict"] = _percent_cell([_count(r[name]["strict"], r[name]["n"]) for r in rows])
+        cells["val loose"] = _percent_cell([_count(r["memorized_validation"]["loose"], r["memorized_validation"]["n"]) for r in rows])
+        cells["quotes loose"] = _percent_cell([_count(r["quotes"]["loose"], r["quotes"]["n"]) for r in rows])
+        cells["perplexity"] = _plain_cell([r["perplexity"] for r in rows])
+        cells["nDCG@10"] = _plain_cell([r["checks"]["ndcg"]["ndcg"] for r in rows])
+        for name, label in (("memorized_validation", "val"), ("quotes", "quotes")):
+            cells[f"stress {label} original"] = _plain_cell([r["checks"]["stress"][name]["summary"]["original"]["mean"] for r in rows])
+            cells[f"stress {label} perturbed"] = _plain_cell([r["checks"]["stress"][name]["summary"]["stressed"]["mean"] for r in rows])
+        for category in CATEGORIES:
+            cells[f"retention {category}"] = _plain_cell([r.get("category_retention", {}).get(category) for r in rows])
+        attacks = {}
+        for key in attack_keys:
+            runs = [r["checks"]["relearn"][key] for r in rows]
+            steps = runs[0]["steps"]
+            for name in ("memorized_validation", "quotes", "control_sequences"):
+                for index, k in enumerate(steps):
+                    attacks[f"{key} k={k} {name}"] = _percent_cell([_count(run["sets"][name][index]["strict"], run["sets"][name][index]["n"])
+                                                                    for run in runs])
+        for name in ("memorized_validation", "quotes", "control_sequences", "control_quotes"):
+            samples = [r["checks"]["sample"][name] for r in rows]
+            attacks[f"sample exact {name}"] = _percent_cell([_count(s["exact_rate"], s["n"] * s["samples"]) for s in samples])
+            attacks[f"sample loglik {name}"] = _plain_cell([s["mean_log_likelihood_per_token"] for s in samples])
+            bf16 = [r["checks"]["bf16"]["sets"][name] for r in rows]
+            attacks[f"bf16 {name}"] = _percent_cell([_count(b["strict"], b["n"]) for b in bf16])
+        summary[method] = {"cells": cells, "attacks": attacks,
+                           "setting": {str(s): per_seed[s]["methods"][method].get("setting", "-") for s in seeds},
+                           "rule_met": {str(s): per_seed[s]["methods"][method].get("rule_met", True) for s in seeds}}
+    return summary
+
+
+def paper_claim(per_seed: dict[int, dict], summary: dict) -> dict:
+    """K-FAC vs BSN on quotes (untargeted) and on the forget set (targeted), per seed and pooled."""
+    def pooled_below(a: dict, b: dict) -> bool:
+        return a["pooled"]["high"] < b["pooled"]["low"]
+
+    claim = {"per_seed": {}}
+    for seed, result in sorted(per_seed.items()):
+        k, b = result["methods"]["kfac"], result["methods"]["bsn"]
+        claim["per_seed"][str(seed)] = {"kfac_quotes": k["quotes"]["strict"], "bsn_quotes": b["quotes"]["strict"],
+                                        "kfac_forget": k["memorized_tuning"]["strict"], "bsn_forget": b["memorized_tuning"]["strict"],
+                                        "quotes_half_holds": k["quotes"]["strict"] < b["quotes"]["strict"],
+                                        "forget_half_holds": b["memorized_tuning"]["strict"] < k["memorized_tuning"]["strict"]}
+    kq, bq = summary["kfac"]["cells"]["quotes strict"], summary["bsn"]["cells"]["quotes strict"]
+    kf, bf = summary["kfac"]["cells"]["forget (tuning) strict"], summary["bsn"]["cells"]["forget (tuning) strict"]
+    claim["pooled"] = {"quotes_half_holds": pooled_below(kq, bq), "forget_half_holds": pooled_below(bf, kf)}
+    matched = matched_points(per_seed)
+    claim["matched_perplexity"] = {seed: {"quotes_half_holds": matched["kfac"][seed]["quotes strict"] < matched["bsn"][seed]["quotes strict"],
+                                          "forget_half_holds": matched["bsn"][seed]["forget (tuning) strict"]
+                                          < matched["kfac"][seed]["forget (tuning) strict"]} for seed in matched["kfac"]}
+    return claim
+
+
+def _setting(candidate: dict) -> str:
+    if candidate["method"] == "bsn":
+        return candidate["key"]
+    knob = "rho" if candidate["method"] == "kfac" else "energy"
+    return f"{candidate['layers']} {candidate['projections']} {knob}={candidate[knob]}"
+
+
+def matched_points(per_seed: dict[int, dict]) -> dict:
+    """The paper's matching: per seed, the SVD and BSN candidates whose sweep perplexity (on
+    ``heldout_tuning.txt``) is closest to the chosen K-FAC edit's (|log ratio|), with their
+    recitation. Reads only the sweep perplexity to pick; reports the candidates' scores."""
+    import math
+
+    out = {"kfac": {}, "svd": {}, "bsn": {}}
+    for seed, result in sorted(per_seed.items()):
+        target = result["chosen"]["kfac"]["perplexity"]
+        for method in out:
+            candidates = result["candidates"][method]
+            point = (result["chosen"]["kfac"] if method == "kfac"
+                     else min(candidates, key=lambda c: abs(math.log(c["perplexity"] / target))))
+            out[method][str(seed)] = {"setting": _setting(point), "sweep_perplexity": point["perplexity"],
+                                      "sweep_perplexity_ratio": point["perplexity"] / result["baseline_sweep_perplexity"],
+                                      "forget (tuning) strict": point["memorized_tuning"]["strict"],
+                                      "val strict": point["reported"]["memorized_validation"]["strict"],
+                                      "quotes strict": point["reported"]["quotes"]["strict"],
+                                      "n": {"forget (tuning) strict": point["memorized_tuning"]["n"],
+                                            "val strict": point["reported"]["memorized_validation"]["n"],
+                                            "quotes strict": point["reported"]["quotes"]["n"]}}
+    return out
+
+
+def survival(per_seed: dict[int, dict]) -> dict:
+    """Per edit method and attack: restored fraction of validation recitation, mean over seeds."""
+    out = {}
+    seeds = sorted(per_seed)
+    keys = list(per_seed[seeds[0]]["methods"]["baseline"]["checks"]["relearn"])
+    for method in ("kfac", "svd", "bsn"):
+        out[method] = {}
+        for attack in keys + ["bf16"]:
+            values = []
+            for s in seeds:
+                result = per_seed[s]["methods"]
+                base = result["baseline"]["memorized_validation"]["strict"]
+                edited = result[method]["memorized_validation"]["strict"]
+                checks = result[method]["checks"]
+                after = (checks["bf16"]["sets"]["memorized_validation"]["strict"] if attack == "bf16"
+                         else _largest(checks["relearn"][attack], "memorized_validation")["strict"])
+                values.append(None if base - edited <= 0 else (after - edited) / (base - edited))
+            stats = mean_std(values)
+            mean = stats["mean"]
+            verdict = "undefined" if mean is None else "survives" if mean < 0.25 else "partly" if mean <= 0.75 else "restored"
+            out[method][attack] = {**stats, "per_seed": dict(zip(map(str, seeds), values)), "verdict": verdict}
+    return out
+
+
+def plot_pareto(per_seed: dict[int, dict], path: Path, budget: float) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    seeds = sorted(per_seed)
+    colors = {"kfac": "tab:blue", "svd": "tab:orange", "bsn": "tab:green"}
+    fig, axes = plt.subplots(2, len(seeds), figsize=(4.2 * len(seeds), 7), squeeze=False)
+    for column, seed in enumerate(seeds):
+        result = per_seed[seed]
+        base = result["baseline_sweep_perplexity"]
+        for row, name in enumerate(("memorized_validation", "quotes")):
+            ax = axes[row][column]
+            for method, candidates in result["candidates"].items():
+                xs = [c["perplexity"] / base for c in candidates]
+                ys = [100 * c["reported"][name]["strict"] for c in candidates]
+                ax.scatter(xs, ys, s=14, alpha=0.55, color=colors[method], label=method)
+                chosen = result["chosen"][method]
+                ax.scatter([chosen["perplexity"] / base], [100 * chosen["reported"][name]["strict"]], s=90, facecolors="none",
+                           edgecolors="black", linewidths=1.5)
+            ax.axvline(1 + budget, color="gray", linestyle="--", linewidth=1)
+            ax.set_xscale("log")
+            ax.set_xlabel("perplexity / baseline (heldout_tuning)")
+            ax.set_ylabel(f"{name} strict %")
+            ax.set_title(f"seed {seed}: {name}")
+            if row == 0 and column == 0:
+                ax.legend(fontsize=8)
+    fig.suptitle("Every candidate of every method (circled: chosen on the tuning split; dashed: perplexity budget)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _table(summary: dict, cells: list[str], percent: set[str]) -> list[str]:
+    lines = ["| method | " + " | ".join(cells) + " |", "|---|" + "---|" * len(cells)]
+    for method in METHOD_ORDER:
+        source = {**summary[method]["cells"], **summary[method]["attacks"]}
+        lines.append(f"| {method} | " + " | ".join(_fmt(source[c], c in percent, 1 if c in percent else 3) for c in cells) + " |")
+    return lines
+
+
+def write_compare_report(per_seed: dict[int, dict], out: Path, config) -> dict:
+    seeds = sorted(per_seed)
+    summary = summarize(per_seed)
+    claim = paper_claim(per_seed, summary)
+    survives = survival(per_seed)
+    plot_pareto(per_seed, out / "pareto.png", config.ppl_budget)
+    first = per_seed[seeds[0]]
+    n = {name: first["methods"]["baseline"][name]["n"] for name in ("memorized_validation", "quotes", "memorized_tuning")}
+    lines = [f"# K-FAC vs SVD vs BalancedSubnet on the testbed ({len(seeds)} seeds: {', '.join(map(str, seeds))})", "",
+             f"Command: `unmemorize compare --seeds {config.seeds} --factor-data {config.factor_data}`"
+             + (" --quick" if config.quick else "") + ". Every method is chosen by the same rule on the tuning split "
+             f"({first['config']['selection_rule']}); the validation split (n={n['memorized_validation']} per seed) and the quotes "
+             f"(n={n['quotes']}) are never used for a choice. BSN's forget set is the tuning split (n={n['memorized_tuning']}); its "
+             f"retain set and K-FAC's factors are the same factor data ({config.factor_data}). Cells: mean ± std over seeds "
+             "[pooled 95% Wilson interval of all seeds' rows].", ""]
+    lines += ["## Settings chosen per seed", "", "| method | " + " | ".join(f"seed {s}" for s in seeds) + " | rule met |",
+              "|---|" + "---|" * (len(seeds) + 1)]
+    for method in ("kfac", "svd", "bsn"):
+        lines.append(f"| {method} | " + " | ".join(summary[method]["setting"][str(s)] for s in seeds) + " | "
+                     + ", ".join(f"{s}: {'yes' if summary[method]['rule_met'][str(s)] else '**no**'}" for s in seeds) + " |")
+    lines += ["", "## Table 1 analogue (memorization %, perplexity on the reported held-out text, nDCG@10 against the baseline)", ""]
+    percent = {"val strict", "val loose", "quotes strict", "quotes loose", "forget (tuning) strict", "control seq strict"}
+    lines += _table(summary, ["val strict", "val loose", "quotes strict", "quotes loose", "forget (tuning) strict", "control seq strict",
+                              "perplexity", "nDCG@10"], percent)
+    matched = matched_points(per_seed)
+    lines += ["", "## At matched perplexity (the paper's matching: per seed, the SVD and BSN candidates whose sweep perplexity is "
+              "closest to the chosen K-FAC edit's; recitation from the sweep, no attacks)", "",
+              "| method | settings per seed | sweep perplexity / baseline | forget (tuning) strict | val strict | quotes strict |",
+              "|---|---|---|---|---|---|"]
+    for method, rows in matched.items():
+        cells = []
+        for cell in ("forget (tuning) strict", "val strict", "quotes strict"):
+            cells.append(_fmt(_percent_cell([_count(r[cell], r["n"][cell]) for r in rows.values()])))
+        ratios = _fmt(_plain_cell([r["sweep_perplexity_ratio"] for r in rows.values()]), False, 3)
+        lines.append(f"| {method} | " + "; ".join(r["setting"] for r in rows.values()) + f" | {ratios} | " + " | ".join(cells) + " |")
+    lines += ["", f"## Stress test (mean exact-match length in tokens, original vs perturbed prompts, t = {config.stress_t}) "
+              "and task retention (edited / baseline accuracy, learned tasks only)", ""]
+    lines += _table(summary, ["stress val original", "stress val perturbed", "stress quotes original", "stress quotes perturbed"]
+                    + [f"retention {c}" for c in CATEGORIES], set())
+    lines += ["", "## The paper's claim", ""]
+    for seed, row in claim["per_seed"].items():
+        lines.append(f"- seed {seed}: quotes strict K-FAC {100 * row['kfac_quotes']:.1f}% vs BSN {100 * row['bsn_quotes']:.1f}% "
+                     f"({'K-FAC removes more' if row['quotes_half_holds'] else 'K-FAC does not remove more'}); forget set strict "
+                     f"BSN {100 * row['bsn_forget']:.1f}% vs K-FAC {100 * row['kfac_forget']:.1f}% "
+                     f"({'BSN removes more' if row['forget_half_holds'] else 'BSN does not remove more'}).")
+    for seed, row in claim["matched_perplexity"].items():
+        lines.append(f"- seed {seed}, at matched perplexity (table above): K-FAC removes more quotes than BSN: "
+                     f"{'yes' if row['quotes_half_holds'] else 'no'}; BSN removes more of its forget set: "
+                     f"{'yes' if row['forget_half_holds'] else 'no'}.")
+    lines.append(f"- pooled over seeds (intervals not overlapping): quotes half "
+                 f"{'holds' if claim['pooled']['quotes_half_holds'] else 'not shown'}, forget-set half "
+                 f"{'holds' if claim['pooled']['forget_half_holds'] else 'not shown'}.")
+    lines += ["", "## Attacks: validation / quotes / never-trained control strict % after relearning", ""]
+    attack_keys = list(first["methods"]["baseline"]["checks"]["relearn"])
+    for key in attack_keys:
+        steps = first["methods"]["baseline"]["checks"]["relearn"][key]["steps"]
+        cells = [f"{key} k={k} {name}" for k in steps for name in ("memorized_validation", "quotes")]
+        cells.append(f"{key} k={steps[-1]} control_sequences")
+        lines += [f"**{key}** ({'clean factor-data text' if key.startswith('clean') else 'the tuning half of the memorized items'}; "
+                  "columns: k steps, set)", ""]
+        header = [c.replace(f"{key} ", "").replace("memorized_validation", "val") for c in cells]
+        body = _table(summary, cells, set(cells))
+        lines += ["| method | " + " | ".join(header) + " |"] + body[1:] + [""]
+    cells = [f"sample exact {n_}" for n_ in ("memorized_validation", "quotes", "control_sequences", "control_quotes")]
+    lines += [f"**Sampled extraction** ({config.samples} samples per item, T = 1, top-k 40): % of samples equal to the suffix; "
+              "then the gold suffix's mean log-likelihood per token", ""]
+    body = _table(summary, cells, set(cells))
+    lines += ["| method | " + " | ".join(c.replace("sample exact ", "") for c in cells) + " |"] + body[1:] + [""]
+    cells = [f"sample loglik {n_}" for n_ in ("memorized_validation", "quotes", "control_sequences", "control_quotes")]
+    body = _table(summary, cells, set())
+    lines += ["| method | " + " | ".join(c.replace("sample loglik ", "log-lik ") for c in cells) + " |"] + body[1:] + [""]
+    cells = [f"bf16 {n_}" for n_ in ("memorized_validation", "quotes")]
+    body = _table(summary, cells, set(cells))
+    lines += ["**bf16 round trip** of every weight: strict %", "", "| method | " + " | ".join(cells) + " |"] + body[1:] + [""]
+    lines += ["## Does the removal survive? (restored = (after - edited) / (baseline - edited), validation strict, mean over seeds)", "",
+              "| method | " + " | ".join(survives["kfac"]) + " |", "|---|" + "---|" * len(survives["kfac"])]
+    for method, row in survives.items():
+        lines.append(f"| {method} | " + " | ".join("-" if r["mean"] is None else f"{r['mean']:.2f} ({r['verdict']})" for r in row.values())
+                     + " |")
+    timing = [per_seed[s]["timing"] for s in seeds]
+    lines += ["", "## Wall time (2-core CPU)", "",
+              "| seed | K-FAC factors + eigh s | K-FAC sweep + factors s | BSN chosen setting training s | BSN all settings s |",
+              "|---|---|---|---|---|"]
+    for s, t in zip(seeds, timing):
+        lines.append(f"| {s} | {t['kfac_factors_seconds']:.1f} | {t['kfac_pipeline_seconds']:.1f} | {t['bsn_chosen_training_seconds']:.1f} | "
+                     f"{t['bsn_training_seconds_all_settings']:.1f} ({t['bsn_settings']} settings) |")
+    lines += ["", "![pareto](pareto.png)", ""]
+    text = "\n".join(lines)
+    (out / "report.md").write_text(text)
+    record = {"seeds": seeds, "config": {k: v for k, v in vars(config).items()}, "summary": summary, "paper_claim": claim,
+              "matched_perplexity": matched,
+              "survival": survives, "timing": {str(s): t for s, t in zip(seeds, timing)}}
+    write_json(out / "results.json", record)
+    print(text)
+    return record
