@@ -68,7 +68,9 @@ def test_every_method_is_chosen_without_reading_the_validation_split_or_the_quot
                     for m, cs in candidates.items()}
         return picked, rule_met, rule, reported
 
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
     original = run(folder)
+    assert all(torch.equal(weights[k], v) for k, v in model.state_dict().items())  # every sweep restored the model exactly
     assert len(original[2]["bsn"]) == 2 and len(original[2]["svd"]) == len(original[2]["kfac"])  # equal K-FAC and SVD grids
     picked, rule_met, rule, reported = run(_scrambled(folder, tmp_path, ["memorized_validation.jsonl", "quotes.jsonl"]))
     assert (picked, rule_met, rule) == original[:3]
@@ -151,3 +153,66 @@ def test_bad_comparison_settings_exit_2_before_any_work(tmp_path, capsys, option
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("unmemorize: error:")
     assert not out.exists()
+
+
+def _synthetic(per_seed_values: dict[int, dict[str, dict[str, float]]]) -> dict[int, dict]:
+    """Minimal per-seed results: per method, strict recitation of validation and quotes (n 50 / 100)
+    before any attack and after the one relearning run (k = 10) and the bf16 round trip."""
+    n = {"memorized_validation": 50, "quotes": 100}
+    per_seed = {}
+    for seed, methods in per_seed_values.items():
+        result = {}
+        for method, values in methods.items():
+            sets = {name: {"strict": values[name], "n": n[name]} for name in n}
+            after = {name: [{"strict": values[f"after {name}"], "n": n[name]}] for name in n}
+            result[method] = {**sets, "checks": {"relearn": {"clean@lr=0.001": {"steps": [10], "sets": after}},
+                                                 "bf16": {"sets": sets}}}
+        per_seed[seed] = {"methods": result}
+    return per_seed
+
+
+def test_survival_ratio_min_removed_and_pooled_wilson_over_seeds():
+    from unmemorize.evaluate.intervals import wilson
+    from unmemorize.testbed.compare_report import MIN_REMOVED, _count, _percent_cell, survival
+
+    base = {"memorized_validation": 1.0, "quotes": 1.0, "after memorized_validation": 1.0, "after quotes": 1.0}
+    values = {
+        0: {"baseline": base, "kfac": {"memorized_validation": 0.0, "quotes": 0.10, "after memorized_validation": 0.5, "after quotes": 0.10},
+            "svd": {"memorized_validation": 0.98, "quotes": 0.5, "after memorized_validation": 1.0, "after quotes": 0.95},
+            "bsn": {"memorized_validation": 0.2, "quotes": 1.0, "after memorized_validation": 0.2, "after quotes": 1.0}},
+        1: {"baseline": base, "kfac": {"memorized_validation": 0.2, "quotes": 0.0, "after memorized_validation": 0.2, "after quotes": 0.0},
+            "svd": {"memorized_validation": 1.0, "quotes": 0.0, "after memorized_validation": 1.0, "after quotes": 0.9},
+            "bsn": {"memorized_validation": 0.0, "quotes": 1.0, "after memorized_validation": 1.0, "after quotes": 1.0}},
+    }
+    out = survival(_synthetic(values))
+    kfac = out["kfac"]["memorized_validation clean@lr=0.001"]
+    assert kfac["per_seed"] == {"0": 0.5, "1": 0.0} and kfac["mean"] == 0.25 and kfac["verdict"] == "partly"
+    svd = out["svd"]["memorized_validation clean@lr=0.001"]  # removed 1 item (< MIN_REMOVED) at seed 0, none at seed 1
+    assert MIN_REMOVED > 1 and svd["per_seed"] == {"0": None, "1": None} and svd["verdict"] == "undefined"
+    assert out["svd"]["quotes clean@lr=0.001"]["per_seed"] == pytest.approx({"0": 0.9, "1": 0.9})
+    assert out["svd"]["quotes clean@lr=0.001"]["verdict"] == "restored"
+    assert out["bsn"]["memorized_validation clean@lr=0.001"]["per_seed"] == {"0": 0.0, "1": 1.0}
+    assert out["kfac"]["memorized_validation bf16"]["mean"] == 0.0  # bf16 here leaves recitation where the edit put it
+    cell = _percent_cell([_count(0.0, 50), _count(0.2, 50), _count(0.1, 100)])  # 0 + 10 + 10 of 200, pooled
+    expected = wilson(20, 200)
+    assert cell["pooled"]["n"] == 200 and (cell["pooled"]["low"], cell["pooled"]["high"]) == pytest.approx((expected.low, expected.high))
+    assert cell["mean"] == pytest.approx(0.1) and cell["std"] == pytest.approx(0.1)
+
+
+def test_matched_points_pick_by_sweep_perplexity_only_and_skip_non_finite():
+    from unmemorize.testbed.compare_report import matched_points
+
+    def candidate(method, ppl, strict, key):
+        score = {"strict": strict, "n": 10}
+        return {"method": method, "perplexity": ppl, "memorized_tuning": score, "key": key, "layers": "all", "projections": "p",
+                "rho": 0.9, "energy": 0.9, "reported": {"memorized_validation": score, "quotes": score}}
+
+    result = {"baseline_sweep_perplexity": 10.0,
+              "chosen": {"kfac": candidate("kfac", 10.5, 0.0, "k")},
+              "candidates": {"kfac": [candidate("kfac", 10.5, 0.0, "k")],
+                             "svd": [candidate("svd", None, 0.0, "s0"), candidate("svd", 10.4, 0.9, "s1"), candidate("svd", 20.0, 0.0, "s2")],
+                             "bsn": [candidate("bsn", 11.5, 0.0, "b0"), candidate("bsn", 10.6, 1.0, "b1")]}}
+    matched = matched_points({3: result})
+    assert matched["svd"]["3"]["sweep_perplexity"] == 10.4  # nearest in |log ratio|; the null (non-finite) one is skipped
+    assert matched["bsn"]["3"]["setting"] == "b1"  # the closest perplexity, though another has lower recitation
+    assert matched["kfac"]["3"]["sweep_perplexity_ratio"] == pytest.approx(1.05)

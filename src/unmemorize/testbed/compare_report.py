@@ -1,16 +1,22 @@
 """Tables, verdicts and the Pareto plot of ``compare.py``'s results (report.md, results.json, pareto.png).
 
-Every percentage is a mean +- std over seeds with the pooled 95% Wilson interval of all seeds'
-rows (``intervals.wilson``); sampled extraction pools n = items x samples draws. Verdicts:
+Every percentage of items is a mean +- std over seeds with the pooled 95% Wilson interval of all
+seeds' items (``intervals.wilson``). Sampled extraction: the fraction of samples equal to the suffix
+is a mean +- std only (the 20 samples of one item are not independent, so no interval is put on
+them); the fraction of *items* with at least one exact sample carries the Wilson interval over items.
+Verdicts:
 
 * **paper claim** (Table 1): at matched perplexity K-FAC removes more *untargeted* memorization
-  (quotes strict) than BSN, while BSN removes more of its *targeted* forget set (the tuning split);
-  each half holds at a seed when the inequality holds there, pooled when the pooled Wilson intervals
-  do not overlap.
-* **does a removal survive an attack?** restored = (after - edited) / (baseline - edited) on the
-  validation split's strict accuracy (after the largest k of a relearning run, after sampling:
-  the sampled exact rate against the edited greedy rate is shown, not a ratio). Survives: restored
-  < 0.25; partly: 0.25-0.75; restored: > 0.75; undefined when the edit removed nothing.
+  (quotes strict) than BSN, while BSN removes more of its *targeted* forget set (the tuning split).
+  Checked twice: for the points each method's rule chose under the same budget (per seed, and
+  pooled when the pooled Wilson intervals do not overlap), and for the paper's matching (the SVD and
+  BSN candidates whose sweep perplexity is closest to K-FAC's, ``matched_points``).
+* **does a removal survive an attack?** restored = (after - edited) / (baseline - edited) of strict
+  recitation, on the validation split and on the quotes, after the largest k of each relearning run
+  and after the bf16 round trip, mean over seeds. Survives: restored < 0.25; partly: 0.25-0.75;
+  restored: > 0.75; undefined at a seed where the edit removed fewer than ``MIN_REMOVED`` items.
+  The unedited baseline after the same attack is in the attack tables: relearning can also make a
+  model forget (or learn afresh), so read the ratio beside it.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from ..evaluate.intervals import mean_std, wilson
 from ..jsonio import write_json
 
 METHOD_ORDER = ("baseline", "kfac", "svd", "bsn")
+MIN_REMOVED = 5  # items an edit must remove at a seed for a survival ratio there
 CATEGORIES = ("math", "closed_book_qa", "open_book_qa", "logic")
 
 
@@ -80,13 +87,14 @@ def summarize(per_seed: dict[int, dict]) -> dict:
         for key in attack_keys:
             runs = [r["checks"]["relearn"][key] for r in rows]
             steps = runs[0]["steps"]
-            for name in ("memorized_validation", "quotes", "control_sequences"):
+            for name in ("memorized_validation", "quotes", "control_sequences", "control_quotes"):
                 for index, k in enumerate(steps):
                     attacks[f"{key} k={k} {name}"] = _percent_cell([_count(run["sets"][name][index]["strict"], run["sets"][name][index]["n"])
                                                                     for run in runs])
         for name in ("memorized_validation", "quotes", "control_sequences", "control_quotes"):
             samples = [r["checks"]["sample"][name] for r in rows]
-            attacks[f"sample exact {name}"] = _percent_cell([_count(s["exact_rate"], s["n"] * s["samples"]) for s in samples])
+            attacks[f"sample exact {name}"] = _plain_cell([s["exact_rate"] for s in samples])
+            attacks[f"sample items {name}"] = _percent_cell([_count(s["items_with_exact"], s["n"]) for s in samples])
             attacks[f"sample loglik {name}"] = _plain_cell([s["mean_log_likelihood_per_token"] for s in samples])
             bf16 = [r["checks"]["bf16"]["sets"][name] for r in rows]
             attacks[f"bf16 {name}"] = _percent_cell([_count(b["strict"], b["n"]) for b in bf16])
@@ -118,6 +126,12 @@ def paper_claim(per_seed: dict[int, dict], summary: dict) -> dict:
     return claim
 
 
+def _ppl(candidate: dict) -> float:
+    """A candidate's sweep perplexity; inf where it was not finite (strict JSON stores that as null)."""
+    value = candidate.get("perplexity")
+    return float("inf") if value is None or value != value else float(value)
+
+
 def _setting(candidate: dict) -> str:
     if candidate["method"] == "bsn":
         return candidate["key"]
@@ -133,13 +147,14 @@ def matched_points(per_seed: dict[int, dict]) -> dict:
 
     out = {"kfac": {}, "svd": {}, "bsn": {}}
     for seed, result in sorted(per_seed.items()):
-        target = result["chosen"]["kfac"]["perplexity"]
+        target = _ppl(result["chosen"]["kfac"])
         for method in out:
             candidates = result["candidates"][method]
             point = (result["chosen"]["kfac"] if method == "kfac"
-                     else min(candidates, key=lambda c: abs(math.log(c["perplexity"] / target))))
-            out[method][str(seed)] = {"setting": _setting(point), "sweep_perplexity": point["perplexity"],
-                                      "sweep_perplexity_ratio": point["perplexity"] / result["baseline_sweep_perplexity"],
+                     else min((c for c in candidates if math.isfinite(_ppl(c))), key=lambda c: abs(math.log(_ppl(c) / target)),
+                              default=candidates[0]))
+            out[method][str(seed)] = {"setting": _setting(point), "sweep_perplexity": _ppl(point),
+                                      "sweep_perplexity_ratio": _ppl(point) / result["baseline_sweep_perplexity"],
                                       "forget (tuning) strict": point["memorized_tuning"]["strict"],
                                       "val strict": point["reported"]["memorized_validation"]["strict"],
                                       "quotes strict": point["reported"]["quotes"]["strict"],
@@ -150,30 +165,34 @@ def matched_points(per_seed: dict[int, dict]) -> dict:
 
 
 def survival(per_seed: dict[int, dict]) -> dict:
-    """Per edit method and attack: restored fraction of validation recitation, mean over seeds."""
+    """Per edit method, set and attack: restored fraction of strict recitation, mean over seeds."""
     out = {}
     seeds = sorted(per_seed)
     keys = list(per_seed[seeds[0]]["methods"]["baseline"]["checks"]["relearn"])
     for method in ("kfac", "svd", "bsn"):
         out[method] = {}
-        for attack in keys + ["bf16"]:
-            values = []
-            for s in seeds:
-                result = per_seed[s]["methods"]
-                base = result["baseline"]["memorized_validation"]["strict"]
-                edited = result[method]["memorized_validation"]["strict"]
-                checks = result[method]["checks"]
-                after = (checks["bf16"]["sets"]["memorized_validation"]["strict"] if attack == "bf16"
-                         else _largest(checks["relearn"][attack], "memorized_validation")["strict"])
-                values.append(None if base - edited <= 0 else (after - edited) / (base - edited))
-            stats = mean_std(values)
-            mean = stats["mean"]
-            verdict = "undefined" if mean is None else "survives" if mean < 0.25 else "partly" if mean <= 0.75 else "restored"
-            out[method][attack] = {**stats, "per_seed": dict(zip(map(str, seeds), values)), "verdict": verdict}
+        for name in ("memorized_validation", "quotes"):
+            for attack in keys + ["bf16"]:
+                values, removed = [], []
+                for s in seeds:
+                    result = per_seed[s]["methods"]
+                    n = result["baseline"][name]["n"]
+                    base, edited = result["baseline"][name]["strict"], result[method][name]["strict"]
+                    checks = result[method]["checks"]
+                    after = (checks["bf16"]["sets"][name]["strict"] if attack == "bf16" else _largest(checks["relearn"][attack], name)["strict"])
+                    removed.append(round((base - edited) * n))
+                    values.append(None if removed[-1] < MIN_REMOVED else (after - edited) / (base - edited))
+                stats = mean_std(values)
+                mean = stats["mean"]
+                verdict = "undefined" if mean is None else "survives" if mean < 0.25 else "partly" if mean <= 0.75 else "restored"
+                out[method][f"{name} {attack}"] = {**stats, "per_seed": dict(zip(map(str, seeds), values)),
+                                                   "removed_items": dict(zip(map(str, seeds), removed)), "verdict": verdict}
     return out
 
 
 def plot_pareto(per_seed: dict[int, dict], path: Path, budget: float) -> None:
+    import math
+
     import matplotlib
 
     matplotlib.use("Agg")
@@ -188,11 +207,12 @@ def plot_pareto(per_seed: dict[int, dict], path: Path, budget: float) -> None:
         for row, name in enumerate(("memorized_validation", "quotes")):
             ax = axes[row][column]
             for method, candidates in result["candidates"].items():
-                xs = [c["perplexity"] / base for c in candidates]
-                ys = [100 * c["reported"][name]["strict"] for c in candidates]
+                finite = [c for c in candidates if math.isfinite(_ppl(c))]
+                xs = [_ppl(c) / base for c in finite]
+                ys = [100 * c["reported"][name]["strict"] for c in finite]
                 ax.scatter(xs, ys, s=14, alpha=0.55, color=colors[method], label=method)
                 chosen = result["chosen"][method]
-                ax.scatter([chosen["perplexity"] / base], [100 * chosen["reported"][name]["strict"]], s=90, facecolors="none",
+                ax.scatter([_ppl(chosen) / base], [100 * chosen["reported"][name]["strict"]], s=90, facecolors="none",
                            edgecolors="black", linewidths=1.5)
             ax.axvline(1 + budget, color="gray", linestyle="--", linewidth=1)
             ax.set_xscale("log")
@@ -215,6 +235,20 @@ def _table(summary: dict, cells: list[str], percent: set[str]) -> list[str]:
     return lines
 
 
+def command_line(config) -> str:
+    """``unmemorize compare`` with every setting that differs from its default (the quick grids included)."""
+    from dataclasses import fields
+
+    parts = ["unmemorize compare"]
+    for f in fields(config):
+        value = getattr(config, f.name)
+        if f.name in ("out", "overwrite", "reuse") or value == f.default:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        parts.append(flag if value is True else f"--no-{flag[2:]}" if value is False else f"{flag} {value}")
+    return " ".join(parts)
+
+
 def write_compare_report(per_seed: dict[int, dict], out: Path, config) -> dict:
     seeds = sorted(per_seed)
     summary = summarize(per_seed)
@@ -224,8 +258,7 @@ def write_compare_report(per_seed: dict[int, dict], out: Path, config) -> dict:
     first = per_seed[seeds[0]]
     n = {name: first["methods"]["baseline"][name]["n"] for name in ("memorized_validation", "quotes", "memorized_tuning")}
     lines = [f"# K-FAC vs SVD vs BalancedSubnet on the testbed ({len(seeds)} seeds: {', '.join(map(str, seeds))})", "",
-             f"Command: `unmemorize compare --seeds {config.seeds} --factor-data {config.factor_data}`"
-             + (" --quick" if config.quick else "") + ". Every method is chosen by the same rule on the tuning split "
+             f"Command: `{command_line(config)}`. Every method is chosen by the same rule on the tuning split "
              f"({first['config']['selection_rule']}); the validation split (n={n['memorized_validation']} per seed) and the quotes "
              f"(n={n['quotes']}) are never used for a choice. BSN's forget set is the tuning split (n={n['memorized_tuning']}); its "
              f"retain set and K-FAC's factors are the same factor data ({config.factor_data}). Cells: mean ± std over seeds "
@@ -256,7 +289,7 @@ def write_compare_report(per_seed: dict[int, dict], out: Path, config) -> dict:
                     + [f"retention {c}" for c in CATEGORIES], set())
     lines += ["", "## The paper's claim", ""]
     for seed, row in claim["per_seed"].items():
-        lines.append(f"- seed {seed}: quotes strict K-FAC {100 * row['kfac_quotes']:.1f}% vs BSN {100 * row['bsn_quotes']:.1f}% "
+        lines.append(f"- seed {seed}, the rule's choices (same budget): quotes strict K-FAC {100 * row['kfac_quotes']:.1f}% vs BSN {100 * row['bsn_quotes']:.1f}% "
                      f"({'K-FAC removes more' if row['quotes_half_holds'] else 'K-FAC does not remove more'}); forget set strict "
                      f"BSN {100 * row['bsn_forget']:.1f}% vs K-FAC {100 * row['kfac_forget']:.1f}% "
                      f"({'BSN removes more' if row['forget_half_holds'] else 'BSN does not remove more'}).")
@@ -264,7 +297,7 @@ def write_compare_report(per_seed: dict[int, dict], out: Path, config) -> dict:
         lines.append(f"- seed {seed}, at matched perplexity (table above): K-FAC removes more quotes than BSN: "
                      f"{'yes' if row['quotes_half_holds'] else 'no'}; BSN removes more of its forget set: "
                      f"{'yes' if row['forget_half_holds'] else 'no'}.")
-    lines.append(f"- pooled over seeds (intervals not overlapping): quotes half "
+    lines.append(f"- the rule's choices (same budget), pooled over seeds (95% intervals apart): quotes half "
                  f"{'holds' if claim['pooled']['quotes_half_holds'] else 'not shown'}, forget-set half "
                  f"{'holds' if claim['pooled']['forget_half_holds'] else 'not shown'}.")
     lines += ["", "## Attacks: validation / quotes / never-trained control strict % after relearning", ""]
@@ -272,35 +305,45 @@ def write_compare_report(per_seed: dict[int, dict], out: Path, config) -> dict:
     for key in attack_keys:
         steps = first["methods"]["baseline"]["checks"]["relearn"][key]["steps"]
         cells = [f"{key} k={k} {name}" for k in steps for name in ("memorized_validation", "quotes")]
-        cells.append(f"{key} k={steps[-1]} control_sequences")
+        cells += [f"{key} k={steps[-1]} control_sequences", f"{key} k={steps[-1]} control_quotes"]
         lines += [f"**{key}** ({'clean factor-data text' if key.startswith('clean') else 'the tuning half of the memorized items'}; "
                   "columns: k steps, set)", ""]
         header = [c.replace(f"{key} ", "").replace("memorized_validation", "val") for c in cells]
         body = _table(summary, cells, set(cells))
         lines += ["| method | " + " | ".join(header) + " |"] + body[1:] + [""]
-    cells = [f"sample exact {n_}" for n_ in ("memorized_validation", "quotes", "control_sequences", "control_quotes")]
-    lines += [f"**Sampled extraction** ({config.samples} samples per item, T = 1, top-k 40): % of samples equal to the suffix; "
-              "then the gold suffix's mean log-likelihood per token", ""]
+    sets = ("memorized_validation", "quotes", "control_sequences", "control_quotes")
+    cells = [f"sample {kind} {n_}" for n_ in sets for kind in ("exact", "items")]
+    lines += [f"**Sampled extraction** ({config.samples} samples per item, T = 1, top-k 40): per set, % of samples equal to the "
+              "suffix (mean ± std over seeds; samples of one item are not independent, so no interval) and % of items with at "
+              "least one exact sample [pooled Wilson over items]; then the gold suffix's mean log-likelihood per token", ""]
     body = _table(summary, cells, set(cells))
-    lines += ["| method | " + " | ".join(c.replace("sample exact ", "") for c in cells) + " |"] + body[1:] + [""]
+    lines += ["| method | " + " | ".join(c.replace("sample exact ", "samples ").replace("sample items ", "items ") for c in cells) + " |"]
+    lines += body[1:] + [""]
     cells = [f"sample loglik {n_}" for n_ in ("memorized_validation", "quotes", "control_sequences", "control_quotes")]
     body = _table(summary, cells, set())
     lines += ["| method | " + " | ".join(c.replace("sample loglik ", "log-lik ") for c in cells) + " |"] + body[1:] + [""]
     cells = [f"bf16 {n_}" for n_ in ("memorized_validation", "quotes")]
     body = _table(summary, cells, set(cells))
     lines += ["**bf16 round trip** of every weight: strict %", "", "| method | " + " | ".join(cells) + " |"] + body[1:] + [""]
-    lines += ["## Does the removal survive? (restored = (after - edited) / (baseline - edited), validation strict, mean over seeds)", "",
-              "| method | " + " | ".join(survives["kfac"]) + " |", "|---|" + "---|" * len(survives["kfac"])]
+    lines += ["## Does the removal survive? (restored = (after - edited) / (baseline - edited) of strict recitation after the "
+              f"largest k, mean over seeds; '-' where the edit removed fewer than {MIN_REMOVED} items at every seed; the baseline "
+              "after the same attack is in the tables above)", "",
+              "| method | set | " + " | ".join(key for key in attack_keys + ["bf16"]) + " |", "|---|---|" + "---|" * (len(attack_keys) + 1)]
     for method, row in survives.items():
-        lines.append(f"| {method} | " + " | ".join("-" if r["mean"] is None else f"{r['mean']:.2f} ({r['verdict']})" for r in row.values())
-                     + " |")
+        for name in ("memorized_validation", "quotes"):
+            cells = [row[f"{name} {attack}"] for attack in attack_keys + ["bf16"]]
+            lines.append(f"| {method} | {name} | " + " | ".join("-" if r["mean"] is None else f"{r['mean']:.2f} ({r['verdict']})"
+                                                              for r in cells) + " |")
     timing = [per_seed[s]["timing"] for s in seeds]
-    lines += ["", "## Wall time (2-core CPU)", "",
-              "| seed | K-FAC factors + eigh s | K-FAC sweep + factors s | BSN chosen setting training s | BSN all settings s |",
-              "|---|---|---|---|---|"]
+    lines += ["", "## Wall time (this machine; seconds)", "",
+              "One K-FAC edit = factors + eigendecomposition + applying the chosen plan; one BSN edit = training the chosen "
+              "setting's masks. The sweeps include scoring every candidate (recitation and perplexity).", "",
+              "| seed | K-FAC factors + eigh | K-FAC chosen plan applied | K-FAC sweep incl. factors and scoring | BSN chosen setting: training "
+              "| BSN all settings: training | BSN sweep incl. scoring |", "|---|---|---|---|---|---|---|"]
     for s, t in zip(seeds, timing):
-        lines.append(f"| {s} | {t['kfac_factors_seconds']:.1f} | {t['kfac_pipeline_seconds']:.1f} | {t['bsn_chosen_training_seconds']:.1f} | "
-                     f"{t['bsn_training_seconds_all_settings']:.1f} ({t['bsn_settings']} settings) |")
+        lines.append(f"| {s} | {t['kfac_factors_seconds']:.1f} | {t['kfac_chosen_edit_seconds']:.2f} | {t['kfac_pipeline_seconds']:.1f} | "
+                     f"{t['bsn_chosen_training_seconds']:.1f} | {t['bsn_training_seconds_all_settings']:.1f} ({t['bsn_settings']} settings) | "
+                     f"{t['bsn_sweep_seconds']:.1f} |")
     lines += ["", "![pareto](pareto.png)", ""]
     text = "\n".join(lines)
     (out / "report.md").write_text(text)
