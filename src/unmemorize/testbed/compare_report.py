@@ -215,13 +215,15 @@ def plot_pareto(per_seed: dict[int, dict], path: Path, budget: float) -> None:
                 ax.scatter([_ppl(chosen) / base], [100 * chosen["reported"][name]["strict"]], s=90, facecolors="none",
                            edgecolors="black", linewidths=1.5)
             ax.axvline(1 + budget, color="gray", linestyle="--", linewidth=1)
-            ax.set_xscale("log")
+            right = 1 + 3.5 * budget  # the region where choices happen; farther candidates are counted in the title
+            beyond = sum(_ppl(c) / base > right for cs in result["candidates"].values() for c in cs)
+            ax.set_xlim(min(0.99, min((_ppl(c) / base for cs in result["candidates"].values() for c in cs), default=1) - 0.005), right)
             ax.set_xlabel("perplexity / baseline (heldout_tuning)")
             ax.set_ylabel(f"{name} strict %")
-            ax.set_title(f"seed {seed}: {name}")
+            ax.set_title(f"seed {seed}: {name} ({beyond} candidates beyond x = {right:.2f})", fontsize=9)
             if row == 0 and column == 0:
                 ax.legend(fontsize=8)
-    fig.suptitle("Every candidate of every method (circled: chosen on the tuning split; dashed: perplexity budget)")
+    fig.suptitle("Every candidate (circled: chosen on the tuning split; dashed: budget)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
