@@ -342,7 +342,7 @@ def compare_seed(config: CompareConfig, seed: int) -> dict:
     info = __import__("json").loads((folder / "testbed.json").read_text())
     results = {
         "config": {**asdict(config), "seed": seed, "grids": grids, "testbed_key": info["key"], "testbed": str(folder),
-                   "factor_tokens": factors.metadata["tokens"], "retain_sequences": len(retain), "forget_sequences": len(forget),
+                   "factor_tokens_collected": factors.metadata["tokens"], "retain_sequences": len(retain), "forget_sequences": len(forget),
                    "selection_rule": f"min tuning strict (then loose, then ppl) with sweep perplexity <= {1 + config.ppl_budget:g} x baseline"},
         "baseline_sweep_perplexity": baseline["sweep_perplexity"],
         "rule_met": rule_met,
@@ -377,7 +377,10 @@ def reusable(config: CompareConfig, seed: int) -> Path | None:
         if path.is_file():
             saved = strict_loads(path.read_text())["config"]
             defaults = asdict(CompareConfig())  # a setting added after that run takes its default
-            if {k: saved.get(k, defaults[k]) for k in wanted} == wanted:
+            compared = dict(wanted)
+            if "factor_tokens_collected" not in saved:  # runs before it was recorded apart stored the collected count here
+                compared.pop("factor_tokens")
+            if {k: saved.get(k, defaults[k]) for k in compared} == compared:
                 return path
     return None
 
