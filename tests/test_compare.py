@@ -113,12 +113,15 @@ def test_quick_comparison_writes_tables_plot_and_consistent_verdicts(tmp_path, m
     expected = wilson(round(quotes["strict"] * quotes["n"]), quotes["n"])
     assert (cell["pooled"]["low"], cell["pooled"]["high"]) == pytest.approx((expected.low, expected.high))
     # survival: restored = (after - edited) / (baseline - edited), recomputed from the per-seed file
-    base = methods["baseline"]["memorized_validation"]["strict"]
+    from unmemorize.testbed.compare_report import MIN_REMOVED
+
+    base, n = methods["baseline"]["memorized_validation"]["strict"], methods["baseline"]["memorized_validation"]["n"]
     for method in ("kfac", "svd", "bsn"):
         edited = methods[method]["memorized_validation"]["strict"]
         after = methods[method]["checks"]["relearn"]["clean@lr=0.001"]["sets"]["memorized_validation"][-1]["strict"]
-        row = saved["survival"][method]["clean@lr=0.001"]
-        if base - edited <= 0:
+        row = saved["survival"][method]["memorized_validation clean@lr=0.001"]
+        assert row["removed_items"]["0"] == round((base - edited) * n)
+        if round((base - edited) * n) < MIN_REMOVED:
             assert row["mean"] is None and row["verdict"] == "undefined"
         else:
             assert row["mean"] == pytest.approx((after - edited) / (base - edited))
