@@ -62,7 +62,7 @@ from ..evaluate.memorization import evaluate_memorization
 from ..evaluate.stress import StressConfig, stress_test
 from ..models import load_model
 from ..targets import resolve_targets
-from .demo import DemoConfig, choose_candidate
+from .demo import DemoConfig, Laps, choose_candidate
 from .suite import TestbedSuite, _scores, add_retention
 from .train import TrainConfig, load_or_train, quick_configs
 from .world import FACTOR_DATA, WorldConfig
@@ -271,32 +271,22 @@ def run_checks(model, suite: TestbedSuite, checks: Checks) -> dict:
     }
     for config in checks.relearn:
         for source, sequences in (("clean", checks.clean_sequences), ("tuning_items", checks.tuning_sequences)):
-            run = relearning_attack(model, sequences, sets, suite.pad_id, config)
-            run["sets"] = {name: [{k: v for k, v in row.items() if k != "distances"} for row in rows] for name, rows in run["sets"].items()}
-            result["relearn"][f"{source}@lr={config.learning_rate:g}"] = run
+            result["relearn"][f"{source}@lr={config.learning_rate:g}"] = relearning_attack(model, sequences, sets, suite.pad_id, config)
     return result
 
 
 # ---------------------------------------------------------------------------------------------- one seed
 def compare_seed(config: CompareConfig, seed: int) -> dict:
     grids = config.grids()
-    walls: dict[str, float] = {}
-    clock = time.perf_counter()
-
-    def lap(name):
-        nonlocal clock
-        now = time.perf_counter()
-        walls[name] = round(now - clock, 2)
-        clock = now
+    lap = Laps()
+    walls = lap.walls
 
     world_config, train_config = quick_configs(seed) if config.quick else (WorldConfig(seed=seed), TrainConfig(seed=seed))
     folder = load_or_train(world_config, train_config)
     model, tokenizer = load_model(str(folder / "model"))
     torch.manual_seed(seed)
-    suite = TestbedSuite(folder, tokenizer, perplexity_tokens=2_000 if config.quick else 40_000,
-                         sweep_perplexity_tokens=2_000 if config.quick else 10_000)
-    baseline = suite.evaluate(model)
-    baseline.update(setting="-", sweep_perplexity=suite.quick(model)["perplexity"])
+    suite = TestbedSuite.for_demo(folder, tokenizer, config.quick)
+    baseline = suite.baseline(model)
     lap("testbed + baseline evaluation")
     factor_file = folder / "data" / f"factors_{config.factor_data}.txt"
     factors = collect_from_files(model, tokenizer, str(factor_file), resolve_targets(model),

@@ -59,6 +59,19 @@ from .train import TrainConfig, load_or_train, quick_configs
 from .world import FACTOR_DATA, WorldConfig
 
 
+class Laps:
+    """Wall seconds per stage: ``lap(name)`` records the time since the previous call (or creation) under ``name``."""
+
+    def __init__(self):
+        self.walls: dict[str, float] = {}
+        self._clock = time.perf_counter()
+
+    def __call__(self, name: str) -> None:
+        now = time.perf_counter()
+        self.walls[name] = round(now - self._clock, 2)
+        self._clock = now
+
+
 @dataclass
 class DemoConfig:
     """Settings of ``unmemorize demo`` (saved in results.json)."""
@@ -229,24 +242,16 @@ def tune(model, suite: TestbedSuite, factors, bases, config: DemoConfig, baselin
 
 
 def _run_demo(config: DemoConfig, out: Path) -> dict:
-    walls: dict[str, float] = {}
-    clock = time.perf_counter()
-
-    def lap(name):
-        nonlocal clock
-        now = time.perf_counter()
-        walls[name] = round(now - clock, 2)
-        clock = now
+    lap = Laps()
+    walls = lap.walls
 
     world_config, train_config = quick_configs(config.seed) if config.quick else (WorldConfig(seed=config.seed), TrainConfig(seed=config.seed))
     folder = load_or_train(world_config, train_config)
     lap("testbed (train or load)")
     model, tokenizer = load_model(str(folder / "model"))
     torch.manual_seed(config.seed)
-    suite = TestbedSuite(folder, tokenizer, perplexity_tokens=2_000 if config.quick else 40_000,
-                         sweep_perplexity_tokens=2_000 if config.quick else 10_000)
-    baseline = suite.evaluate(model)
-    baseline.update(setting="-", sweep_perplexity=suite.quick(model)["perplexity"])
+    suite = TestbedSuite.for_demo(folder, tokenizer, config.quick)
+    baseline = suite.baseline(model)
     lap("baseline evaluation")
     targets = preset_modules(model)
     factor_tokens = 5_000 if config.quick else config.factor_tokens

@@ -36,6 +36,17 @@ class TestbedSuite:
         self.windows = list(iter_windows(list_data_files(data / "heldout.txt"), tokenizer, seq_len, perplexity_tokens))
         self.sweep_windows = list(iter_windows(list_data_files(data / "heldout_tuning.txt"), tokenizer, seq_len, sweep_perplexity_tokens))
 
+    @classmethod
+    def for_demo(cls, folder: str | Path, tokenizer, quick: bool) -> "TestbedSuite":
+        """The demo's and the comparison's sizes: 40,000 reported and 10,000 sweep perplexity tokens (2,000 each when quick)."""
+        return cls(folder, tokenizer, perplexity_tokens=2_000 if quick else 40_000, sweep_perplexity_tokens=2_000 if quick else 10_000)
+
+    def baseline(self, model) -> dict:
+        """``evaluate`` of the unedited model, with its sweep perplexity (what the selection rule compares against)."""
+        result = self.evaluate(model)
+        result.update(setting="-", sweep_perplexity=self.quick(model)["perplexity"])
+        return result
+
     def quick(self, model) -> dict:
         """Tuning-split memorization and perplexity on a held-out slice: all a sweep may use."""
         tuning = evaluate_memorization(model, self.sets["memorized_tuning"], self.pad_id, self.batch_size)
