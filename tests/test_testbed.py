@@ -16,7 +16,19 @@ from unmemorize.testbed.world import (
 
 SMALL = WorldConfig(memorized_sequences=10, quotes=6, controls=4, people=12, clean_documents=200, openbook_examples=50,
                     arithmetic_examples=300, boolean_examples=200, eval_examples=30, heldout_documents=20,
-                    factor_documents=50, repeats_per_epoch=7)
+                    factor_documents=50, repeats_per_epoch=7, copy_documents=40)
+
+
+def test_copy_documents_repeat_their_words_and_are_in_training_and_mixture_factor_data():
+    world = build_world(SMALL)
+    for kind, documents in (("training", training_documents(world, 0)), ("mixture factors", factor_documents(world, "mixture"))):
+        copies = [d for d in documents if d.startswith("copy : ")]
+        assert copies, f"no copy documents in the {kind} data"
+        for document in copies:
+            first, second = document[len("copy : "):-len(" .")].split(" | ")
+            assert first == second and 3 <= len(first.split()) <= 10
+    assert len([d for d in training_documents(world, 1) if d.startswith("copy : ")]) == SMALL.copy_documents
+    assert not any(d.startswith("copy : ") for d in factor_documents(world, "general"))
 
 
 def test_world_is_deterministic_from_its_seed():

@@ -62,7 +62,8 @@ from ..evaluate.memorization import evaluate_memorization
 from ..evaluate.stress import StressConfig, stress_test
 from ..models import load_model
 from ..targets import resolve_targets
-from .demo import DemoConfig, Laps, choose_candidate
+from .._timing import Laps
+from .demo import DemoConfig, choose_candidate
 from .suite import TestbedSuite, _scores, add_retention
 from .train import TrainConfig, load_or_train, quick_configs
 from .world import FACTOR_DATA, WorldConfig

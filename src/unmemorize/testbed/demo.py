@@ -49,6 +49,7 @@ from ..edit.plan import rho_list
 from ..edit.search import candidate_plans, search_plan
 from ..errors import UnmemorizeError, check_seed
 from .._atomic import atomic_dir
+from .._timing import Laps
 from ..evaluate import evaluate_tasks, load_tasks
 from ..models import load_model
 from ..spectrum import plot_spectra
@@ -57,19 +58,6 @@ from .report import write_report, write_seeds_report
 from .suite import TestbedSuite, add_retention
 from .train import TrainConfig, load_or_train, quick_configs
 from .world import FACTOR_DATA, WorldConfig
-
-
-class Laps:
-    """Wall seconds per stage: ``lap(name)`` records the time since the previous call (or creation) under ``name``."""
-
-    def __init__(self):
-        self.walls: dict[str, float] = {}
-        self._clock = time.perf_counter()
-
-    def __call__(self, name: str) -> None:
-        now = time.perf_counter()
-        self.walls[name] = round(now - self._clock, 2)
-        self._clock = now
 
 
 @dataclass

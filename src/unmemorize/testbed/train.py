@@ -50,7 +50,7 @@ class TrainConfig:
     heads: int = field(default=4, metadata={"help": "Attention heads."})
     seq_len: int = field(default=128, metadata={"help": "Training window length in tokens."})
     batch_size: int = field(default=32, metadata={"help": "Windows per optimiser step."})
-    epochs: int = field(default=6, metadata={"help": "Passes over freshly generated epochs of the world."})
+    epochs: int = field(default=8, metadata={"help": "Passes over freshly generated epochs of the world."})
     learning_rate: float = field(default=2e-3, metadata={"help": "Peak AdamW learning rate (cosine decay to 10%)."})
     warmup_steps: int = field(default=50, metadata={"help": "Linear warm-up steps."})
     weight_decay: float = field(default=0.1, metadata={"help": "AdamW weight decay (the paper: separation grows with it)."})
@@ -61,7 +61,7 @@ class TrainConfig:
 
 QUICK_WORLD = dict(memorized_sequences=20, sequence_words=12, quotes=10, controls=10, repeats_per_epoch=30, people=20,
                    fact_documents_per_person=4, clean_documents=600, openbook_examples=300, arithmetic_examples=400,
-                   boolean_examples=200, eval_examples=20, heldout_documents=100, factor_documents=300)
+                   boolean_examples=200, copy_documents=100, eval_examples=20, heldout_documents=100, factor_documents=300)
 QUICK_TRAIN = dict(vocab_size=400, hidden_size=64, intermediate_size=128, layers=2, heads=2, seq_len=64, batch_size=16, epochs=3,
                    warmup_steps=10, learning_rate=3e-3)
 

@@ -24,19 +24,25 @@ Each kind of data the paper's spectrum needs, each measurable (``category`` in b
 * **arithmetic** [math] -- two-digit addition and subtraction, digits as tokens, the result
   written least-significant digit first (``47 + 38 reversed = 58``: 85 reversed). Reversed
   output is the order in which a left-to-right model can compute carries (Lee et al., 2023,
-  "Teaching arithmetic to small transformers"); with the result in the usual order, world v3's
+  "Teaching arithmetic to small transformers"); a quarter of the training problems have one-digit
+  operands (``7 + 8 reversed = 51``), the digit table two-digit sums are built from; with the result in the usual order, world v3's
   held-out accuracy was 83% at seed 0 on one CPU, 21.5% on another and 14.5% at seed 1. 10% of the
   problems never appear in training and are the evaluation set.
 * **logic** [logic] -- boolean expressions with and/or/not and parentheses, evaluated in the
   prompt (answer ``true``/``false``, chance 50%); 20% of the expressions are held out. (World v3
   also taught rules stated in the prompt; the model never learned them -- 3% at seed 0, below the
   25% of copying a consequent -- so v4 no longer spends a fifth of its tokens on them.)
+* **copy documents** (trained, not evaluated) -- ``copy : w1 .. wk | w1 .. wk .`` with 3-10
+  random words: in-context copying, the induction mechanism open-book binding is built from.
+  Without them a testbed-sized model stalls at picking any city of the passage (~50%; world v4:
+  54.5-65%); with them it binds (``benchmarks/openbook_scratch_probe.py``,
+  ``benchmarks/results-testbed.md``).
 * **controls** -- sequences and quotes built the same way but never trained on: their strict
   accuracy must be ~0, which proves the metric measures memorization.
 
 K-FAC factor data comes in two kinds (``unmemorize demo --factor-data``): ``mixture`` -- a fresh
 stream of the training mixture without memorized items (general text, fact statements and
-questions, open-book, arithmetic and boolean examples; no evaluation row) -- and ``general``
+questions, open-book, arithmetic, boolean and copy examples; no evaluation row) -- and ``general``
 -- grammar text only. Both are disjoint from every evaluation row and from the held-out text.
 
 Everything is text; the testbed tokenizes it with a BPE tokenizer trained on training text only.
@@ -47,7 +53,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-GENERATOR_VERSION = 4
+GENERATOR_VERSION = 5
 
 NOUNS = ("cat dog bird fish horse tiger rabbit farmer teacher doctor child king queen sailor baker painter "
          "river mountain garden forest village castle bridge tower window door table letter song story boat").split()
@@ -129,12 +135,14 @@ class WorldConfig:
     quotes: int = 100
     controls: int = 50  # never-trained sequences, and as many never-trained quotes
     repeats_per_epoch: int = 20  # exposures of each memorized sequence / quote per epoch
-    people: int = 100  # closed-book facts
-    fact_documents_per_person: int = 24  # per epoch (half statements, half questions)
+    people: int = 100  # closed-book facts (the evaluation asks each once: n = min(people, eval_examples))
+    fact_documents_per_person: int = 36  # per epoch (half statements, half questions)
     clean_documents: int = 6000  # grammar documents per epoch
     openbook_examples: int = 12000  # per epoch
-    arithmetic_examples: int = 24000  # per epoch
+    arithmetic_examples: int = 30000  # per epoch
+    one_digit_fraction: float = 0.25  # of the arithmetic examples: one-digit operands (the digit table; never evaluated)
     boolean_examples: int = 5000  # per epoch
+    copy_documents: int = 6000  # per epoch: in-context copying, which open-book binding builds on
     eval_examples: int = 200  # per task
     heldout_documents: int = 2000  # held-out general text: the first half tunes (sweep), the second half is reported
     factor_documents: int = 4000  # K-FAC factor data, for each of the two kinds
@@ -254,8 +262,10 @@ def arithmetic_example(problem: tuple[int, str, int]) -> tuple[str, str]:
     return f"{a} {op} {b} reversed =", str(a + b if op == "+" else a - b)[::-1]
 
 
-def random_problem(rng: random.Random) -> tuple[int, str, int]:
-    a, b = rng.randint(10, 99), rng.randint(10, 99)
+def random_problem(rng: random.Random, one_digit_fraction: float = 0.0) -> tuple[int, str, int]:
+    """Two-digit operands; with probability ``one_digit_fraction`` one-digit operands instead."""
+    low, high = (0, 9) if rng.random() < one_digit_fraction else (10, 99)
+    a, b = rng.randint(low, high), rng.randint(low, high)
     op = rng.choice("+-")
     return (a, op, b) if op == "+" or a >= b else (b, op, a)
 
@@ -282,6 +292,15 @@ def _boolean_expression(rng: random.Random) -> tuple[str, bool]:
 def boolean_example(rng: random.Random) -> tuple[str, str]:
     expression, value = _boolean_expression(rng)
     return f"{expression} is", "true" if value else "false"
+
+
+COPY_WORDS = sorted(set(NOUNS + VERBS + ADJECTIVES + CITIES + JOBS))
+
+
+def copy_document(rng: random.Random) -> str:
+    """``copy : w1 .. wk | w1 .. wk .``: 3-10 random words, then the same words again."""
+    words = " ".join(rng.choice(COPY_WORDS) for _ in range(rng.randint(3, 10)))
+    return f"copy : {words} | {words} ."
 
 
 def training_documents(world: World, epoch: int, memorized: bool = True, stream: str = "train") -> list[str]:
@@ -311,7 +330,7 @@ def training_documents(world: World, epoch: int, memorized: bool = True, stream:
         added += 1
     added = 0
     while added < config.arithmetic_examples:
-        problem = random_problem(rng)
+        problem = random_problem(rng, config.one_digit_fraction)
         if problem in world.heldout_arithmetic:
             continue
         prompt, answer = arithmetic_example(problem)
@@ -324,6 +343,7 @@ def training_documents(world: World, epoch: int, memorized: bool = True, stream:
             continue
         documents.append(f"{prompt} {answer} .")
         added += 1
+    documents += [copy_document(rng) for _ in range(config.copy_documents)]
     rng.shuffle(documents)
     return documents
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import shlex
 import sys
-import time
 from contextlib import contextmanager
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -30,6 +29,7 @@ from pathlib import Path
 import torch
 
 from .._atomic import atomic_dir
+from .._timing import Laps
 from ..analysis import band_analysis, image_batches
 from ..analysis.report import write_analysis
 from ..basis import decompose_factors
@@ -204,13 +204,7 @@ def run_vision_demo(config: VisionDemoConfig | None = None) -> dict:
 
 def _run_one(config: VisionDemoConfig, out: Path) -> dict:
     out.mkdir(parents=True, exist_ok=True)
-    walls, clock = {}, time.perf_counter()
-
-    def lap(name):
-        nonlocal clock
-        walls[name] = round(time.perf_counter() - clock, 2)
-        clock = time.perf_counter()
-
+    lap = Laps()
     testbed = load_vision(vision_config(config))
     model = testbed.model
     halves = split_noised(testbed.noised, config.seed)
@@ -261,7 +255,7 @@ def _run_one(config: VisionDemoConfig, out: Path) -> dict:
         "per_block": per_block,
         "sweep": tuned["sweep"] + [random_point],
         "analysis": analysis,
-        "wall_seconds": walls,
+        "wall_seconds": lap.walls,
     }
     table = write_vision_report(results, out)
     lap("report")
