@@ -31,6 +31,22 @@ def test_copy_documents_repeat_their_words_and_are_in_training_and_mixture_facto
     assert not any(d.startswith("copy : ") for d in factor_documents(world, "general"))
 
 
+def test_a_share_of_training_arithmetic_is_one_digit_and_none_is_evaluated():
+    world = build_world(SMALL)
+    problems = [re.fullmatch(r"(\d+) ([+-]) (\d+) reversed = (\d+)", d) for d in training_documents(world, 0)]
+    problems = [m.groups() for m in problems if m]
+    assert len(problems) == SMALL.arithmetic_examples
+    for a, op, b, answer in problems:  # every answer right, in reversed digit order
+        assert int(answer[::-1]) == (int(a) + int(b) if op == "+" else int(a) - int(b))
+    one_digit = sum(len(a) == 1 and len(b) == 1 for a, _, b, _ in problems)
+    expected = SMALL.one_digit_fraction * len(problems)  # binomial: 4 standard deviations either side
+    assert abs(one_digit - expected) <= 4 * (expected * (1 - SMALL.one_digit_fraction)) ** 0.5 and one_digit > 0
+    for row in evaluation_tasks(world):  # the evaluation asks held-out two-digit problems only
+        if row["task"] == "arithmetic":
+            a, b = re.fullmatch(r"(\d+) [+-] (\d+) reversed =", row["prompt"]).groups()
+            assert len(a) == 2 and len(b) == 2
+
+
 def test_world_is_deterministic_from_its_seed():
     first, again = build_world(SMALL), build_world(SMALL)
     assert [i.text for i in first.sequences + first.quotes] == [i.text for i in again.sequences + again.quotes]

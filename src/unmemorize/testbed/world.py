@@ -24,10 +24,12 @@ Each kind of data the paper's spectrum needs, each measurable (``category`` in b
 * **arithmetic** [math] -- two-digit addition and subtraction, digits as tokens, the result
   written least-significant digit first (``47 + 38 reversed = 58``: 85 reversed). Reversed
   output is the order in which a left-to-right model can compute carries (Lee et al., 2023,
-  "Teaching arithmetic to small transformers"); a quarter of the training problems have one-digit
-  operands (``7 + 8 reversed = 51``), the digit table two-digit sums are built from; with the result in the usual order, world v3's
-  held-out accuracy was 83% at seed 0 on one CPU, 21.5% on another and 14.5% at seed 1. 10% of the
-  problems never appear in training and are the evaluation set.
+  "Teaching arithmetic to small transformers"); with the result in the usual order, world v3's
+  held-out accuracy was 83% at seed 0 on one CPU, 21.5% on another and 14.5% at seed 1. A quarter
+  of the training problems have one-digit operands (``7 + 8 reversed = 51``), the digit table the
+  two-digit sums are built from (without them seed 1 of world v5 did not learn arithmetic: 7.5-12.5%
+  in three trainings, 93% with them). 10% of the two-digit problems never appear in training and
+  are the evaluation set.
 * **logic** [logic] -- boolean expressions with and/or/not and parentheses, evaluated in the
   prompt (answer ``true``/``false``, chance 50%); 20% of the expressions are held out. (World v3
   also taught rules stated in the prompt; the model never learned them -- 3% at seed 0, below the
