@@ -130,7 +130,8 @@ def print_collect_plan(job) -> dict:
     speed = warmup(model, tokenizer, job.data, targets, config)
     tokens = config.max_tokens or None
     plan["warmup"] = speed
-    plan["estimated_seconds"] = round(tokens * plan["passes"] / speed["tokens_per_second"], 1) if tokens else None
+    # three significant digits: a fast run's estimate stays positive (0.04 s, not 0.0)
+    plan["estimated_seconds"] = float(f"{tokens * plan['passes'] / speed['tokens_per_second']:.3g}") if tokens else None
     devices = sorted(set(plan["weight_bytes_per_device"]) | set(plan["accumulator_bytes_per_device"]))
     plan["peak_bytes_per_device"] = {d: plan["weight_bytes_per_device"].get(d, 0) + plan["accumulator_bytes_per_device"].get(d, 0)
                                      + speed["working_bytes"] for d in devices}
