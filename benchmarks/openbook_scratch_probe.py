@@ -3,10 +3,12 @@
 Trains a fresh model (the testbed's TrainConfig, optionally changed) on open-book examples mixed
 with grammar text (and optionally copy documents that teach induction: ``copy : w1 .. wk | w1 ..
 wk``), then prints the accuracy on the world's own open-book evaluation rows every 100 steps,
-plain and with an EOS token before the prompt (training windows pack documents after an EOS).
+plain and with an EOS token before the prompt (training windows pack documents after an EOS),
+and at the end the greedy answers to the first 8 rows. Copy documents are the world's own
+(``world.copy_document``).
 
     .venv/bin/python benchmarks/openbook_scratch_probe.py --steps 500 [--copy 0.2] [--openbook 0.5]
-        [--people 2-3] [--hidden 192] [--layers 4] [--seed 0]
+        [--hidden 192] [--intermediate 512] [--layers 4] [--lr 2e-3] [--seed 0]
 """
 import argparse
 import math
@@ -15,6 +17,7 @@ import random
 import torch
 
 from unmemorize.evaluate import evaluate_tasks
+from unmemorize.evaluate.generate import greedy_continuations
 from unmemorize.testbed import world as W
 from unmemorize.testbed.train import TrainConfig, build_model, train_tokenizer
 
@@ -31,7 +34,6 @@ args = parser.parse_args()
 torch.set_num_threads(2)
 
 world = W.build_world(W.WorldConfig(seed=args.seed))
-vocabulary = sorted(set(W.NOUNS + W.VERBS + W.ADJECTIVES + W.CITIES + W.JOBS))
 
 
 def documents(rng, count):
@@ -45,8 +47,7 @@ def documents(rng, count):
                 continue
             out.append(f"{prompt} {answer} .")
         elif u < args.openbook + args.copy:
-            words = " ".join(rng.choice(vocabulary) for _ in range(rng.randint(3, 10)))
-            out.append(f"copy : {words} | {words} .")
+            out.append(W.copy_document(rng))
         else:
             out.append(grammar.document())
     return out
@@ -82,8 +83,6 @@ for step in range(args.steps + 1):
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     optimizer.step()
-
-from unmemorize.evaluate.generate import greedy_continuations  # noqa: E402
 
 model.eval()
 for row in rows[:8]:
