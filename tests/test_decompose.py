@@ -17,8 +17,8 @@ from safetensors.torch import load_file
 
 import unmemorize as um
 from unmemorize.basis import decompose_factors
-from unmemorize.basis_cache import INDEX_FILE, cache_dir
-from unmemorize.decompose import DecomposeConfig, decompose_to_cache
+from unmemorize.basis.cache import INDEX_FILE, cache_dir
+from unmemorize.basis.decomposition import DecomposeConfig, decompose_to_cache
 from unmemorize.cli import main as cli_main
 from unmemorize.errors import UnmemorizeError
 from unmemorize.models import get_weight, parse_dtype
@@ -175,7 +175,7 @@ def test_existing_cache_is_refused_unless_overwrite_and_bad_devices_are_named(fa
 
 
 def test_a_failure_midway_leaves_no_cache_and_no_temporary_folder(factors_dir, monkeypatch):
-    import unmemorize.decompose as module
+    import unmemorize.basis.decomposition as module
 
     calls = []
 

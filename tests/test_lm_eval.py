@@ -20,7 +20,9 @@ import pytest
 
 import unmemorize as um
 from unmemorize.errors import UnmemorizeError
-from unmemorize.evaluate.lm_eval_bridge import EvalRequest, LMEvalConfig, add_eval_command, run_eval, run_lm_eval
+from unmemorize.commands.eval import add_parser as add_eval_command
+from unmemorize.commands.eval import run as run_eval
+from unmemorize.evaluate.lm_eval_bridge import EvalRequest, LMEvalConfig, run_lm_eval
 from unmemorize.models import load_model
 from unmemorize.tiny import WORDS, save_tiny_lm, write_corpus
 

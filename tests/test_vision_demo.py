@@ -137,3 +137,20 @@ def test_debian_fashion_mnist_files_load():
     assert train.images.shape == (500, 1, 28, 28) and heldout.images.shape == (10000, 1, 28, 28) and classes == 10
     assert sorted(set(heldout.labels.tolist())) == list(range(10)) and float(train.images.min()) == -1.0
     assert vision_config(VisionDemoConfig(dataset="fashion-mnist")).dataset == FASHION_MNIST_DEBIAN
+
+
+def test_demo_vision_on_the_command_line_runs_the_vision_demo_with_its_options(tmp_path, monkeypatch):
+    """``unmemorize demo --vision`` reaches ``run_vision_demo`` with the options mapped (it once
+    imported a module that does not exist)."""
+    import unmemorize.vision.demo as vision_demo
+    from unmemorize.cli import main
+
+    seen = []
+    monkeypatch.setattr(vision_demo, "run_vision_demo", lambda config: seen.append(config) or {})
+    out = tmp_path / "vision"
+    assert main(["demo", "--vision", "--quick", "--seeds", "0,1", "--vision-dataset", "fashion-mnist", "--noise-fraction", "0.2",
+                 "--vision-positions", "all", "--fisher", "empirical", "--out", str(out)]) == 0
+    assert len(seen) == 1
+    config = seen[0]
+    assert (config.out, config.quick, config.seeds, config.dataset, config.noise_fraction, config.positions, config.fisher) == (
+        str(out), True, "0,1", "fashion-mnist", 0.2, "all", "empirical")

@@ -211,7 +211,7 @@ def claim_output(out: str | Path, overwrite: bool = False, kind: str = "dir", op
 
 
 def _marker(kind: str) -> str:
-    from . import __version__
+    from ._version import __version__
 
     return strict_dumps({"unmemorize_version": __version__, "kind": kind, "written": time.strftime("%Y-%m-%dT%H:%M:%S%z")}, indent=None)
 

@@ -3,7 +3,6 @@
     bsn.py         BalancedSubnet (Sakarvadia et al., ICLR 2025): learned per-weight masks over the
                    MLP matrices, forget-loss ascent balanced by retain-loss descent
     sequences.py   forget / retain sets from files, balanced batches (every batch holds forget examples)
-    cli.py         ``unmemorize unlearn bsn ...``
 
 Python API::
 
@@ -15,8 +14,7 @@ Python API::
 """
 
 from .bsn import BSNConfig, BSNRecord, MaskedModule, balanced_subnet, lowest_k_mask, save_bsn_model
-from .cli import add_unlearn_command, run_unlearn
 from .sequences import TokenSet, balanced_batches, load_token_set
 
-__all__ = ["BSNConfig", "BSNRecord", "MaskedModule", "TokenSet", "add_unlearn_command", "balanced_batches", "balanced_subnet",
-           "load_token_set", "lowest_k_mask", "run_unlearn", "save_bsn_model"]
+__all__ = ["BSNConfig", "BSNRecord", "MaskedModule", "TokenSet", "balanced_batches", "balanced_subnet",
+           "load_token_set", "lowest_k_mask", "save_bsn_model"]

@@ -301,7 +301,7 @@ def save_bsn_model(model: nn.Module, out: str | Path, tokenizer=None, record: BS
                    extra: dict | None = None) -> Path:
     """Write the masked model as a Hugging Face folder (safetensors, config, tokenizer) plus the
     manifest ``unmemorize_edit.json`` (strict JSON), built aside and renamed into place."""
-    from .. import __version__
+    from .._version import __version__
 
     manifest = {"unmemorize_version": __version__, **(record.to_dict() if record else {"method": "bsn"}), **(extra or {})}
     with atomic_dir(out, overwrite, kind="bsn") as tmp:

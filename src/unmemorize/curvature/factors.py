@@ -53,7 +53,7 @@ class KFACFactors:
 
 
 def _folder_info(factors: KFACFactors, files: dict[str, str], shapes: dict[str, dict], model: nn.Module | None) -> dict:
-    from .. import __version__
+    from .._version import __version__
 
     fingerprints = factors.metadata.get("weight_fingerprints", {})
     info = {

@@ -193,7 +193,7 @@ def edited(model: nn.Module, plan: dict[str, float], factors: KFACFactors | None
 
 def save_edited_model(edit: AppliedEdit, out: str | Path, tokenizer=None, overwrite: bool = False, extra: dict | None = None) -> Path:
     """Write the edited model as a Hugging Face folder plus ``unmemorize_edit.json``, atomically."""
-    from .. import __version__
+    from .._version import __version__
 
     summary = {"unmemorize_version": __version__, **edit.summary(), **(extra or {})}
     with atomic_dir(out, overwrite) as tmp:

@@ -14,7 +14,7 @@ Per seed:
      MLP matrix, forget set = the tuning split (never the validation split or the quotes),
      retain set = the first ``--retain-tokens`` of the same factor data K-FAC sees;
 
-3. **choose each method by the same rule** (``demo.choose_candidate``): among candidates whose
+3. **choose each method by the same rule** (``choices.choose_candidate``): among candidates whose
    sweep perplexity is <= (1 + ``--ppl-budget``) x baseline, the lowest tuning strict accuracy
    (ties: lower loose, then lower perplexity). "Matched perplexity" here means: the same
    perplexity budget for every method; each chosen point's perplexity is reported beside it.
@@ -63,7 +63,7 @@ from ..evaluate.stress import StressConfig, stress_test
 from ..models import load_model
 from ..targets import resolve_targets
 from .._timing import Laps
-from .demo import DemoConfig, choose_candidate
+from .choices import choose_candidate, parse_seeds
 from .suite import TestbedSuite, _scores, add_retention
 from .train import TrainConfig, load_or_train, quick_configs
 from .world import FACTOR_DATA, WorldConfig
@@ -103,7 +103,7 @@ class CompareConfig:
     overwrite: bool = field(default=False, metadata={"help": "Replace an existing output folder (only one an earlier run wrote)."})
 
     def seed_list(self) -> list[int]:
-        return DemoConfig(seeds=self.seeds).seed_list()
+        return parse_seeds(self.seeds, 0)
 
     def grids(self) -> dict:
         def floats(text: str, option: str, low: float, high: float) -> list[float]:
@@ -236,7 +236,7 @@ def sweep_all(model, suite, factors, bases, forget, retain, grids: dict, seed: i
 
 
 def choose_all(candidates: dict, baseline_sweep_perplexity: float, budget: float) -> tuple[dict, dict]:
-    """Each method's candidate by the one rule (``demo.choose_candidate``): it reads only
+    """Each method's candidate by the one rule (``choices.choose_candidate``): it reads only
     ``memorized_tuning`` and ``perplexity``, never ``reported``."""
     chosen, rule_met = {}, {}
     for method in METHODS:

@@ -52,8 +52,9 @@ from .._atomic import atomic_dir
 from .._timing import Laps
 from ..evaluate import evaluate_tasks, load_tasks
 from ..models import load_model
-from ..spectrum import plot_spectra
+from ..basis.spectrum import plot_spectra
 from ..targets import preset_modules
+from .choices import choose_candidate, parse_seeds
 from .report import write_report, write_seeds_report
 from .suite import TestbedSuite, add_retention
 from .train import TrainConfig, load_or_train, quick_configs
@@ -87,15 +88,7 @@ class DemoConfig:
     overwrite: bool = field(default=False, metadata={"help": "Replace an existing output folder (only one an earlier demo wrote)."})
 
     def seed_list(self) -> list[int]:
-        if not self.seeds.strip():
-            return [self.seed]
-        try:
-            seeds = [int(part) for part in self.seeds.split(",")]
-        except ValueError:
-            raise UnmemorizeError(f"--seeds must be a comma list of integers, e.g. 0,1,2; got {self.seeds!r}") from None
-        if len(set(seeds)) != len(seeds):
-            raise UnmemorizeError(f"--seeds lists a seed twice: {self.seeds!r}")
-        return seeds
+        return parse_seeds(self.seeds, self.seed)
 
     def validate(self) -> None:
         check_seed(self.seed)
@@ -122,15 +115,6 @@ def _sweep(model, suite, factors, bases, rhos):
         candidates.append({"method": "kfac", "layers": layer_name, "projections": proj_name, "rho": rho, "plan": plan,
                            "kept_fraction": kept, **score})
     return candidates
-
-
-def choose_candidate(candidates, baseline_ppl, budget) -> tuple[dict, bool]:
-    """(chosen candidate, rule_met). When no candidate keeps perplexity within the budget the rule
-    cannot be met: the candidate with the lowest perplexity is taken and rule_met is False."""
-    allowed = [c for c in candidates if c["perplexity"] <= (1 + budget) * baseline_ppl]
-    if not allowed:
-        return min(candidates, key=lambda c: c["perplexity"]), False
-    return min(allowed, key=lambda c: (c["memorized_tuning"]["strict"], c["memorized_tuning"]["loose"], c["perplexity"])), True
 
 
 def _svd_matched(model, suite, plan, target_ppl):
@@ -173,7 +157,7 @@ def run_demo(config: DemoConfig | None = None) -> dict:
     config = config or DemoConfig()
     config.validate()
     if config.vision:
-        from .vision.demo import VisionDemoConfig, run_vision_demo
+        from ..vision.demo import VisionDemoConfig, run_vision_demo
 
         out = "runs/demo-vision" if config.out == DemoConfig.out else config.out
         return run_vision_demo(VisionDemoConfig(out=out, quick=config.quick, seed=config.seed, seeds=config.seeds, fisher=config.fisher,

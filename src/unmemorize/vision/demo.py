@@ -23,7 +23,7 @@ from __future__ import annotations
 import shlex
 import sys
 from contextlib import contextmanager
-from dataclasses import MISSING, asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -176,8 +176,6 @@ def _command(config: VisionDemoConfig) -> str:
     argv = list(sys.argv)
     if argv and Path(argv[0]).name == "unmemorize":
         argv[0] = "unmemorize"
-    elif argv and argv[0].endswith(str(Path("vision", "demo.py"))):
-        argv[0:1] = ["python", "-m", "unmemorize.vision.demo"]
     return shlex.join(argv)
 
 
@@ -262,29 +260,3 @@ def _run_one(config: VisionDemoConfig, out: Path) -> dict:
     write_json(out / "results.json", results)
     print(table)
     return results
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m unmemorize.vision.demo --seeds 0,1,2 --out docs/demo-vision --overwrite``: every
-    ``VisionDemoConfig`` field as an option (the same run as ``unmemorize demo --vision``)."""
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="python -m unmemorize.vision.demo", description=__doc__.splitlines()[0])
-    for item in fields(VisionDemoConfig):
-        option = "--" + item.name.replace("_", "-")
-        if item.default is MISSING:
-            continue
-        if isinstance(item.default, bool):
-            parser.add_argument(option, action="store_true", help=item.metadata.get("help"))
-        else:
-            parser.add_argument(option, type=type(item.default), default=item.default, help=item.metadata.get("help"))
-    try:
-        run_vision_demo(VisionDemoConfig(**vars(parser.parse_args(argv))))
-    except UnmemorizeError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ._atomic import save_figure
-from .basis import ModuleBasis
-from .edit.selection import select_pairs
+from .._atomic import save_figure
+from ..edit.selection import select_pairs
+from .eigen import ModuleBasis
 
 DEFAULT_RHOS = (0.6, 0.8, 0.9, 0.95, 0.99)
 

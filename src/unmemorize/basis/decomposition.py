@@ -1,4 +1,6 @@
-"""``unmemorize decompose``: eigendecompose every factor of a folder once and store the result beside it.
+"""Decomposing a factor folder: ``decompose_factors`` (in memory, reading the cache when there is
+one) and ``decompose_to_cache`` (the work of ``unmemorize decompose``: every module once, stored
+beside the factors).
 
     unmemorize decompose --factors F [--dtype float64|float32] [--device auto|cpu|cuda] [--overwrite]
     torchrun --nproc-per-node N -m unmemorize decompose --factors F      # modules split over N ranks
@@ -8,7 +10,7 @@ byte-identical to the A of the module it shares its input with (then only G_k). 
 (WORLD_SIZE > 1) rank r takes the units k with k % WORLD_SIZE == r, writes their shards into one
 temporary folder made by rank 0, and rank 0 writes ``eigen.json`` and renames the folder into
 place once every rank succeeded (a gloo all-reduce decides; any failure removes everything).
-The format is described in ``basis_cache.py``; ``decompose_factors`` picks the cache up.
+The format is described in ``cache.py``.
 """
 
 from __future__ import annotations
@@ -23,13 +25,49 @@ from typing import Literal
 
 import torch
 
-from ._atomic import atomic_dir
-from .basis import decompose, resolve_device
-from .basis_cache import FORMAT_VERSION, INDEX_FILE, cache_dir, shard_name, tensor_fingerprint, write_module_shard
-from .curvature.factors import load_factors
-from .errors import UnmemorizeError
-from .jsonio import write_json
-from .models import parse_dtype
+from .._atomic import atomic_dir
+from .._version import __version__
+from ..curvature.factors import KFACFactors, load_factors
+from ..errors import UnmemorizeError
+from ..jsonio import write_json
+from ..models import parse_dtype
+from .cache import FORMAT_VERSION, INDEX_FILE, cache_dir, load_cached_bases, shard_name, tensor_fingerprint, write_module_shard
+from .eigen import Eigendecomposition, ModuleBasis, activation_owner, decompose, resolve_device
+
+
+def decompose_factors(
+    factors: KFACFactors,
+    dtype: torch.dtype = torch.float64,
+    modules: list[str] | None = None,
+    cache: Literal["auto", "require", "off"] = "auto",
+    device: str | torch.device | None = None,
+) -> dict[str, ModuleBasis]:
+    """Eigendecompose A and G of every (or the chosen) module; shared A is decomposed once.
+
+    ``cache``: with 'auto' (default), modules whose decomposition ``unmemorize decompose`` stored
+    beside the factor folder (``factors.metadata['path']``) in this ``dtype`` are read from there
+    after checking that they were computed from exactly these A and G (a mismatch raises, naming
+    the module); the others are computed. 'require' raises when the cache is missing or does not
+    cover a module; 'off' always computes. ``device`` runs eigh there (e.g. 'cuda'); results
+    come back to the factors' device.
+    """
+    if cache not in ("auto", "require", "off"):
+        raise UnmemorizeError(f"cache must be 'auto', 'require' or 'off', got {cache!r}")
+    names = modules or factors.modules
+    cached: dict[str, ModuleBasis] = {}
+    if cache != "off":
+        cached = load_cached_bases(factors, dtype, names, required=cache == "require")
+    bases: dict[str, ModuleBasis] = {}
+    done: dict[str, Eigendecomposition] = {}
+    for name in names:
+        if name in cached:
+            bases[name] = cached[name]
+            continue
+        owner = activation_owner(factors, name)
+        if owner not in done:
+            done[owner] = decompose(factors.activation[owner], dtype, device)
+        bases[name] = ModuleBasis(gradient=decompose(factors.gradient[name], dtype, device), activation=done[owner])
+    return bases
 
 
 @dataclass
@@ -198,8 +236,6 @@ def _decompose_on_ranks(factors_path: Path, config: DecomposeConfig, overwrite: 
 
 def _write_index(tmp: Path, names: list[str], config: DecomposeConfig, device: torch.device, world: int, seconds: float,
                  factors_path: Path) -> None:
-    from . import __version__
-
     entries = {}
     for part in sorted(tmp.glob("rank-*.json")):
         entries.update(json.loads(part.read_text()))
@@ -220,27 +256,3 @@ def _write_index(tmp: Path, names: list[str], config: DecomposeConfig, device: t
         "modules": {n: entries[n] for n in names},
     }
     write_json(tmp / INDEX_FILE, index)
-
-
-def add_decompose_command(subparsers) -> None:
-    """Register ``unmemorize decompose`` on the CLI's subparsers."""
-    parser = subparsers.add_parser(
-        "decompose", help="Eigendecompose the factors once and store the bases beside them.",
-        description="Run eigh on every A and G of a factor folder (on the GPU when there is one; modules split over "
-        "ranks under torchrun) and write <factors>/eigen-<dtype>/ (safetensors, one shard per module, with factor "
-        "fingerprints). edit, spectrum and analyze then reuse it instead of recomputing.")
-    parser.add_argument("--factors", required=True, help="Factor folder from 'unmemorize collect'.")
-    parser.add_argument("--dtype", default="float64", choices=["float64", "float32"], help=DecomposeConfig.__dataclass_fields__["dtype"].metadata["help"] + " (default: float64)")
-    parser.add_argument("--device", default="auto", help=DecomposeConfig.__dataclass_fields__["device"].metadata["help"] + " (default: auto)")
-    parser.add_argument("--overwrite", action="store_true", help="Replace an existing cache of this dtype.")
-    parser.add_argument("--quiet", action="store_true", help="No per-module timing lines.")
-
-
-def run_decompose(args) -> None:
-    """The ``decompose`` command: ``decompose_to_cache`` and a one-line summary."""
-    config = DecomposeConfig(dtype=args.dtype, device=args.device)
-    out = decompose_to_cache(args.factors, config, overwrite=args.overwrite, progress=not getattr(args, "quiet", False))
-    if int(os.environ.get("RANK", "0")) == 0:
-        index = json.loads((out / INDEX_FILE).read_text())
-        print(f"wrote {out}: {len(index['modules'])} modules, {index['dtype']} on {index['device']} x{index['world_size']}, "
-              f"{index['seconds']:.1f} s")

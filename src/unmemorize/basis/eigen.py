@@ -8,20 +8,18 @@ C_ij = u_i^T W v_j, i.e. C = U_G^T W U_A.
 
 Factors are symmetrized ((X + X^T) / 2) and decomposed with ``torch.linalg.eigh`` in float64 by
 default (float32 as an option), on the CPU or an accelerator; round-off negatives are clamped to 0
-(their count is kept). ``unmemorize decompose`` stores the decompositions beside the factors
-(``basis_cache.py``); ``decompose_factors`` then reads them instead of running eigh again.
+(their count is kept). Whole factor folders are decomposed by ``decomposition.py``, which also
+reads and writes the cache of ``cache.py``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 
-from .curvature.factors import KFACFactors
-from .errors import UnmemorizeError
-from .models import check_device
+from ..curvature.factors import KFACFactors
+from ..models import check_device
 
 
 @dataclass
@@ -82,40 +80,3 @@ def activation_owner(factors: KFACFactors, name: str) -> str:
     """The module whose A ``name`` shares (modules reading the same input, e.g. q/k/v), or ``name``."""
     owner = factors.metadata.get("shared_activation", {}).get(name, name)
     return owner if owner in factors.activation else name
-
-
-def decompose_factors(
-    factors: KFACFactors,
-    dtype: torch.dtype = torch.float64,
-    modules: list[str] | None = None,
-    cache: Literal["auto", "require", "off"] = "auto",
-    device: str | torch.device | None = None,
-) -> dict[str, ModuleBasis]:
-    """Eigendecompose A and G of every (or the chosen) module; shared A is decomposed once.
-
-    ``cache``: with 'auto' (default), modules whose decomposition ``unmemorize decompose`` stored
-    beside the factor folder (``factors.metadata['path']``) in this ``dtype`` are read from there
-    after checking that they were computed from exactly these A and G (a mismatch raises, naming
-    the module); the others are computed. 'require' raises when the cache is missing or does not
-    cover a module; 'off' always computes. ``device`` runs eigh there (e.g. 'cuda'); results
-    come back to the factors' device.
-    """
-    if cache not in ("auto", "require", "off"):
-        raise UnmemorizeError(f"cache must be 'auto', 'require' or 'off', got {cache!r}")
-    names = modules or factors.modules
-    cached: dict[str, ModuleBasis] = {}
-    if cache != "off":
-        from .basis_cache import load_cached_bases
-
-        cached = load_cached_bases(factors, dtype, names, required=cache == "require")
-    bases: dict[str, ModuleBasis] = {}
-    done: dict[str, Eigendecomposition] = {}
-    for name in names:
-        if name in cached:
-            bases[name] = cached[name]
-            continue
-        owner = activation_owner(factors, name)
-        if owner not in done:
-            done[owner] = decompose(factors.activation[owner], dtype, device)
-        bases[name] = ModuleBasis(gradient=decompose(factors.gradient[name], dtype, device), activation=done[owner])
-    return bases

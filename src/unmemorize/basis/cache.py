@@ -12,7 +12,7 @@ Layout, inside the factor folder (the only thing ever added to it, by one atomic
                                         "A.eigenvalues" (d_in,), "A.eigenvectors" (d_in, d_in)
 
 Eigenvalues are sorted descending and clamped at 0, eigenvectors are columns, both in the eigh
-dtype exactly as ``basis.decompose`` returned them: on the same device a cached basis gives the
+dtype exactly as ``eigen.decompose`` returned them: on the same device a cached basis gives the
 same edit as a fresh one, bit for bit.
 
 The fingerprint of a factor is sha256 over its dtype, shape and raw bytes. A cache is used only
@@ -30,9 +30,9 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from .basis import Eigendecomposition, ModuleBasis
-from .curvature.factors import KFACFactors
-from .errors import UnmemorizeError
+from ..curvature.factors import KFACFactors
+from ..errors import UnmemorizeError
+from .eigen import Eigendecomposition, ModuleBasis
 
 FORMAT_VERSION = 1
 INDEX_FILE = "eigen.json"

@@ -9,11 +9,14 @@ line (exit status 2) and leaves no output folder.
 
 from __future__ import annotations
 
+import argparse
 
-def add_unlearn_command(subparsers) -> None:
-    """Register ``unmemorize unlearn <method>`` on the CLI's subparsers."""
-    from ..cli import _add_config_options, _add_model_options, _add_target_options
-    from .bsn import BSNConfig
+from .options import add_config_options, add_model_options, add_target_options, config_from_args
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Register ``unmemorize unlearn <method>``."""
+    from ..baselines.bsn import BSNConfig
 
     unlearn = subparsers.add_parser("unlearn", help="Supervised unlearning baselines (needs a forget set): bsn.",
                                     description="Baselines that learn from a forget set, for comparison with the "
@@ -25,7 +28,7 @@ def add_unlearn_command(subparsers) -> None:
         "the --ratio fraction with the smallest |score| per matrix (straight-through gradient, weights frozen), minimising "
         "-(1-alpha)*CE(forget) + alpha*CE(retain) on batches that all hold forget examples, with SGD + momentum over the "
         "scores; then apply the mask permanently and save a Hugging Face model folder with unmemorize_edit.json.")
-    _add_model_options(bsn)
+    add_model_options(bsn)
     bsn.add_argument("--forget", required=True, help="Sequences to forget: memorization .jsonl (prefix_ids/suffix_ids or "
                      "prefix/suffix rows, each used whole) or documents (.txt a document per line, .jsonl text/input_ids, ...). "
                      "Use the tuning split only, never the sequences you evaluate on.")
@@ -33,26 +36,26 @@ def add_unlearn_command(subparsers) -> None:
                      "windows, or memorization .jsonl rows.")
     bsn.add_argument("--out", required=True, help="Model folder to write.")
     bsn.add_argument("--overwrite", action="store_true", help="Replace an existing output folder (only one unmemorize wrote).")
-    _add_target_options(bsn)
-    _add_config_options(bsn, BSNConfig)
+    add_target_options(bsn)
+    add_config_options(bsn, BSNConfig)
+    return unlearn
 
 
-def run_unlearn(args) -> None:
+def run(args) -> None:
     """The ``unlearn`` command: only ``bsn`` for now."""
     if args.method == "bsn":
         _run_bsn(args)
 
 
 def _run_bsn(args) -> None:
-    from ..cli import _config_from_args
     from ..data import pad_token_id
     from ..models import load_model, model_limits
     from ..paths import command_output
     from ..targets import resolve_targets
-    from .bsn import BSNConfig, balanced_subnet, save_bsn_model
-    from .sequences import load_token_set
+    from ..baselines.bsn import BSNConfig, balanced_subnet, save_bsn_model
+    from ..baselines.sequences import load_token_set
 
-    config = _config_from_args(BSNConfig, args)
+    config = config_from_args(BSNConfig, args)
     config.validate()
     inputs = {"--model": args.model, "--forget": args.forget, "--retain": args.retain}
     with command_output(args.out, args.overwrite, inputs) as out:

@@ -1,0 +1,53 @@
+"""``unmemorize collect``: K-FAC factors A and G of the target modules on a corpus (``curvature/``)."""
+
+from __future__ import annotations
+
+import argparse
+
+from .options import add_config_options, add_model_options, add_target_options, config_from_args
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Register ``unmemorize collect``."""
+    from ..curvature.collect import CollectConfig
+
+    collect = subparsers.add_parser("collect", help="Collect K-FAC factors A and G for target modules.",
+                                    description="Collect K-FAC factors (A = E[a a^T], G = E[g g^T]) for the target modules "
+                                    "on a text or pre-tokenized data set and write a factor folder.")
+    add_model_options(collect)
+    collect.add_argument("--data", required=True, help=".txt (a document per line), .jsonl[.gz|.zst] ('text' or 'input_ids'), "
+                         ".parquet, a datasets folder (save_to_disk), or a folder of them.")
+    collect.add_argument("--out", required=True, help="Factor folder to write (factors.json + factors.safetensors).")
+    collect.add_argument("--overwrite", action="store_true", help="Replace an existing output folder (only one unmemorize wrote).")
+    collect.add_argument("--resume", action="store_true", help="Continue an interrupted collection of --out from its checkpoint "
+                         "(.<out>.checkpoint); a checkpoint made with other settings is refused.")
+    collect.add_argument("--device-map", help="Load a model larger than one device with accelerate's dispatch, e.g. 'auto' "
+                         "(layers over the visible GPUs, then the CPU); not with torchrun.")
+    collect.add_argument("--dry-run", action="store_true", help="Print the plan (factor bytes, peak memory per device, disk, time "
+                         "from a short measured warm-up) and write nothing.")
+    add_target_options(collect)
+    add_config_options(collect, CollectConfig)
+    return collect
+
+
+def run(args) -> None:
+    """Check the options and the data paths, then plan (--dry-run) or run the collection job."""
+    from ..curvature import CollectConfig
+    from ..curvature.job import CollectJob, run_collect_job
+    from ..data import list_data_files
+
+    config = config_from_args(CollectConfig, args)
+    config.validate()
+    list_data_files(args.data)
+    job = CollectJob(model=args.model, data=args.data, out=args.out, config=config, model_dtype=args.model_dtype, device=args.device,
+                     device_map=args.device_map, trust_remote_code=args.trust_remote_code, targets=args.targets, layers=args.layers,
+                     projections=args.proj, overwrite=args.overwrite, resume=args.resume)
+    if args.dry_run:
+        from ..curvature.plan import print_collect_plan
+
+        print_collect_plan(job)
+        return
+    meta = run_collect_job(job)
+    if meta is not None:
+        print(f"wrote {args.out}: {meta['modules']} modules, {meta['num_positions']} positions, {meta['tokens']} tokens, "
+              f"{meta['seconds']:.1f} s")

@@ -1,0 +1,62 @@
+"""Options several commands share: one ``--option`` per field of a stage's config dataclass, the
+model options, the target options, and reading a factor folder's module list before any work."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import typing
+from pathlib import Path
+
+from ..errors import UnmemorizeError
+
+
+def add_config_options(parser: argparse.ArgumentParser, config_cls, skip=()) -> None:
+    """One ``--option`` per dataclass field, with its help text, type, choices and default."""
+    hints = typing.get_type_hints(config_cls)
+    for f in dataclasses.fields(config_cls):
+        if f.name in skip:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        hint = hints[f.name]
+        help_text = f"{f.metadata.get('help', '')} (default: {f.default})"
+        if hint is bool:
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=f.default, help=help_text)
+            continue
+        origin = typing.get_origin(hint)
+        if origin is typing.Literal:
+            parser.add_argument(flag, dest=f.name, choices=typing.get_args(hint), default=f.default, help=help_text)
+            continue
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        kind = args[0] if args else hint
+        parser.add_argument(flag, dest=f.name, type=kind, default=f.default, help=help_text)
+
+
+def config_from_args(config_cls, args: argparse.Namespace):
+    """The ``config_cls`` whose fields are read from ``args`` (fields the parser lacks keep their defaults)."""
+    return config_cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(config_cls) if hasattr(args, f.name)})
+
+
+def add_model_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="Local model folder or Hugging Face hub id.")
+    parser.add_argument("--model-dtype", default="float32", choices=["float32", "bfloat16", "float16", "float64"],
+                        help="dtype the model is loaded in (default: float32).")
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu).")
+    parser.add_argument("--trust-remote-code", action="store_true", help="Allow the model's own Python code to run (off by default).")
+
+
+def add_target_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--targets", action="append", metavar="GLOB",
+                        help="Glob over module names (repeatable), e.g. 'model.layers.2?.mlp.*_proj'.")
+    parser.add_argument("--layers", help="Block indices for the architecture preset, e.g. '23,24,25' or '0-3'.")
+    parser.add_argument("--proj", help="Projections for the preset, e.g. 'gate,up' (Llama/OLMo), 'fc,proj' (GPT-2), "
+                        "'fc1,fc2' (ViT); attention: 'q,k,v,o' or 'qkv,o'.")
+
+
+def factor_modules(path: str) -> list[str]:
+    """The module names a factor folder lists (factors.json), read before any model is loaded."""
+    from ..curvature.factors import read_factor_info
+
+    if not Path(path).is_dir():
+        raise UnmemorizeError(f"--factors {path!r} is not a folder")
+    return list(read_factor_info(Path(path))["modules"])
