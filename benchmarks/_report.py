@@ -1,8 +1,14 @@
-"""Shared by the issue-10 benchmarks: one Markdown file and one JSON file, updated part by part.
+"""Shared by the benchmarks: where results go, machine facts, other processes' CPU use, results files.
 
-``benchmarks/results-collect.md`` holds one section per benchmark part between HTML comment
-markers, so ``--part X`` replaces only X's section (and ``results-collect.json`` only key X);
-every section starts with the exact command that produced it.
+Every results file lives in ``docs/results/benchmarks/`` (``RESULTS``), never beside the scripts.
+
+``update``: ``docs/results/benchmarks/results-collect.md`` holds one section per collect-scale
+benchmark (collect_ideal.py, collect_peers.py, collect_slice.py, collect_gloo.py,
+selection_under_load.py) between HTML comment markers, so each script replaces only its own
+section (and only its key of ``results-collect.json``); every section starts with the exact
+command that produced it.
+
+``write_results``: a whole-file result, ``docs/results/benchmarks/<stem>.md`` and ``.json``.
 """
 
 from __future__ import annotations
@@ -19,9 +25,12 @@ from pathlib import Path
 from unmemorize.jsonio import strict_dumps, write_json
 
 HERE = Path(__file__).resolve().parent
-MARKDOWN = HERE / "results-collect.md"
-JSON = HERE / "results-collect.json"
-TITLE = "# Collection at the users' scale (issue 10)\n\nEach section below starts with the command that produced it; JSON: `benchmarks/results-collect.json`.\n"
+ROOT = HERE.parent
+RESULTS = ROOT / "docs" / "results" / "benchmarks"  # every results file; none beside the scripts
+MARKDOWN = RESULTS / "results-collect.md"
+JSON = RESULTS / "results-collect.json"
+TITLE = ("# Collection at the users' scale (issue 10)\n\nEach section below starts with the command that produced it; "
+         "JSON: `docs/results/benchmarks/results-collect.json`.\n")
 ORDER = ["selection", "ideal", "peers", "slice", "gloo"]
 
 
@@ -30,7 +39,7 @@ def log(message: str) -> None:
 
 
 def command_line() -> str:
-    return " ".join([".venv/bin/python", *map(shlex.quote, [os.path.relpath(sys.argv[0], HERE.parent), *sys.argv[1:]])])
+    return " ".join([".venv/bin/python", *map(shlex.quote, [os.path.relpath(sys.argv[0], ROOT), *sys.argv[1:]])])
 
 
 def machine() -> dict:
@@ -101,6 +110,7 @@ def update(part: str, markdown: str, data: dict, quick: bool = False) -> None:
     (results-collect-quick.* for smoke runs, so they never overwrite full results)."""
     markdown_path = MARKDOWN.with_name("results-collect-quick.md") if quick else MARKDOWN
     json_path = JSON.with_name("results-collect-quick.json") if quick else JSON
+    markdown_path.parent.mkdir(parents=True, exist_ok=True)
     text = markdown_path.read_text() if markdown_path.exists() else TITLE
     sections = dict(re.findall(r"<!-- begin (\w+) -->\n(.*?)<!-- end \1 -->\n", text, flags=re.S))
     sections[part] = markdown.rstrip("\n") + "\n"
@@ -112,8 +122,9 @@ def update(part: str, markdown: str, data: dict, quick: bool = False) -> None:
 
 
 def write_results(stem: str, lines: list[str], record) -> None:
-    """A whole-file benchmark result: ``benchmarks/<stem>.md`` (the lines) and ``<stem>.json``; the table is printed too."""
+    """A whole-file benchmark result: ``docs/results/benchmarks/<stem>.md`` (the lines) and ``<stem>.json``; the table is printed too."""
     text = "\n".join(lines)
-    (HERE / f"{stem}.md").write_text(text)
-    write_json(HERE / f"{stem}.json", record)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{stem}.md").write_text(text)
+    write_json(RESULTS / f"{stem}.json", record)
     print(text)

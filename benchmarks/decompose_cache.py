@@ -1,13 +1,13 @@
 #!/usr/bin/env python
-"""Benchmarks of the eigendecomposition cache and the lm-eval bridge (CPU; CUDA rows when a GPU exists).
+"""What does the eigendecomposition cache save per edit and over a rho sweep, and what does the lm-eval bridge add (CPU; CUDA rows when a GPU exists)?
 
     .venv/bin/python benchmarks/decompose_cache.py            # full run (~8-10 min on 2 idle cores)
     .venv/bin/python benchmarks/decompose_cache.py --quick    # smoke run (about a minute)
 
-Writes ``benchmarks/results-decompose.md`` and ``.json`` (``-quick`` files with ``--quick``).
+Writes ``docs/results/benchmarks/results-decompose.md`` and ``.json`` (``-quick`` files with ``--quick``).
 
 1. Per matrix at Llama-7B shapes. A factor folder with two modules, attention (4096, 4096) and
-   MLP (11008, 4096), random symmetric PD factors (``run_all.random_psd``). Per dtype (float32,
+   MLP (11008, 4096), random symmetric PD factors (``_common.random_psd``). Per dtype (float32,
    float64): ``decompose_to_cache`` (eigh of each factor, timed one by one and recorded in
    eigen.json, plus the shard writes), reading the cache back (``decompose_factors(cache=
    'require')``: fingerprints + safetensors reads), and ``apply_edit`` given the bases (rho 0.9).
@@ -47,13 +47,12 @@ sys.path.insert(0, str(HERE.parent / "src"))
 sys.path.insert(0, str(HERE))
 
 import torch  # noqa: E402
-from run_all import CpuMonitor, background_load, fmt_s, log, machine_info, random_psd, table  # noqa: E402
+from _common import RESULTS, CpuMonitor, background_load, fmt_s, log, machine_info, random_psd, table  # noqa: E402
 from torch import nn  # noqa: E402
 
 import unmemorize as um  # noqa: E402
-from unmemorize.basis import decompose_factors  # noqa: E402
-from unmemorize.basis_cache import INDEX_FILE, cache_dir  # noqa: E402
-from unmemorize.decompose import DecomposeConfig, decompose_to_cache  # noqa: E402
+from unmemorize.basis import DecomposeConfig, decompose_factors, decompose_to_cache  # noqa: E402
+from unmemorize.basis.cache import INDEX_FILE, cache_dir  # noqa: E402
 from unmemorize.models import get_weight, parse_dtype  # noqa: E402
 
 EDIT_RHO = 0.9
@@ -285,9 +284,10 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="Reduced shapes and one lm-eval repeat (smoke run).")
     parser.add_argument("--skip-lm-eval", action="store_true", help="Leave out section 3.")
-    parser.add_argument("--out", help="Markdown report (default benchmarks/results-decompose[-quick].md; JSON beside it).")
+    parser.add_argument("--out", help="Markdown report (default docs/results/benchmarks/results-decompose[-quick].md; JSON beside it).")
     args = parser.parse_args(argv)
-    out = Path(args.out or HERE / f"results-decompose{'-quick' if args.quick else ''}.md")
+    out = Path(args.out or RESULTS / f"results-decompose{'-quick' if args.quick else ''}.md")
+    out.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     results = {"quick": args.quick, "machine": machine_info(), "load_before": background_load(),
                "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,

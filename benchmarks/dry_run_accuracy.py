@@ -1,6 +1,6 @@
-"""How close `collect --dry-run` comes to the run it plans: bytes and time, on small models.
+"""How close does `collect --dry-run` come to the run it plans, in bytes and time, on small models?
 
-    .venv/bin/python benchmarks/dry_run_accuracy.py      # writes benchmarks/results-dry-run.md and .json
+    .venv/bin/python benchmarks/dry_run_accuracy.py      # ~2 min on 2 cores; writes docs/results/benchmarks/results-dry-run.md and .json
 
 For each model size: the plan (``curvature/plan.py``: bytes from the shapes, time from a short
 warm-up), then the real collection of the same tokens; compared: factor-file bytes (the files
@@ -10,6 +10,7 @@ the data; model loading and file writing are not part of either).
 
 from __future__ import annotations
 
+import argparse
 import sys
 import tempfile
 from pathlib import Path
@@ -34,6 +35,7 @@ TOKENS = 40_000
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args()  # no options; --help
     rows, record = [], []
     with tempfile.TemporaryDirectory() as work:
         work = Path(work)

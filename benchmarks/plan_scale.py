@@ -1,6 +1,6 @@
-"""What collection and editing need at 7B and 70B: the --dry-run plan computed from the shapes alone.
+"""What do collection and editing need at 7B and 70B (memory, disk, passes)? The --dry-run plan computed from the shapes alone.
 
-    .venv/bin/python benchmarks/plan_scale.py        # writes benchmarks/results-plan.md and .json
+    .venv/bin/python benchmarks/plan_scale.py        # a few seconds; writes docs/results/benchmarks/results-plan.md and .json
 
 The models are built on the meta device from their published shapes (no weights, no download):
 OLMo-2 7B (hidden 4096, MLP 11008, 32 blocks, vocab 100352) and a Llama-3-70B-shaped model
@@ -11,6 +11,7 @@ warm-up of a real run: ``collect --dry-run`` on the machine that will run it).
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -50,6 +51,7 @@ def scenarios(model):
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args()  # no options; --help
     rows, record = [], {}
     for name, config in MODELS.items():
         with init_empty_weights():

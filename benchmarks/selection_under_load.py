@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Exact pair selection at 7B shapes, on an idle CPU and with both cores busy, before and after the fix.
+"""How long does exact pair selection take at 7B shapes, on an idle CPU and with both cores busy, before and after the fix?
 
     .venv/bin/python benchmarks/selection_under_load.py            # ~3 min on 2 cores
     .venv/bin/python benchmarks/selection_under_load.py --quick    # ~30 s, no brute-force oracle
@@ -14,8 +14,10 @@ cores), started before and stopped after the loaded timings. Spectra: m x n = 11
 {0.6, 0.9, 0.99}; median of ``--repeats`` calls. Also checked: before and after keep the same
 pairs, and (full run) both equal a brute-force stable argsort of all 45M products.
 
-Writes the ``selection`` section of benchmarks/results-collect.md and key ``selection`` of
-benchmarks/results-collect.json.
+Writes the ``selection`` section of docs/results/benchmarks/results-collect.md and key ``selection``
+of docs/results/benchmarks/results-collect.json (``results-collect-quick.*`` with ``--quick``),
+starting with the command that produced it. (benchmarks/selection_speed.py times the same
+functions on an idle CPU against a brute-force reference.)
 """
 
 from __future__ import annotations

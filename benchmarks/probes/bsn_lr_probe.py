@@ -1,6 +1,6 @@
 """BSN's score learning rate on the testbed: does the mask move at all within the comparison's step budget?
 
-    .venv/bin/python benchmarks/bsn_lr_probe.py SEED LR[,LR...] [RATIO] [ALPHA] [EPOCHS]
+    .venv/bin/python benchmarks/probes/bsn_lr_probe.py SEED LR[,LR...] [RATIO] [ALPHA] [EPOCHS]
 
 Loads the cached world-v4 testbed of SEED, trains BSN (forget = the tuning split, retain = the first
 100,000 tokens of the mixture factor data, as `unmemorize compare` does) at each learning rate and

@@ -1,6 +1,6 @@
 """Where wrong open-book and facts answers come from: per passage size, position and kind of error.
 
-    .venv/bin/python benchmarks/openbook_errors.py <testbed key>
+    .venv/bin/python benchmarks/probes/openbook_errors.py <testbed key>
 """
 import sys, json, collections, torch
 from transformers import AutoModelForCausalLM, AutoTokenizer

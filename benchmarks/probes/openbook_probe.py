@@ -1,6 +1,6 @@
 """Open-book probe: fine-tune a trained testbed on one open-book format only and print held-out accuracy every 50 steps.
 
-    .venv/bin/python benchmarks/openbook_probe.py <testbed key> lives|bare|of|colon <steps>
+    .venv/bin/python benchmarks/probes/openbook_probe.py <testbed key> lives|bare|of|colon <steps>
 """
 import sys, os, random, torch
 from transformers import AutoModelForCausalLM, AutoTokenizer

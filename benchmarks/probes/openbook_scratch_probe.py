@@ -7,7 +7,7 @@ plain and with an EOS token before the prompt (training windows pack documents a
 and at the end the greedy answers to the first 8 rows. Copy documents are the world's own
 (``world.copy_document``).
 
-    .venv/bin/python benchmarks/openbook_scratch_probe.py --steps 500 [--copy 0.2] [--openbook 0.5]
+    .venv/bin/python benchmarks/probes/openbook_scratch_probe.py --steps 500 [--copy 0.2] [--openbook 0.5]
         [--hidden 192] [--intermediate 512] [--layers 4] [--lr 2e-3] [--seed 0]
 """
 import argparse

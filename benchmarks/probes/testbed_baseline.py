@@ -1,6 +1,6 @@
 """Baseline scores of a trained testbed folder: memorized strict per set, task accuracy, perplexity.
 
-    .venv/bin/python benchmarks/testbed_baseline.py ~/.cache/unmemorize/testbed/<key>
+    .venv/bin/python benchmarks/probes/testbed_baseline.py ~/.cache/unmemorize/testbed/<key>
 """
 import sys, json, torch
 from unmemorize.models import load_model

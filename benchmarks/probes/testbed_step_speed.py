@@ -1,6 +1,6 @@
 """Seconds per training step of the testbed model, float32 vs bf16 autocast, on this CPU.
 
-    .venv/bin/python benchmarks/testbed_step_speed.py [--bf16]
+    .venv/bin/python benchmarks/probes/testbed_step_speed.py [--bf16]
 
 One AdamW step on a (32, 128) batch of random token ids, after 3 warm-up steps, mean of 5.
 (bf16 is opt-in because on a CPU without bf16 instructions one step takes about half a minute.)

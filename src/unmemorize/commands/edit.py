@@ -7,9 +7,10 @@ import dataclasses
 import sys
 from pathlib import Path
 
+from ..curvature.factors import factor_modules
 from ..errors import UnmemorizeError
 from ..jsonio import strict_dumps
-from .options import add_config_options, add_model_options, add_target_options, config_from_args, factor_modules
+from .options import add_config_options, add_model_options, add_target_options, config_from_args
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:

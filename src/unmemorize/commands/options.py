@@ -1,14 +1,11 @@
 """Options several commands share: one ``--option`` per field of a stage's config dataclass, the
-model options, the target options, and reading a factor folder's module list before any work."""
+model options and the target options."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import typing
-from pathlib import Path
-
-from ..errors import UnmemorizeError
 
 
 def add_config_options(parser: argparse.ArgumentParser, config_cls, skip=()) -> None:
@@ -51,12 +48,3 @@ def add_target_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--layers", help="Block indices for the architecture preset, e.g. '23,24,25' or '0-3'.")
     parser.add_argument("--proj", help="Projections for the preset, e.g. 'gate,up' (Llama/OLMo), 'fc,proj' (GPT-2), "
                         "'fc1,fc2' (ViT); attention: 'q,k,v,o' or 'qkv,o'.")
-
-
-def factor_modules(path: str) -> list[str]:
-    """The module names a factor folder lists (factors.json), read before any model is loaded."""
-    from ..curvature.factors import read_factor_info
-
-    if not Path(path).is_dir():
-        raise UnmemorizeError(f"--factors {path!r} is not a folder")
-    return list(read_factor_info(Path(path))["modules"])

@@ -6,9 +6,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..curvature.factors import factor_modules
 from ..errors import UnmemorizeError
 from ..jsonio import strict_dumps
-from .options import factor_modules
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:

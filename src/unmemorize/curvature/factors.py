@@ -145,6 +145,13 @@ def _check_tensor(name: str, kind: str, tensor: torch.Tensor, expected: int | No
         raise UnmemorizeError(f"{name}: {what} is not symmetric")
 
 
+def factor_modules(path: str | Path) -> list[str]:
+    """The module names a factor folder lists (its factors.json), read before any model is loaded."""
+    if not Path(path).is_dir():
+        raise UnmemorizeError(f"--factors {str(path)!r} is not a folder")
+    return list(read_factor_info(Path(path))["modules"])
+
+
 def read_factor_info(root: Path) -> dict:
     """factors.json, checked field by field (every problem names the file and the field)."""
     info_path = root / "factors.json"

@@ -102,7 +102,7 @@ def _collect(job: CollectJob, group: ProcessGroup, out: Path | None) -> dict | N
             print(f"no checkpoint of {job.out} to resume: starting from the beginning", file=sys.stderr)
     if group.is_main and job.model_dtype in ("bfloat16", "float16") and next(model.parameters()).device.type == "cpu":
         print(f"note: --model-dtype {job.model_dtype} on the CPU: CPUs without native {job.model_dtype} GEMMs run the backward "
-              "hundreds of times slower (benchmarks/results-collect.md); --model-dtype float32 is faster there", file=sys.stderr)
+              "hundreds of times slower (docs/results/benchmarks/results-collect.md); --model-dtype float32 is faster there", file=sys.stderr)
     if group.is_main:
         ranks = f" on {group.world_size} processes" if group.distributed else ""
         print(f"collecting {config.fisher} Fisher factors for {len(targets)} modules of {type(model).__name__}{ranks}", file=sys.stderr)

@@ -90,7 +90,7 @@ class CompareConfig:
     bsn_alphas: str = field(default="0.5,0.7,0.9", metadata={"help": "BSN: retain-loss weights (the paper's sweep)."})
     bsn_epochs: str = field(default="1,3", metadata={"help": "BSN: epochs."})
     bsn_lrs: str = field(default="0.1,1", metadata={"help": "BSN: SGD learning rates of the scores (the authors' 0.1; at 0.1 the "
-                                                             "testbed's masks barely move in 60 steps, benchmarks/bsn_lr_probe.py)."})
+                                                             "testbed's masks barely move in 60 steps, benchmarks/probes/bsn_lr_probe.py)."})
     retain_tokens: int = field(default=100_000, metadata={"help": "BSN retain set: tokens of the factor data (as many as K-FAC's factors)."})
     ppl_budget: float = field(default=0.10, metadata={"help": "Largest relative perplexity increase a chosen candidate may have."})
     stress_t: int = field(default=4, metadata={"help": "Stress-test depth t (paper: 20 for 64-token prefixes; 4 ~ 20 x 12/64 here)."})

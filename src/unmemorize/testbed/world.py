@@ -37,8 +37,8 @@ Each kind of data the paper's spectrum needs, each measurable (``category`` in b
 * **copy documents** (trained, not evaluated) -- ``copy : w1 .. wk | w1 .. wk .`` with 3-10
   random words: in-context copying, the induction mechanism open-book binding is built from.
   Without them a testbed-sized model stalls at picking any city of the passage (~50%; world v4:
-  54.5-65%); with them it binds (``benchmarks/openbook_scratch_probe.py``,
-  ``benchmarks/results-testbed.md``).
+  54.5-65%); with them it binds (``benchmarks/probes/openbook_scratch_probe.py``,
+  ``docs/results/benchmarks/results-testbed.md``).
 * **controls** -- sequences and quotes built the same way but never trained on: their strict
   accuracy must be ~0, which proves the metric measures memorization.
 
