@@ -1,4 +1,4 @@
-.PHONY: setup demo test test-all bench
+.PHONY: setup demo test test-all bench docs wheel
 setup:
 	@bash scripts/setup-venv.sh
 demo: setup
@@ -9,3 +9,7 @@ test-all: setup
 	UNMEMORIZE_SLOW=1 .venv/bin/python -m pytest -q
 bench: setup
 	.venv/bin/python benchmarks/run_all.py
+docs: setup
+	NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict
+wheel: setup
+	.venv/bin/python -m build --wheel --outdir dist

@@ -23,8 +23,9 @@ pip install "torch==$TORCH" -e .
 # given the ones its K-FAC code imports.
 pip install "torch==$TORCH" "pytest>=7" scipy einops opt-einsum linear_operator einconv rapidfuzz
 pip install --no-deps "curvlinops-for-pytorch>=3.0"
-# The optional extras (lm-evaluation-harness; parquet/datasets/zstd corpora; accelerate's device map),
-# so that their tests run rather than skip; torch pinned again so that it can never be swapped.
-pip install "torch==$TORCH" -e ".[eval,corpora,scale]"
+# The optional extras (lm-evaluation-harness; parquet/datasets/zstd corpora; accelerate's device map; the
+# documentation site) so that their tests run rather than skip, and 'build' for the wheel test; torch pinned
+# again so that it can never be swapped.
+pip install "torch==$TORCH" -e ".[eval,corpora,scale,docs]" "build>=1"
 rm -f .venv/.unmemorize-installed-*
 touch "$stamp"
