@@ -7,12 +7,11 @@ import argparse
 import dataclasses
 import sys
 import typing
-from pathlib import Path
 
 from ..errors import UnmemorizeError
-from ..evaluate.attacks import ExtractionConfig, RelearnConfig, item_sequences
-from ..evaluate.checks import CHECKS, CheckRequest, format_summary, run_checks
-from ..evaluate.coherence import NDCGConfig, ndcg_windows, top_k_ids
+from ..evaluate.attacks import ExtractionConfig, RelearnConfig
+from ..evaluate.checks import CHECKS, CheckRequest, StressJob, format_summary, run_stress_job
+from ..evaluate.coherence import NDCGConfig
 from ..evaluate.stress import StressConfig
 
 
@@ -106,46 +105,11 @@ def _request(args) -> CheckRequest:
 
 
 def run(args) -> None:
-    """The ``stress`` command: check everything, load, ``run_checks``, write the JSON, print a summary."""
-    from .._atomic import atomic_file
-    from ..data import iter_windows, list_data_files, pad_token_id
-    from ..jsonio import write_json
-    from ..models import load_model
-    from .._version import __version__
-    from ..paths import command_output
-    from ..evaluate.memorization import load_memorization_set
-
+    """Parse the checks and the sets, then ``evaluate.checks.run_stress_job``; print the summary."""
     request, paths = _request(args), _parse_sets(args)
-    if Path(args.out).suffix.lower() != ".json":
-        raise UnmemorizeError(f"--out {args.out!r} must be a .json file")
-    inputs = {"--model": args.model, "--baseline": args.baseline, "--ndcg-data": args.ndcg_data, "--relearn-items": args.relearn_items,
-              "--relearn-text": args.relearn_text, **{f"--set {name}": path for name, path in paths.items()}}
-    with command_output(args.out, args.overwrite, inputs, kind="file") as out:
-        model, tokenizer = load_model(args.model, args.model_dtype, args.device, args.trust_remote_code)
-        sets = {name: load_memorization_set(path, tokenizer) for name, path in paths.items()}
-        pad_id = pad_token_id(tokenizer)
-        reference = windows = sequences = None
-        if "ndcg" in request.checks:
-            windows = ndcg_windows(args.ndcg_data, tokenizer, request.ndcg.seq_len, request.ndcg.max_tokens)
-            baseline, _ = load_model(args.baseline, args.model_dtype, args.device, args.trust_remote_code)
-            if baseline.config.vocab_size != model.config.vocab_size:
-                raise UnmemorizeError(f"--baseline has a vocabulary of {baseline.config.vocab_size}, --model of "
-                                      f"{model.config.vocab_size}: nDCG needs the same tokens")
-            reference = top_k_ids(baseline, windows, request.ndcg.k, request.ndcg.batch_size)
-            del baseline
-        if "relearn" in request.checks:
-            if args.relearn_items:
-                sequences = item_sequences(load_memorization_set(args.relearn_items, tokenizer))
-            else:
-                sequences = list(iter_windows(list_data_files(args.relearn_text), tokenizer, request.relearn.seq_len))
-        result = run_checks(model, sets, pad_id, request, reference, windows, sequences)
-        record = {"unmemorize_version": __version__, "model": args.model, "model_dtype": args.model_dtype, "checks": list(request.checks),
-                  "inputs": {k: str(v) for k, v in inputs.items() if v},
-                  "sets": {name: {"path": str(paths[name]), "n": len(items)} for name, items in sets.items()},
-                  "config": {"stress": dataclasses.asdict(request.stress), "ndcg": dataclasses.asdict(request.ndcg),
-                             "relearn": dataclasses.asdict(request.relearn), "extraction": dataclasses.asdict(request.extraction)},
-                  **result}
-        with atomic_file(out, args.overwrite) as tmp:
-            write_json(tmp, record)
+    job = StressJob(model=args.model, sets=paths, out=args.out, request=request, baseline=args.baseline, ndcg_data=args.ndcg_data,
+                    relearn_items=args.relearn_items, relearn_text=args.relearn_text, model_dtype=args.model_dtype, device=args.device,
+                    trust_remote_code=args.trust_remote_code, overwrite=args.overwrite)
+    record, out = run_stress_job(job)
     print(format_summary(record))
-    print(f"wrote {Path(out)}", file=sys.stderr)
+    print(f"wrote {out}", file=sys.stderr)

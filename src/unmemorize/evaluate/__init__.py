@@ -8,13 +8,14 @@
     stress.py         the paper code's position-perturbation stress test
     coherence.py      nDCG@K of an edited model's next-token ranking against the baseline's top K
     attacks.py        attacks on an edit: relearning, extraction by sampling, a bf16 round trip
-    checks.py         ``unmemorize stress``: all of the above on one model folder
+    checks.py         all of the above on one model folder (``StressJob``: what ``unmemorize stress`` runs)
     intervals.py      Wilson and bootstrap intervals, rank-correlation tests, mean +- std over seeds
 
 Everything works on any Hugging Face causal LM (``model(input_ids, attention_mask, ...).logits``).
 """
 
 from .attacks import ExtractionConfig, RelearnConfig, bf16_attack, bf16_round_trip, relearn, relearning_attack, sampled_extraction
+from .checks import CheckRequest, StressJob, run_checks, run_stress_job
 from .coherence import NDCGConfig, NDCGResult, ndcg, top_k_ids
 from .generate import greedy_continuations
 from .memorization import MemorizationItem, evaluate_memorization, load_memorization_set
@@ -24,6 +25,7 @@ from .stress import StressConfig, StressResult, stress_test
 from .tasks import TaskResults, TaskRow, TaskScore, answer_matches, evaluate_tasks, load_tasks
 
 __all__ = [
+    "CheckRequest", "StressJob", "run_checks", "run_stress_job",
     "ExtractionConfig", "NDCGConfig", "NDCGResult", "RelearnConfig", "StressConfig", "StressResult", "bf16_attack", "bf16_round_trip",
     "ndcg", "relearn", "relearning_attack", "sampled_extraction", "stress_test", "top_k_ids",
     "MemorizationItem", "MemorizationScores", "PerplexityResult", "TaskResults", "TaskRow", "TaskScore",

@@ -21,7 +21,9 @@ The result file records every configuration and input path; it is strict JSON, w
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
+from ..errors import UnmemorizeError
 from .attacks import ExtractionConfig, RelearnConfig, bf16_attack, recitation, relearning_attack, sampled_extraction
 from .coherence import NDCGConfig, ndcg
 from .stress import StressConfig, stress_test
@@ -61,6 +63,71 @@ def run_checks(model, sets: dict, pad_id: int, request: CheckRequest, reference_
     if "bf16" in request.checks:
         result["bf16"] = bf16_attack(model, sets, pad_id)
     return result
+
+
+@dataclasses.dataclass
+class StressJob:
+    """One ``unmemorize stress`` run: the model, the named memorization sets, the checks and the extra inputs."""
+
+    model: str
+    sets: dict[str, str]  # {"items": path, "controls": path (optional), name: path, ...}
+    out: str  # the JSON file written
+    request: CheckRequest = dataclasses.field(default_factory=CheckRequest)
+    baseline: str | None = None  # the unedited model (check 'ndcg')
+    ndcg_data: str | None = None  # clean text (check 'ndcg')
+    relearn_items: str | None = None  # relearning set: memorized items (check 'relearn')
+    relearn_text: str | None = None  # relearning set: clean text
+    model_dtype: str = "float32"
+    device: str = "cpu"
+    trust_remote_code: bool = False
+    overwrite: bool = False
+
+
+def run_stress_job(job: StressJob) -> tuple[dict, Path]:
+    """Check the output path, claim it, load, ``run_checks``, write the strict-JSON record atomically.
+    Returns (the record, the absolute path it was written to)."""
+    from .._atomic import atomic_file
+    from .._version import __version__
+    from ..data import iter_windows, list_data_files, pad_token_id
+    from ..jsonio import write_json
+    from ..models import load_model
+    from ..paths import command_output
+    from .attacks import item_sequences
+    from .coherence import ndcg_windows, top_k_ids
+    from .memorization import load_memorization_set
+
+    if Path(job.out).suffix.lower() != ".json":
+        raise UnmemorizeError(f"--out {job.out!r} must be a .json file")
+    inputs = {"--model": job.model, "--baseline": job.baseline, "--ndcg-data": job.ndcg_data, "--relearn-items": job.relearn_items,
+              "--relearn-text": job.relearn_text, **{f"--set {name}": path for name, path in job.sets.items()}}
+    with command_output(job.out, job.overwrite, inputs, kind="file") as out:
+        model, tokenizer = load_model(job.model, job.model_dtype, job.device, job.trust_remote_code)
+        sets = {name: load_memorization_set(path, tokenizer) for name, path in job.sets.items()}
+        pad_id = pad_token_id(tokenizer)
+        reference = windows = sequences = None
+        if "ndcg" in job.request.checks:
+            windows = ndcg_windows(job.ndcg_data, tokenizer, job.request.ndcg.seq_len, job.request.ndcg.max_tokens)
+            baseline, _ = load_model(job.baseline, job.model_dtype, job.device, job.trust_remote_code)
+            if baseline.config.vocab_size != model.config.vocab_size:
+                raise UnmemorizeError(f"--baseline has a vocabulary of {baseline.config.vocab_size}, --model of "
+                                      f"{model.config.vocab_size}: nDCG needs the same tokens")
+            reference = top_k_ids(baseline, windows, job.request.ndcg.k, job.request.ndcg.batch_size)
+            del baseline
+        if "relearn" in job.request.checks:
+            if job.relearn_items:
+                sequences = item_sequences(load_memorization_set(job.relearn_items, tokenizer))
+            else:
+                sequences = list(iter_windows(list_data_files(job.relearn_text), tokenizer, job.request.relearn.seq_len))
+        result = run_checks(model, sets, pad_id, job.request, reference, windows, sequences)
+        record = {"unmemorize_version": __version__, "model": job.model, "model_dtype": job.model_dtype, "checks": list(job.request.checks),
+                  "inputs": {k: str(v) for k, v in inputs.items() if v},
+                  "sets": {name: {"path": str(job.sets[name]), "n": len(items)} for name, items in sets.items()},
+                  "config": {"stress": dataclasses.asdict(job.request.stress), "ndcg": dataclasses.asdict(job.request.ndcg),
+                             "relearn": dataclasses.asdict(job.request.relearn), "extraction": dataclasses.asdict(job.request.extraction)},
+                  **result}
+        with atomic_file(out, job.overwrite) as tmp:
+            write_json(tmp, record)
+    return record, Path(out)
 
 
 def format_summary(record: dict) -> str:
