@@ -26,6 +26,6 @@ pip install --no-deps "curvlinops-for-pytorch>=3.0"
 # The optional extras (lm-evaluation-harness; parquet/datasets/zstd corpora; accelerate's device map; the
 # documentation site) so that their tests run rather than skip, and 'build' for the wheel test; torch pinned
 # again so that it can never be swapped.
-pip install "torch==$TORCH" -e ".[eval,corpora,scale,docs]" "build>=1"
+pip install "torch==$TORCH" -e ".[eval,corpora,scale,docs]" "build>=1" "setuptools>=68"
 rm -f .venv/.unmemorize-installed-*
 touch "$stamp"
