@@ -328,6 +328,7 @@ def test_bad_input_gives_one_clean_error_and_changes_nothing(ws, capsys, monkeyp
     cwd.mkdir(exist_ok=True)
     monkeypatch.chdir(cwd)
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # a closed port: the hub is unreachable, at once
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the '--device cuda' cases mean a machine without CUDA
     before = tree_digest(ws)
     code, lines = run_cli(argv, capsys)
     assert code == 2, (code, lines)

@@ -145,7 +145,9 @@ def test_a_bfloat16_model_accumulates_float32_factors_close_to_the_float32_model
     assert largest_error(other, full) > 0.3  # control: other weights are far outside that tolerance
 
 
-def test_device_map_on_the_cpu_gives_the_factors_of_plain_loading(ws, tmp_path):
+def test_device_map_on_the_cpu_gives_the_factors_of_plain_loading(ws, tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # on the CPU also where CUDA exists: accelerate asks these
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
     plain = collect(ws, tmp_path / "plain")
     mapped = collect(ws, tmp_path / "mapped", "--device-map", "auto")
     for name in plain.modules:
