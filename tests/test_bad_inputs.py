@@ -67,7 +67,6 @@ def ws(tmp_path_factory):
     jsonl(bad / "ids-vocab.jsonl", [{"input_ids": [3, VOCAB, 6]}])
     jsonl(bad / "ids-late.jsonl", [{"input_ids": [3, 4, 5, 6]}] * 49 + [{"input_ids": [3, VOCAB + 5]}])
     jsonl(bad / "ids-not-list.jsonl", [{"input_ids": "3 4 5"}])
-    jsonl(bad / "ids-too-long.jsonl", [{"input_ids": [5] * (MAX_POSITIONS + 1)}])
     jsonl(bad / "no-text.jsonl", [{"body": "the cat"}])
     (bad / "not-json.jsonl").write_text('{"text": "the cat"\n')
     (bad / "latin1.txt").write_bytes("the cat sees the caf\xe9 .\n".encode("latin-1"))
@@ -190,7 +189,6 @@ CASES = [
     ("collect-ids-vocab", C(data="{bad}/ids-vocab.jsonl"), f"= {VOCAB} is outside the model's vocabulary (0..{VOCAB - 1})"),
     ("collect-ids-late-in-file", C(data="{bad}/ids-late.jsonl"), "ids-late.jsonl:50: input_ids[1]"),
     ("collect-ids-not-list", C(data="{bad}/ids-not-list.jsonl"), "must be a list of token ids"),
-    ("collect-ids-too-long", C(data="{bad}/ids-too-long.jsonl"), f"more than the model's {MAX_POSITIONS} positions"),
     ("collect-seq-len-too-long", C("--seq-len", "4096"), f"longer than the model's {MAX_POSITIONS} positions"),
     ("collect-txt-not-utf8", C(data="{bad}/latin1.txt"), "not UTF-8 text"),
     ("collect-jsonl-not-utf8", C(data="{bad}/latin1.jsonl"), "not UTF-8 text"),

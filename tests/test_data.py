@@ -40,8 +40,23 @@ def test_jsonl_text_and_pretokenized_rows_and_folders(tmp_path, tokenizer):
     files = list_data_files(folder)
     assert [f.name for f in files] == ["b.jsonl", "c.jsonl"]
     windows = list(iter_windows(files, tokenizer, seq_len=4))
-    assert windows[0] == [5, 6, 7, 8, 9, 10]  # one pre-tokenized row = one window, not re-cut
-    assert windows[1] == tokenizer("the cat", add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    assert windows[:2] == [[5, 6, 7, 8], [9, 10]]  # a pre-tokenized row is cut to seq_len, within the row
+    assert windows[2] == tokenizer("the cat", add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+
+
+def test_a_long_pretokenized_row_is_cut_to_seq_len_under_the_budget(tmp_path):
+    """A book stored as one row costs windows of seq_len, never one window of the whole row (which
+    could run one torchrun rank out of memory), even when it is longer than the model's positions."""
+    book = list(range(3, 3 + 1000))
+    (tmp_path / "book.jsonl").write_text(json.dumps({"input_ids": book}) + "\n" + json.dumps({"input_ids": [7, 8, 9]}) + "\n")
+    files = list_data_files(tmp_path / "book.jsonl")
+    windows = list(iter_windows(files, None, seq_len=128, vocab_size=2000, max_length=256))
+    assert [len(w) for w in windows] == [128] * 7 + [104, 3] and sum(windows[:8], []) == book and windows[8] == [7, 8, 9]
+    budget = list(iter_windows(files, None, seq_len=128, max_tokens=300))
+    assert [len(w) for w in budget] == [128, 128, 44] and sum(budget, []) == book[:300]
+    tail = tmp_path / "tail.jsonl"
+    tail.write_text(json.dumps({"input_ids": [5] * 129}) + "\n")
+    assert list(iter_windows(list_data_files(tail), None, seq_len=128)) == [[5] * 128]  # a last piece of 1 token counts nothing
 
 
 def test_padding_is_on_the_right_with_a_mask():
@@ -123,7 +138,8 @@ def test_pretokenized_rows_in_parquet_and_datasets_are_used_as_is(tmp_path, toke
     pq.write_table(pa.table({"input_ids": rows}), tmp_path / "ids.parquet")
     datasets.Dataset.from_dict({"input_ids": rows}).save_to_disk(str(tmp_path / "ids-dataset"))
     for path in (tmp_path / "ids.parquet", tmp_path / "ids-dataset"):
-        assert list(iter_windows(list_data_files(path), tokenizer, seq_len=2)) == rows
+        assert list(iter_windows(list_data_files(path), tokenizer, seq_len=4)) == rows  # rows within seq_len: as they are
+        assert list(iter_windows(list_data_files(path), tokenizer, seq_len=2)) == [[5, 6], [8, 9], [10, 11]]  # cut ([7] is 1 token)
     with pytest.raises(UnmemorizeError, match=r"ids.parquet:row 2: input_ids\[3\] = 11 is outside the model's vocabulary"):
         list(iter_windows(list_data_files(tmp_path / "ids.parquet"), tokenizer, seq_len=2, vocab_size=11))
 

@@ -5,7 +5,7 @@ Accepted inputs (a file, or a folder searched recursively in sorted order):
 * ``.txt``                        -- one document per non-empty line;
 * ``.jsonl``, ``.jsonl.gz``, ``.jsonl.zst`` -- one JSON object per line with a text field
   (``text_field``, default ``text``: a document) or an ``input_ids`` list (a pre-tokenized
-  window, used as is: the paper's evaluation sets are ids); read line by line through
+  row; ``data.iter_windows`` cuts it into ``seq_len`` windows); read line by line through
   ``gzip`` / ``zstandard`` streams;
 * ``.parquet``                    -- rows with the text field or an ``input_ids`` column, read in
   record batches of 1,024 rows with pyarrow;

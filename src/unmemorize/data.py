@@ -1,10 +1,11 @@
 """Token windows from text or pre-tokenized corpora, streamed under a token budget.
 
 The records come from ``corpus.iter_records`` (.txt, .jsonl[.gz|.zst], .parquet, datasets
-folders): a document (text) or a pre-tokenized window (``input_ids``, used as is: the paper's
-evaluation sets are ids).
+folders): a document (text) or a pre-tokenized row (``input_ids``).
 
-Documents are tokenized without special tokens, joined with the tokenizer's EOS token and cut
+A pre-tokenized row is cut into consecutive windows of at most ``seq_len`` tokens, never joined
+to the next row (so a row of a whole book costs one window's memory, not the book's; a row of at
+most ``seq_len`` tokens is one window, as is: the paper's evaluation sets are ids). Documents are tokenized without special tokens, joined with the tokenizer's EOS token and cut
 into consecutive windows of ``seq_len`` tokens (the last, shorter window is kept). The budget
 ``max_tokens`` counts window tokens and cuts the last window to fit it exactly.
 Batches are right-padded: padding never changes what a causal model computes at real positions.
@@ -48,13 +49,17 @@ def iter_windows(files: list[Path], tokenizer, seq_len: int, max_tokens: int | N
                                   "tokenizer and model do not match")
         return window
 
-    for record in iter_records(files, vocab_size, max_length, text_field):
+    # rows are cut to seq_len below, so a row longer than the model's positions is not an error here
+    for record in iter_records(files, vocab_size, None, text_field):
         if emitted >= budget:
             return
-        if isinstance(record, list):  # pre-tokenized: one window, as is
-            window = take(record)
-            if len(window) >= 2:
-                yield window
+        if isinstance(record, list):  # pre-tokenized: windows of at most seq_len, within the row
+            for start in range(0, len(record), seq_len):
+                if emitted >= budget:
+                    return
+                window = take(record[start:start + seq_len])
+                if len(window) >= 2:
+                    yield window
             continue
         if tokenizer is None:
             raise UnmemorizeError("text data needs a tokenizer, and this model has none; give pre-tokenized input_ids")
