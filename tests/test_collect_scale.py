@@ -109,6 +109,8 @@ def test_sigkill_then_resume_gives_the_factors_of_an_uninterrupted_run(ws, tmp_p
     assert main(argv) == 2 and "holds the checkpoint of an interrupted collection" in capsys.readouterr().err
     assert main([*argv, "--resume", "--seed", "1"]) == 2
     assert "its seed (0) differs from this run's (1)" in capsys.readouterr().err
+    assert main([*argv, "--resume", "--model-dtype", "bfloat16"]) == 2  # the weight fingerprints alone round to bfloat16
+    assert "its model_dtype ('float32') differs from this run's ('bfloat16')" in capsys.readouterr().err
     assert main([*argv[:-2], "--batch-size", "4", "--resume", "--model", str(ws / "llama-other")]) == 2
     assert "its weights (" in capsys.readouterr().err
     assert main([*argv, "--resume"]) == 0
@@ -166,3 +168,44 @@ def test_edit_dry_run_predicts_the_folder_it_writes(ws, tmp_path, capsys):
     assert main(argv) == 0
     written = sum(p.stat().st_size for p in (tmp_path / "edited").iterdir())
     assert abs(estimate["disk_bytes"] - written) <= 0.1 * written, (estimate["disk_bytes"], written)
+
+
+def test_a_resume_must_match_the_model_dtype_and_the_device_type(ws):
+    from unmemorize.curvature import CollectConfig
+    from unmemorize.curvature.checkpoint import Checkpoint
+    from unmemorize.errors import UnmemorizeError
+    from unmemorize.curvature.collect import collection_settings
+    from unmemorize.data import list_data_files
+    from unmemorize.models import load_model
+    from unmemorize.targets import resolve_targets
+
+    settings = {}
+    for dtype in ("float32", "bfloat16"):
+        model, _ = load_model(str(ws / "llama"), dtype)
+        settings[dtype] = collection_settings(model, resolve_targets(model), list_data_files(ws / "clean.txt"), CollectConfig(), "next_token")
+    assert (settings["float32"]["model_dtype"], settings["bfloat16"]["model_dtype"]) == ("float32", "bfloat16")
+    assert settings["float32"]["device_type"] == "cpu"
+    assert settings["float32"]["weights"] == settings["bfloat16"]["weights"]  # why the dtype must be a setting of its own
+    folder = ws / ".dtype-check.checkpoint"
+    Checkpoint(folder, settings["float32"]).save({"windows": 0}, {})
+    elsewhere = {**settings["float32"], "device_type": "cuda"}
+    with pytest.raises(UnmemorizeError, match=r"its device_type \('cpu'\) differs from this run's \('cuda'\)"):
+        Checkpoint(folder, elsewhere).load()
+    Checkpoint(folder, settings["float32"]).remove()
+
+
+def test_a_checkpoint_is_on_disk_before_state_json_names_it(tmp_path, monkeypatch):
+    """fsync of the sums file and of the new state before the rename that publishes them, and of the
+    folder after it: a node crash cannot leave a state.json naming sums that never reached the disk."""
+    from unmemorize.curvature import checkpoint as module
+
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(module.os, "fsync", lambda fd: events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}"))) or real_fsync(fd))
+    monkeypatch.setattr(module.os, "replace", lambda a, b: events.append(("replace", str(b))) or real_replace(a, b))
+    folder = tmp_path / ".out.checkpoint"
+    saved = module.Checkpoint(folder, {"seed": 0})
+    saved.save({"windows": 4}, {"m.A": torch.ones(3, 3), "m.G": torch.ones(2, 2)})
+    sums = str(folder / "sums-000001.safetensors")
+    assert events == [("fsync", sums), ("fsync", str(folder / "state.json.tmp")), ("replace", str(folder / "state.json")),
+                      ("fsync", str(folder))]

@@ -10,10 +10,13 @@ A collection writing ``OUT`` keeps its checkpoint in the hidden sibling ``.OUT.c
     pass-<k>.safetensors       the normalized factors of each finished pass
 
 A save writes the new sums file, then replaces ``state.json`` in one rename, then removes the
-old sums file: at every instant ``state.json`` names a complete file. The sampler state is the
+old sums file: at every instant ``state.json`` names a complete file. Every file is fsync'd before
+the rename that publishes it, and the folder after it, so a node that crashes (not only a killed
+process) never leaves a ``state.json`` naming sums that are not on disk. The sampler state is the
 data position itself (labels are seeded per window), so ``--resume`` after a SIGKILL gives the
-factors of an uninterrupted run. A checkpoint made with other settings (model weights, data,
-targets, seed, Fisher type, windowing, dtype) is refused, naming the first setting that differs.
+factors of an uninterrupted run. A checkpoint made with other settings (model weights, model dtype,
+device type, data, targets, seed, Fisher type, windowing, accumulation dtype, passes) is refused,
+naming the first setting that differs.
 """
 
 from __future__ import annotations
@@ -89,10 +92,13 @@ class Checkpoint:
         name = f"sums-{serial:06d}.safetensors" if sums else None
         if sums:
             save_file({k: v.detach().cpu().contiguous() for k, v in sums.items()}, str(self.folder / name))
+            fsync_path(self.folder / name)
         record = {**(self.state or {}), **state, "version": CHECKPOINT_VERSION, "settings": self.settings, "serial": serial, "sums": name}
         tmp = self.folder / "state.json.tmp"
         write_json(tmp, record, indent=1)
+        fsync_path(tmp)
         os.replace(tmp, self.folder / "state.json")
+        fsync_path(self.folder)  # the rename itself
         self.state = record
         if previous and previous != name:
             (self.folder / previous).unlink(missing_ok=True)
@@ -103,10 +109,20 @@ class Checkpoint:
         self.folder.mkdir(parents=True, exist_ok=True)
         tensors = {f"{n}.A": t.contiguous() for n, t in activation.items()} | {f"{n}.G": t.contiguous() for n, t in gradient.items()}
         save_file(tensors, str(self.folder / f"pass-{index + 1:05d}.safetensors"))
+        fsync_path(self.folder / f"pass-{index + 1:05d}.safetensors")
         self.save({**state, "passes_done": index + 1}, {})
 
     def remove(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def fsync_path(path: Path) -> None:
+    """Flush a file's (or a folder's entries') data to the disk."""
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 def _short(value) -> str:

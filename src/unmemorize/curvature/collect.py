@@ -505,9 +505,12 @@ def _share(chunk: list[list[int]], first: int, group: ProcessGroup, pad_id: int)
 def collection_settings(model: nn.Module, targets: list[str], files, config: CollectConfig, objective_name: str) -> dict:
     """What a resumed run must share with the checkpoint it continues."""
     modules = dict(model.named_modules())
+    weights = [get_weight(modules[n]) for n in targets]
     return {
         "targets": targets,
-        "weights": {n: weight_fingerprint(modules[n]) for n in targets},
+        "weights": {n: weight_fingerprint(modules[n]) for n in targets},  # rounded to bfloat16: dtype is its own setting
+        "model_dtype": ",".join(sorted({str(w.dtype).replace("torch.", "") for w in weights})),
+        "device_type": ",".join(sorted({w.device.type for w in weights})),
         "data": data_fingerprint(files, config.seq_len, config.max_tokens or None),
         "text_field": config.text_field,
         "fisher": config.fisher,
