@@ -209,3 +209,22 @@ def test_a_checkpoint_is_on_disk_before_state_json_names_it(tmp_path, monkeypatc
     sums = str(folder / "sums-000001.safetensors")
     assert events == [("fsync", sums), ("fsync", str(folder / "state.json.tmp")), ("replace", str(folder / "state.json")),
                       ("fsync", str(folder))]
+
+
+def test_the_default_checkpoint_cadence_counts_work_time_only(monkeypatch):
+    """A resumed run spends its first seconds loading sums and re-reading data up to the checkpoint:
+    the cadence must come from the rounds' own time (1 s each here), not from the start-up (100 s)."""
+    from unmemorize.curvature import CollectConfig
+    from unmemorize.curvature import collect as module
+    from unmemorize.curvature.distributed import SINGLE_PROCESS
+
+    now = [0.0]
+    monkeypatch.setattr(module.time, "perf_counter", lambda: now[0])
+    cadence = module._Cadence(CollectConfig(), SINGLE_PROCESS, tokens_per_round=4096)  # t = 0
+    due = []
+    for step in range(5):
+        now[0] = 100.0 + step  # round 0 ends after 100 s (start-up, re-reading, warm-up); rounds 1-4 take 1 s each
+        due.append(cadence.due(step))
+    assert cadence.every == module.CHECKPOINT_SECONDS  # one round per second: a checkpoint every 600 rounds
+    assert not any(due)
+    assert module._Cadence(CollectConfig(checkpoint_every=8192), SINGLE_PROCESS, 4096).every == 2

@@ -256,7 +256,11 @@ def _rows(batch: dict) -> int:
 
 class _Cadence:
     """When to checkpoint: every N rounds, N from --checkpoint-every tokens or, by default, from the
-    speed of the first rounds (rank 0 measures, every rank receives the same N)."""
+    measured work time of rounds 1-4 of this run (rank 0 measures, every rank receives the same N).
+
+    The clock starts when round 0 ends, so it counts neither the start-up nor, after ``--resume``,
+    loading the saved sums and re-reading the data up to the checkpoint (which made a resumed run
+    checkpoint far too often), nor round 0's own warm-up."""
 
     def __init__(self, config: CollectConfig, group: ProcessGroup, tokens_per_round: int):
         self.group = group
@@ -265,12 +269,15 @@ class _Cadence:
             self.every = max(1, math.ceil(config.checkpoint_every / max(1, tokens_per_round)))
         elif config.checkpoint_every == 0:
             self.every = 0
-        self.start = time.perf_counter()
+        self.round_zero_done: float | None = None
 
     def due(self, step: int) -> bool:
-        if self.every is None and step == 4:  # after a short warm-up: rounds per CHECKPOINT_SECONDS
-            per_round = (time.perf_counter() - self.start) / 5
-            self.every = self.group.broadcast_int(max(1, int(CHECKPOINT_SECONDS / max(per_round, 1e-9))))
+        if self.every is None:
+            if step == 0:
+                self.round_zero_done = time.perf_counter()
+            elif step == 4 and self.round_zero_done is not None:
+                per_round = (time.perf_counter() - self.round_zero_done) / 4
+                self.every = self.group.broadcast_int(max(1, int(CHECKPOINT_SECONDS / max(per_round, 1e-9))))
         return bool(self.every) and (step + 1) % self.every == 0
 
 
