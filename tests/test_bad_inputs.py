@@ -189,6 +189,7 @@ CASES = [
     ("collect-ids-vocab", C(data="{bad}/ids-vocab.jsonl"), f"= {VOCAB} is outside the model's vocabulary (0..{VOCAB - 1})"),
     ("collect-ids-late-in-file", C(data="{bad}/ids-late.jsonl"), "ids-late.jsonl:50: input_ids[1]"),
     ("collect-ids-not-list", C(data="{bad}/ids-not-list.jsonl"), "must be a list of token ids"),
+    ("collect-process-group-timeout-zero", C("--process-group-timeout", "0"), "--process-group-timeout must be a positive"),
     ("collect-seq-len-too-long", C("--seq-len", "4096"), f"longer than the model's {MAX_POSITIONS} positions"),
     ("collect-txt-not-utf8", C(data="{bad}/latin1.txt"), "not UTF-8 text"),
     ("collect-jsonl-not-utf8", C(data="{bad}/latin1.jsonl"), "not UTF-8 text"),

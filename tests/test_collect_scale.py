@@ -228,3 +228,25 @@ def test_the_default_checkpoint_cadence_counts_work_time_only(monkeypatch):
     assert cadence.every == module.CHECKPOINT_SECONDS  # one round per second: a checkpoint every 600 rounds
     assert not any(due)
     assert module._Cadence(CollectConfig(checkpoint_every=8192), SINGLE_PROCESS, 4096).every == 2
+
+
+def test_torchrun_ranks_join_with_the_configured_timeout(monkeypatch):
+    """NCCL's default 10 minutes can end a healthy run while rank 0 writes a large checkpoint: the
+    timeout is ours to set (default one hour, ``--process-group-timeout``)."""
+    import datetime
+
+    import torch.distributed as dist
+
+    from unmemorize.curvature import distributed
+
+    joined = []
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(dist, "init_process_group", lambda **kwargs: joined.append(kwargs))
+    group = distributed.init_from_environment("cpu", timeout_seconds=7200)
+    assert joined == [{"backend": "gloo", "timeout": datetime.timedelta(seconds=7200)}]
+    assert (group.rank, group.world_size) == (1, 2)
+    distributed.init_from_environment("cpu")
+    assert joined[1]["timeout"] == datetime.timedelta(seconds=distributed.DEFAULT_TIMEOUT_SECONDS) == datetime.timedelta(hours=1)

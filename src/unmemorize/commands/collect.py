@@ -25,6 +25,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                          "(layers over the visible GPUs, then the CPU); not with torchrun.")
     collect.add_argument("--dry-run", action="store_true", help="Print the plan (factor bytes, peak memory per device, disk, time "
                          "from a short measured warm-up) and write nothing.")
+    collect.add_argument("--process-group-timeout", type=float, default=3600.0, metavar="SECONDS",
+                         help="Under torchrun: how long a rank waits at a collective (e.g. while rank 0 writes a checkpoint) "
+                         "before the run fails (default: 3600; NCCL's own default is 600).")
     add_target_options(collect)
     add_config_options(collect, CollectConfig)
     return collect
@@ -41,7 +44,8 @@ def run(args) -> None:
     list_data_files(args.data)
     job = CollectJob(model=args.model, data=args.data, out=args.out, config=config, model_dtype=args.model_dtype, device=args.device,
                      device_map=args.device_map, trust_remote_code=args.trust_remote_code, targets=args.targets, layers=args.layers,
-                     projections=args.proj, overwrite=args.overwrite, resume=args.resume)
+                     projections=args.proj, overwrite=args.overwrite, resume=args.resume,
+                     process_group_timeout=args.process_group_timeout)
     if args.dry_run:
         from ..curvature.plan import print_collect_plan
 

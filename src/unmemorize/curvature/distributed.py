@@ -14,6 +14,7 @@ process up to float round-off in the order of the additions. Backend: NCCL on CU
 
 from __future__ import annotations
 
+import datetime
 import os
 from dataclasses import dataclass
 
@@ -77,10 +78,16 @@ def launched_by_torchrun() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
-def init_from_environment(device: str) -> ProcessGroup:
+DEFAULT_TIMEOUT_SECONDS = 3600
+
+
+def init_from_environment(device: str, timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS) -> ProcessGroup:
     """Join the process group torchrun describes (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT).
 
-    With ``device`` 'cuda' each rank computes on ``cuda:LOCAL_RANK`` over NCCL; on the CPU, gloo."""
+    With ``device`` 'cuda' each rank computes on ``cuda:LOCAL_RANK`` over NCCL; on the CPU, gloo.
+    ``timeout_seconds`` is how long a rank waits at a collective (torch.distributed's ``timeout``)
+    before the run fails: while rank 0 writes a checkpoint of tens of GiB to a shared filesystem the
+    others wait at the next collective, and NCCL's own default (10 minutes) can end a healthy run."""
     import torch.distributed as dist
 
     if not launched_by_torchrun():
@@ -98,7 +105,7 @@ def init_from_environment(device: str) -> ProcessGroup:
     else:
         raise UnmemorizeError(f"--device {device!r}: data-parallel collection runs on cpu (gloo) or cuda (NCCL)")
     if not dist.is_initialized():
-        dist.init_process_group(backend=backend)
+        dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_seconds))
     return ProcessGroup(rank=rank, world_size=world, device=placed)
 
 
