@@ -233,3 +233,35 @@ def test_a_damaged_cache_is_named_not_used(factors_dir):
     index_path.write_text("{not json")
     with pytest.raises(UnmemorizeError, match="not a readable eigendecomposition index.*decompose --overwrite"):
         decompose_factors(factors)
+
+
+def test_a_failing_eigh_is_retried_in_float64_then_on_the_cpu_and_says_so(monkeypatch, capsys):
+    """cuSOLVER fails on some ill-conditioned or low-rank matrices: the decomposition is retried and the
+    result equals a direct float64 eigh; every try failing raises one clear error."""
+    from unmemorize.basis import decompose
+    from unmemorize.errors import UnmemorizeError
+
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(12, 3, dtype=torch.float64, generator=generator)
+    matrix = x @ x.T  # rank 3
+    reference = decompose(matrix, torch.float64)
+    real = torch.linalg.eigh
+    calls = []
+
+    def flaky(sym):
+        calls.append(sym.dtype)
+        if sym.dtype == torch.float32:
+            raise torch.linalg.LinAlgError("linalg.eigh: The algorithm failed to converge because the input matrix is ill-conditioned")
+        return real(sym)
+
+    monkeypatch.setattr(torch.linalg, "eigh", flaky)
+    result = decompose(matrix, torch.float32)
+    assert calls == [torch.float32, torch.float64]
+    assert result.eigenvalues.dtype == torch.float32 and torch.equal(result.eigenvalues, reference.eigenvalues.float())
+    assert "failed to converge" in result.fallback and "computed in float64 on cpu" in result.fallback
+    assert "unmemorize: note: a (12, 12) matrix: eigh failed" in capsys.readouterr().err
+    assert decompose(matrix, torch.float64).fallback == ""  # no failure, nothing said
+
+    monkeypatch.setattr(torch.linalg, "eigh", lambda sym: (_ for _ in ()).throw(RuntimeError("cusolver error: CUSOLVER_STATUS_EXECUTION_FAILED")))
+    with pytest.raises(UnmemorizeError, match=r"eigh of a \(12, 12\) matrix failed every way it was tried: float64 on cpu: cusolver"):
+        decompose(matrix, torch.float64)

@@ -172,6 +172,7 @@ def _decompose_unit(factors_path: Path, name: str, owner: str, dtype: torch.dtyp
         "activation_from": owner,
         "fingerprint": fingerprint,
         "clamped": {"A": activation.clamped if activation is not None else None, "G": gradient.clamped},
+        "fallback": {"A": activation.fallback if activation is not None else None, "G": gradient.fallback},  # "" unless eigh was retried
         "shape": {"A": list(factors.activation[name].shape), "G": list(factors.gradient[name].shape)},
         "seconds": seconds,  # eigh wall time of each factor (A: None when shared)
     }
@@ -195,6 +196,8 @@ def _decompose_on_ranks(factors_path: Path, config: DecomposeConfig, overwrite: 
     device = resolve_device(config.device)
     if device.type == "cuda" and ranks.world > 1 and device.index is None:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # cuSOLVER and the caching allocator work on the current device
     out = cache_dir(factors_path, config.dtype)
     context, tmp, error = None, None, None
     try:

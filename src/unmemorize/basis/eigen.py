@@ -14,11 +14,13 @@ reads and writes the cache of ``cache.py``.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 
 import torch
 
 from ..curvature.factors import KFACFactors
+from ..errors import UnmemorizeError
 from ..models import check_device
 
 
@@ -29,6 +31,7 @@ class Eigendecomposition:
     eigenvalues: torch.Tensor  # (d,)
     eigenvectors: torch.Tensor  # (d, d), column k belongs to eigenvalues[k]
     clamped: int = 0  # how many round-off negatives were set to 0
+    fallback: str = ""  # empty, or how eigh was retried after a failure (see ``decompose``)
 
     @property
     def effective_rank(self) -> float:
@@ -58,14 +61,32 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 
 def decompose(matrix: torch.Tensor, dtype: torch.dtype = torch.float64, device: str | torch.device | None = None) -> Eigendecomposition:
     """Symmetrize, ``eigh`` in ``dtype`` on ``device`` (default: where ``matrix`` is), clamp negatives
-    to 0, sort descending. The result is on ``matrix``'s device."""
+    to 0, sort descending. The result is on ``matrix``'s device.
+
+    If eigh fails (cuSOLVER does on some ill-conditioned or low-rank matrices, and any backend can
+    fail to converge), it is retried in float64 on the same device, then in float64 on the CPU; the
+    first success is returned in ``dtype`` and the retry is said on stderr and recorded in
+    ``fallback``. Only when every try fails is an ``UnmemorizeError`` raised."""
     home = matrix.device
-    sym = matrix.to(device=resolve_device(device) if device is not None else home, dtype=dtype)
-    sym = (sym + sym.T) / 2
-    values, vectors = torch.linalg.eigh(sym)  # ascending
-    values, vectors = values.flip(0), vectors.flip(1)
-    negative = int((values < 0).sum())
-    return Eigendecomposition(values.clamp_min(0).to(home), vectors.to(home), negative)
+    target = resolve_device(device) if device is not None else home
+    tries = [(target, dtype)] + [t for t in ((target, torch.float64), (torch.device("cpu"), torch.float64)) if t != (target, dtype)]
+    failures = []
+    for where, precision in tries:
+        sym = matrix.to(device=where, dtype=precision)
+        sym = (sym + sym.T) / 2
+        try:
+            values, vectors = torch.linalg.eigh(sym)  # ascending
+        except (RuntimeError, torch.linalg.LinAlgError) as exc:  # LinAlgError is a RuntimeError; cuSOLVER raises plain ones
+            failures.append(f"{str(precision).replace('torch.', '')} on {where}: {str(exc).splitlines()[0][:200]}")
+            continue
+        values, vectors = values.flip(0).to(dtype), vectors.flip(1).to(dtype)
+        negative = int((values < 0).sum())
+        fallback = ""
+        if failures:
+            fallback = f"eigh failed ({'; '.join(failures)}); computed in {str(precision).replace('torch.', '')} on {where}"
+            print(f"unmemorize: note: a {tuple(matrix.shape)} matrix: {fallback}", file=sys.stderr)
+        return Eigendecomposition(values.clamp_min(0).to(home), vectors.to(home), negative, fallback)
+    raise UnmemorizeError(f"eigh of a {tuple(matrix.shape)} matrix failed every way it was tried: {'; '.join(failures)}")
 
 
 @dataclass
