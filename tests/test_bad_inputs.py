@@ -190,6 +190,7 @@ CASES = [
     ("collect-ids-late-in-file", C(data="{bad}/ids-late.jsonl"), "ids-late.jsonl:50: input_ids[1]"),
     ("collect-ids-not-list", C(data="{bad}/ids-not-list.jsonl"), "must be a list of token ids"),
     ("collect-process-group-timeout-zero", C("--process-group-timeout", "0"), "--process-group-timeout must be a positive"),
+    ("collect-model-dtype-float16", C("--model-dtype", "float16"), "--model-dtype float16: float16 weights are not collected"),
     ("collect-seq-len-too-long", C("--seq-len", "4096"), f"longer than the model's {MAX_POSITIONS} positions"),
     ("collect-txt-not-utf8", C(data="{bad}/latin1.txt"), "not UTF-8 text"),
     ("collect-jsonl-not-utf8", C(data="{bad}/latin1.jsonl"), "not UTF-8 text"),

@@ -171,3 +171,16 @@ def test_label_sampler_draws_from_the_model_softmax():
     expected = torch.softmax(logits[0].double(), 0)
     assert torch.allclose(frequencies, expected, atol=4e-3)
     assert int((labels == 4).sum()) == 0  # probability ~1e-14: never drawn
+
+
+def test_float16_models_are_refused_not_silently_biased(tiny_lm):
+    """Without loss scaling float16 gradients underflow: G would come out biased low, so collection refuses."""
+    import unmemorize as um
+
+    model, _ = tiny_lm("llama", dtype=torch.float16)
+    targets = um.resolve_targets(model)
+    batch = {"input_ids": torch.randint(3, 40, (2, 8)), "attention_mask": torch.ones(2, 8, dtype=torch.long)}
+    with pytest.raises(um.UnmemorizeError, match="float16 weights are not collected: without loss scaling"):
+        um.collect_factors(model, [batch], targets, um.CollectConfig(progress=False))
+    model.to(torch.bfloat16)  # the suggested dtype works
+    assert um.collect_factors(model, [batch], targets, um.CollectConfig(progress=False)).num_positions == 2 * 7

@@ -307,6 +307,7 @@ def collect_factors(
     """
     config = config or CollectConfig()
     config.validate()
+    check_model_dtype(model, targets)
     run = _Collection(model, batches, config, objective or NextTokenObjective(), group, checkpoint)
     missing = [n for n in targets if n not in run.modules]
     if missing:
@@ -507,6 +508,17 @@ def _share(chunk: list[list[int]], first: int, group: ProcessGroup, pad_id: int)
     batch = pad_batch([chunk[k] for k in mine], pad_id)
     batch["window_index"] = torch.tensor([first + k for k in mine])
     return Step(batch, first + len(chunk))
+
+
+FLOAT16_REFUSAL = ("float16 weights are not collected: without loss scaling the gradients g underflow in float16 and G is "
+                   "silently biased low; load the model in bfloat16 (the same memory, float32's range) or float32")
+
+
+def check_model_dtype(model: nn.Module, targets: list[str]) -> None:
+    """Refuse float16 target weights (see ``FLOAT16_REFUSAL``)."""
+    modules = dict(model.named_modules())
+    if any(get_weight(modules[name]).dtype == torch.float16 for name in targets if name in modules):
+        raise UnmemorizeError(FLOAT16_REFUSAL)
 
 
 def collection_settings(model: nn.Module, targets: list[str], files, config: CollectConfig, objective_name: str) -> dict:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ..errors import UnmemorizeError
 from .checkpoint import Checkpoint, checkpoint_folder
-from .collect import CollectConfig, collect_from_files, collection_settings
+from .collect import FLOAT16_REFUSAL, CollectConfig, collect_from_files, collection_settings
 from .distributed import DEFAULT_TIMEOUT_SECONDS, ProcessGroup, init_from_environment, launched_by_torchrun, shutdown
 from .factors import ShardedFactorWriter, save_factors
 
@@ -49,6 +49,8 @@ def run_collect_job(job: CollectJob) -> dict | None:
     if launched_by_torchrun() and job.device_map:
         raise UnmemorizeError("--device-map splits one model over devices; it does not combine with torchrun's data "
                               "parallel ranks (use one or the other, see README 'Running on a 7B model')")
+    if job.model_dtype == "float16":  # before any loading
+        raise UnmemorizeError(f"--model-dtype float16: {FLOAT16_REFUSAL}")
     if not job.process_group_timeout > 0:
         raise UnmemorizeError(f"--process-group-timeout must be a positive number of seconds, got {job.process_group_timeout}")
     group = init_from_environment(job.device, job.process_group_timeout) if launched_by_torchrun() else ProcessGroup(device=None)
