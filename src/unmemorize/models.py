@@ -112,7 +112,25 @@ def _check_loaded_weights(model: str, info: dict) -> None:
         raise UnmemorizeError(f"checkpoint {model!r} {what} {listed} (they would be random): it does not match its config{hint}")
 
 
-def load_model(model: str, dtype: str = "float32", device: str = "cpu", trust_remote_code: bool = False, device_map: str | None = None):
+def parse_max_memory(spec: str | None) -> dict | None:
+    """``'0=70GiB,1=70GiB,cpu=200GiB'`` -> accelerate's ``max_memory`` ``{0: '70GiB', 1: '70GiB', 'cpu': '200GiB'}``."""
+    if not spec:
+        return None
+    limits = {}
+    for part in spec.split(","):
+        key, sep, value = part.strip().partition("=")
+        if not sep or not key or not value:
+            raise UnmemorizeError(f"--max-memory {spec!r}: give DEVICE=SIZE pairs, e.g. '0=70GiB,1=70GiB,cpu=200GiB'")
+        if not (key.isdigit() or key in ("cpu", "disk", "mps")):
+            raise UnmemorizeError(f"--max-memory {spec!r}: {key!r} is not a GPU index, 'cpu' or 'disk'")
+        if not any(value.upper().endswith(unit) for unit in ("B", "KIB", "MIB", "GIB", "TIB", "KB", "MB", "GB", "TB")) and not value.isdigit():
+            raise UnmemorizeError(f"--max-memory {spec!r}: {value!r} is not a size such as 70GiB")
+        limits[int(key) if key.isdigit() else key] = value
+    return limits
+
+
+def load_model(model: str, dtype: str = "float32", device: str = "cpu", trust_remote_code: bool = False, device_map: str | None = None,
+               max_memory: dict | None = None, offload_folder: str | None = None):
     """Load a Hugging Face model and its tokenizer (if any) from a local directory or a hub id.
 
     Causal LMs are tried first, then image classifiers. Weights are read with safetensors when
@@ -120,7 +138,9 @@ def load_model(model: str, dtype: str = "float32", device: str = "cpu", trust_re
     checkpoint that lacks weights of its own config (transformers would initialise them at
     random) is refused, naming them. ``device_map`` ('auto', 'balanced', ...) loads a model larger
     than one device across the visible GPUs and the CPU with accelerate's big-model dispatch
-    (``device`` is then ignored). Returns ``(model, tokenizer_or_None)``; the model is in eval mode.
+    (``device`` is then ignored), within ``max_memory`` per device when given (accelerate's
+    ``max_memory``; ``offload_folder`` for weights placed on disk). Returns
+    ``(model, tokenizer_or_None)``; the model is in eval mode.
     """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageClassification
 
@@ -151,6 +171,12 @@ def load_model(model: str, dtype: str = "float32", device: str = "cpu", trust_re
         except ImportError:
             raise UnmemorizeError("--device-map needs accelerate (pip install accelerate)") from None
         kwargs["device_map"] = device_map
+        if max_memory:
+            kwargs["max_memory"] = max_memory
+        if offload_folder:
+            kwargs["offload_folder"] = offload_folder
+    elif max_memory:
+        raise UnmemorizeError("--max-memory limits what --device-map places on each device; give --device-map auto with it")
     loaders = [AutoModelForCausalLM, AutoModelForImageClassification]
     errors = []
     for loader in loaders:
@@ -212,6 +238,13 @@ def model_limits(model: nn.Module) -> tuple[int | None, int | None]:
             positions = value
             break
     return vocab, positions
+
+
+def offloaded_modules(model: nn.Module, names: list[str]) -> list[str]:
+    """The named modules whose weight accelerate keeps off the model (on 'meta'), streaming it in from
+    CPU memory or disk at each forward: their weights cannot be read, fingerprinted or edited in place."""
+    modules = dict(model.named_modules())
+    return [name for name in names if get_weight(modules[name]).device.type == "meta"]
 
 
 def weight_fingerprint(module: nn.Module) -> str:

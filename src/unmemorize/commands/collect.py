@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..errors import UnmemorizeError
 from .options import add_config_options, add_model_options, add_target_options, config_from_args
 
 
@@ -23,6 +24,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                          "(.<out>.checkpoint); a checkpoint made with other settings is refused.")
     collect.add_argument("--device-map", help="Load a model larger than one device with accelerate's dispatch, e.g. 'auto' "
                          "(layers over the visible GPUs, then the CPU); not with torchrun.")
+    collect.add_argument("--max-memory", metavar="DEVICE=SIZE,...", help="With --device-map: the most accelerate may place on each "
+                         "device, e.g. '0=60GiB,1=60GiB,cpu=200GiB' (leave room on the GPUs for the factor accumulators).")
     collect.add_argument("--dry-run", action="store_true", help="Print the plan (factor bytes, peak memory per device, disk, time "
                          "from a short measured warm-up) and write nothing.")
     collect.add_argument("--process-group-timeout", type=float, default=3600.0, metavar="SECONDS",
@@ -39,11 +42,16 @@ def run(args) -> None:
     from ..curvature.job import CollectJob, run_collect_job
     from ..data import list_data_files
 
+    from ..models import parse_max_memory
+
     config = config_from_args(CollectConfig, args)
     config.validate()
     list_data_files(args.data)
+    max_memory = parse_max_memory(args.max_memory)
+    if max_memory and not args.device_map:
+        raise UnmemorizeError("--max-memory limits what --device-map places on each device; give --device-map auto with it")
     job = CollectJob(model=args.model, data=args.data, out=args.out, config=config, model_dtype=args.model_dtype, device=args.device,
-                     device_map=args.device_map, trust_remote_code=args.trust_remote_code, targets=args.targets, layers=args.layers,
+                     device_map=args.device_map, max_memory=max_memory, trust_remote_code=args.trust_remote_code, targets=args.targets, layers=args.layers,
                      projections=args.proj, overwrite=args.overwrite, resume=args.resume,
                      process_group_timeout=args.process_group_timeout)
     if args.dry_run:

@@ -33,6 +33,7 @@ class CollectJob:
     model_dtype: str = "float32"
     device: str = "cpu"
     device_map: str | None = None
+    max_memory: dict | None = None  # accelerate's max_memory per device, with device_map
     trust_remote_code: bool = False
     targets: list[str] | None = None
     layers: str | None = None
@@ -82,6 +83,18 @@ def run_collect_job(job: CollectJob) -> dict | None:
         shutdown()
 
 
+def refuse_offloaded_targets(model, targets: list[str]) -> None:
+    """--device-map may leave modules offloaded (weights on 'meta', streamed in per forward): their A and G
+    could be collected, but not their weight fingerprints, nor any edit; refuse, naming them."""
+    from ..models import offloaded_modules
+
+    offloaded = offloaded_modules(model, targets)
+    if offloaded:
+        shown = ", ".join(offloaded[:4]) + (f" and {len(offloaded) - 4} more" if len(offloaded) > 4 else "")
+        raise UnmemorizeError(f"--device-map left {len(offloaded)} target module(s) offloaded to the CPU or disk (weights on 'meta'): "
+                              f"{shown}; give the GPUs more room with --max-memory, or target fewer modules (--layers)")
+
+
 def _release_peers(group: ProcessGroup) -> None:
     try:
         group.broadcast_int(0)
@@ -96,8 +109,9 @@ def _collect(job: CollectJob, group: ProcessGroup, out: Path | None) -> dict | N
     from .objectives import NextTokenObjective
 
     device = str(group.device) if group.distributed else job.device
-    model, tokenizer = load_model(job.model, job.model_dtype, device, job.trust_remote_code, job.device_map)
+    model, tokenizer = load_model(job.model, job.model_dtype, device, job.trust_remote_code, job.device_map, job.max_memory)
     targets = resolve_targets(model, job.targets, job.layers, job.projections)
+    refuse_offloaded_targets(model, targets)
     config = job.config
     checkpoint = None
     if config.checkpoint_every != 0:

@@ -124,8 +124,11 @@ def print_collect_plan(job) -> dict:
     from ..targets import resolve_targets
 
     config = job.config
-    model, tokenizer = load_model(job.model, job.model_dtype, job.device, job.trust_remote_code, job.device_map)
+    from .job import refuse_offloaded_targets
+
+    model, tokenizer = load_model(job.model, job.model_dtype, job.device, job.trust_remote_code, job.device_map, job.max_memory)
     targets = resolve_targets(model, job.targets, job.layers, job.projections)
+    refuse_offloaded_targets(model, targets)
     plan = collection_plan(model, targets, config)
     speed = warmup(model, tokenizer, job.data, targets, config)
     tokens = config.max_tokens or None
