@@ -107,8 +107,9 @@ def part_slice(work: Path, args) -> dict:
         collect = CollectConfig(seq_len=seq, batch_size=batch, modules_per_pass=per_pass, progress=False, checkpoint_every=0)
         plan = collection_plan(model, targets, collect)
         speed = warmup(model, None, str(data), targets, collect)
-        planned = {d: plan["weight_bytes_per_device"].get(d, 0) + plan["accumulator_bytes_per_device"].get(d, 0) + speed["working_bytes"]
-                   for d in set(plan["weight_bytes_per_device"]) | set(plan["accumulator_bytes_per_device"])}
+        growth = speed["growth_bytes_per_device"]  # as collect --dry-run plans it (curvature/plan.py)
+        planned = {d: plan["weight_bytes_per_device"].get(d, 0) + growth.get(d, 0) for d in growth if d != "cpu"}
+        planned["cpu"] = (speed["resident_bytes_before"] or 0) + growth.get("cpu", 0)
         if device != "cpu":
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(device)
@@ -125,7 +126,7 @@ def part_slice(work: Path, args) -> dict:
                      "planned_peak_gib": {d: gib(v) for d, v in planned.items()}, "measured_peak_gib": gib(measured),
                      "planned_over_measured": round(planned.get(key, 0) / measured, 3) if measured else None,
                      "plan_accumulators_gib": {d: gib(v) for d, v in plan["accumulator_bytes_per_device"].items()},
-                     "plan_working_gib": gib(speed["working_bytes"])})
+                     "plan_growth_gib": {d: gib(v) for d, v in growth.items()}})
     return {"shape": {"hidden": hidden, "intermediate": intermediate, "blocks": 2, "vocab": vocab, "dtype": str(dtype)},
             "batch": [batch, seq], "batches": batches, "targets": len(targets), "runs": runs}
 

@@ -271,3 +271,48 @@ def test_torchrun_ranks_join_with_the_configured_timeout(monkeypatch):
     assert (group.rank, group.world_size) == (1, 2)
     distributed.init_from_environment("cpu")
     assert joined[1]["timeout"] == datetime.timedelta(seconds=distributed.DEFAULT_TIMEOUT_SECONDS) == datetime.timedelta(hours=1)
+
+
+def _peak_rss_of(argv: list[str], folder) -> tuple[int, str]:
+    """(peak resident bytes, stdout) of ``python -m unmemorize ARGV`` in a child of its own (os.wait4's rusage)."""
+    out, err = folder / "child.out", folder / "child.err"
+    with open(out, "w") as stdout, open(err, "w") as stderr:
+        child = subprocess.Popen([sys.executable, "-m", "unmemorize", *argv], stdout=stdout, stderr=stderr, env=child_env(),
+                                 stdin=subprocess.DEVNULL)
+        _, status, usage = os.wait4(child.pid, 0)
+        child.returncode = os.waitstatus_to_exitcode(status)  # reaped here: Popen must not wait for it again
+    assert child.returncode == 0, err.read_text()[-2000:]
+    return usage.ru_maxrss * 1024, out.read_text()
+
+
+@pytest.mark.parametrize("per_pass", ["1", "2", "0"], ids=["one-module-a-pass", "two-modules-a-pass", "all-in-one-pass"])
+def test_the_dry_run_plans_the_peak_memory_of_the_run_it_is_for(tmp_path, per_pass):
+    """A model whose float64 accumulators (~450 MB for all six MLP matrices, 75 MB for one) dwarf its
+    weights: the dry-run's planned CPU peak is within 15% of the run's measured peak resident size,
+    for one, two and all modules per pass (the warm-up runs only the largest pass, counts the
+    accumulators once and includes the process's own resident memory)."""
+    import json
+
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    from unmemorize.tiny import make_tokenizer
+
+    folder = tmp_path / "wide"
+    tokenizer = make_tokenizer()
+    config = LlamaConfig(hidden_size=96, intermediate_size=3072, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
+                         vocab_size=len(tokenizer), max_position_embeddings=64, tie_word_embeddings=False)
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    corpus = write_corpus(tmp_path / "clean.txt", documents=200)
+    argv = ["collect", "--model", str(folder), "--data", str(corpus), "--out", str(tmp_path / "factors"), "--seq-len", "32",
+            "--batch-size", "4", "--max-tokens", "2000", "--dtype", "float64", "--modules-per-pass", per_pass, "--no-progress",
+            "--checkpoint-every", "0"]
+    _, printed = _peak_rss_of([*argv, "--dry-run"], tmp_path)
+    plan = json.loads(printed.strip().splitlines()[-1])
+    planned = plan["peak_bytes_per_device"]["cpu"]
+    measured, _ = _peak_rss_of(argv, tmp_path)
+    print(f"modules per pass {per_pass}: planned {planned / 2**20:.0f} MiB, measured {measured / 2**20:.0f} MiB")
+    assert abs(planned - measured) <= 0.15 * measured, (per_pass, planned / 2**20, measured / 2**20)
+    accumulators = plan["accumulator_bytes_per_device"]["cpu"]
+    assert accumulators == {"1": (3072**2 + 96**2) * 8, "2": 2 * (3072**2 + 96**2) * 8, "0": 2 * (3 * 3072**2 + 2 * 96**2) * 8}[per_pass]

@@ -336,6 +336,7 @@ def collect_factors(
             else:
                 activation.update(pass_activation)
                 gradient.update(pass_gradient)
+            del pass_activation, pass_gradient  # with on_pass, one pass's factors at a time: not this pass's during the next
     return KFACFactors(
         activation=activation,
         gradient=gradient,

@@ -7,12 +7,20 @@ With b the accumulation bytes (4 for float32, 8 for float64) and the factor file
                             (gate_proj and up_proj read one input and share one A)
     checkpoint (disk)     = 2 x the largest pass's accumulators (a save writes the new sums before
                             it removes the old) + the finished passes' factors
-    peak memory / device  = weights there + accumulators there + the working memory of a batch,
-                            measured on a short warm-up (CUDA: max_memory_allocated; CPU: the growth
-                            of the process's peak resident size)
-    time                  = tokens x passes / (tokens/s of the warm-up, after one batch of warm-up)
+    peak memory / device  = what the device holds before the warm-up (CUDA: the weights allocated
+                            there; CPU: the process's resident memory: libraries, weights, tokenizer)
+                            + the growth measured while the warm-up runs the largest pass
+    time                  = tokens x passes / (tokens/s of the warm-up)
 
-The warm-up runs a few real batches of the data through the real model; nothing is written.
+The warm-up runs a few real batches of the data through the real model for the modules of the
+largest pass only (``--modules-per-pass``), so planning a run needs no more memory than the run:
+its growth holds that pass's accumulators, the activations and gradients of a batch and the
+normalized factors, each counted once. Growth is measured per device: CUDA's peak allocated bytes
+(reset first), and on the CPU the process's peak resident size (Linux: reset through
+/proc/self/clear_refs, read from VmHWM). Its speed is the difference between a timed run of three
+batches and one of one batch, so the fixed costs of a call (weight fingerprints, copying the
+factors out) are not taken for per-token work. The plan is one process's: under torchrun, run
+``--dry-run`` alone (one rank holds the same model, batch and pass on its device).
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ from collections import defaultdict
 import torch
 
 from ..models import weight_shape
+from ..errors import UnmemorizeError
 from ..jsonio import strict_dumps
 from .collect import _PassRecorder, _dummy_batch, _module_groups, collect_factors
 from .objectives import NextTokenObjective
@@ -88,8 +97,36 @@ def collection_plan(model, targets: list[str], config, objective=None) -> dict:
     }
 
 
+def _resident_bytes(field: str) -> int | None:
+    """VmRSS or VmHWM of this process from /proc/self/status (Linux), in bytes."""
+    try:
+        for line in open("/proc/self/status", encoding="ascii"):
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def _reset_peak_resident() -> bool:
+    """Start a new peak-resident-size window (Linux >= 4.0: '5' to /proc/self/clear_refs resets VmHWM)."""
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as handle:
+            handle.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def largest_pass(model, targets: list[str], config) -> list[str]:
+    """The modules of the pass with the most accumulator bytes (all targets without --modules-per-pass)."""
+    modules = dict(model.named_modules())
+    groups = _module_groups(targets, config.modules_per_pass)
+    return max(groups, key=lambda names: sum(weight_shape(modules[n])[0] ** 2 + weight_shape(modules[n])[1] ** 2 for n in names))
+
+
 def warmup(model, tokenizer, data: str, targets: list[str], config) -> dict:
-    """tokens/s and working memory of a few real batches (the first one not timed)."""
+    """tokens/s and the memory growth per device of a few real batches over the largest pass's modules."""
     from ..data import iter_batches, iter_windows, list_data_files, pad_token_id
     from ..models import model_limits
 
@@ -100,32 +137,50 @@ def warmup(model, tokenizer, data: str, targets: list[str], config) -> dict:
         if len(batches) == WARMUP_BATCHES:
             break
     quiet = dataclasses.replace(config, progress=False, modules_per_pass=0, checkpoint_every=0)
-    device = next(model.parameters()).device
-    if device.type == "cuda":
+    group = largest_pass(model, targets, config)
+    cuda = sorted({p.device for p in model.parameters() if p.device.type == "cuda"}, key=str)
+    before = {str(d): torch.cuda.memory_allocated(d) for d in cuda}
+    for device in cuda:
         torch.cuda.reset_peak_memory_stats(device)
-    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    collect_factors(model, batches[:1], targets, quiet)
+    resident_before = _resident_bytes("VmRSS")
+    exact = _reset_peak_resident()
+    maxrss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    collect_factors(model, batches[:1], group, quiet)  # warm-up, not timed
+    one = batches[1:2] or batches[:1]
+    several = batches[1:] if len(batches) > 2 else batches
     start = time.perf_counter()
-    timed = batches[1:] or batches
-    collect_factors(model, timed, targets, quiet)
-    seconds = time.perf_counter() - start
-    tokens = sum(int(b["attention_mask"].sum()) for b in timed)
-    if device.type == "cuda":
-        working = torch.cuda.max_memory_allocated(device) - torch.cuda.memory_allocated(device)
+    collect_factors(model, one, group, quiet)
+    seconds_one = time.perf_counter() - start
+    start = time.perf_counter()
+    collect_factors(model, several, group, quiet)
+    seconds_several = time.perf_counter() - start
+    tokens_one = sum(int(b["attention_mask"].sum()) for b in one)
+    tokens_several = sum(int(b["attention_mask"].sum()) for b in several)
+    if len(several) > len(one) and seconds_several > seconds_one:  # per-batch work only, without the fixed costs of a call
+        speed = (tokens_several - tokens_one) / (seconds_several - seconds_one)
     else:
-        working = max(0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - rss_before)
-    return {"tokens_per_second": tokens / seconds, "warmup_tokens": tokens, "warmup_seconds": round(seconds, 3),
-            "working_bytes": int(working)}
+        speed = tokens_several / seconds_several
+    growth = {str(d): max(0, torch.cuda.max_memory_allocated(d) - before[str(d)]) for d in cuda}
+    if exact and resident_before is not None:
+        growth["cpu"] = max(0, (_resident_bytes("VmHWM") or 0) - resident_before)
+    else:
+        growth["cpu"] = max(0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - maxrss_before)
+    return {"tokens_per_second": speed, "warmup_tokens": tokens_one + tokens_several, "warmup_seconds": round(seconds_one + seconds_several, 3),
+            "warmup_modules": len(group), "growth_bytes_per_device": growth, "resident_bytes_before": resident_before,
+            "cpu_peak_measure": "VmHWM reset" if exact else "ru_maxrss growth"}
 
 
 def print_collect_plan(job) -> dict:
     """``collect --dry-run``: load the model, plan, warm up, print; write nothing."""
     from ..models import load_model
     from ..targets import resolve_targets
-
-    config = job.config
+    from .distributed import launched_by_torchrun
     from .job import refuse_offloaded_targets
 
+    if launched_by_torchrun():
+        raise UnmemorizeError("collect --dry-run plans one process; run it without torchrun (one rank holds the same model, "
+                              "batch and pass on its device)")
+    config = job.config
     model, tokenizer = load_model(job.model, job.model_dtype, job.device, job.trust_remote_code, job.device_map, job.max_memory)
     targets = resolve_targets(model, job.targets, job.layers, job.projections)
     refuse_offloaded_targets(model, targets)
@@ -135,17 +190,20 @@ def print_collect_plan(job) -> dict:
     plan["warmup"] = speed
     # three significant digits: a fast run's estimate stays positive (0.04 s, not 0.0)
     plan["estimated_seconds"] = float(f"{tokens * plan['passes'] / speed['tokens_per_second']:.3g}") if tokens else None
-    devices = sorted(set(plan["weight_bytes_per_device"]) | set(plan["accumulator_bytes_per_device"]))
-    plan["peak_bytes_per_device"] = {d: plan["weight_bytes_per_device"].get(d, 0) + plan["accumulator_bytes_per_device"].get(d, 0)
-                                     + speed["working_bytes"] for d in devices}
+    growth = speed["growth_bytes_per_device"]
+    held = {d: b for d, b in plan["weight_bytes_per_device"].items() if d.startswith("cuda")}
+    held["cpu"] = speed["resident_bytes_before"] if speed["resident_bytes_before"] is not None else plan["weight_bytes_per_device"].get("cpu", 0)
+    devices = sorted(d for d in set(held) | set(growth) if d != "meta")
+    plan["peak_bytes_per_device"] = {d: held.get(d, 0) + growth.get(d, 0) for d in devices}
     lines = [f"plan for {len(targets)} modules of {type(model).__name__}, {plan['passes']} pass(es), --dtype {config.dtype}:",
              f"  factor files       {_size(plan['factor_file_bytes'])}",
              f"  checkpoint (peak)  {_size(plan['checkpoint_bytes'])}",
              f"  disk needed        {_size(plan['disk_bytes'])}"]
     for device in devices:
-        lines.append(f"  peak memory {device:<6} {_size(plan['peak_bytes_per_device'][device])} (weights "
-                     f"{_size(plan['weight_bytes_per_device'].get(device, 0))}, accumulators "
-                     f"{_size(plan['accumulator_bytes_per_device'].get(device, 0))}, working {_size(speed['working_bytes'])})")
+        what = "resident before" if device == "cpu" else "weights"
+        lines.append(f"  peak memory {device:<6} {_size(plan['peak_bytes_per_device'][device])} ({what} {_size(held.get(device, 0))}, "
+                     f"+ {_size(growth.get(device, 0))} while the largest pass runs: accumulators "
+                     f"{_size(plan['accumulator_bytes_per_device'].get(device, 0))} and a batch's work)")
     eta = f"{plan['estimated_seconds']:.0f} s" if plan["estimated_seconds"] is not None else "unknown (no --max-tokens budget)"
     lines.append(f"  speed              {speed['tokens_per_second']:.0f} tokens/s (warm-up: {speed['warmup_tokens']} tokens)")
     lines.append(f"  estimated time     {eta} for {tokens or '?'} tokens x {plan['passes']} pass(es), one process")
