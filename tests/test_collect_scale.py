@@ -3,12 +3,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -316,3 +318,87 @@ def test_the_dry_run_plans_the_peak_memory_of_the_run_it_is_for(tmp_path, per_pa
     assert abs(planned - measured) <= 0.15 * measured, (per_pass, planned / 2**20, measured / 2**20)
     accumulators = plan["accumulator_bytes_per_device"]["cpu"]
     assert accumulators == {"1": (3072**2 + 96**2) * 8, "2": 2 * (3072**2 + 96**2) * 8, "0": 2 * (3 * 3072**2 + 2 * 96**2) * 8}[per_pass]
+
+
+def test_start_up_reads_only_what_the_budget_needs_not_the_whole_folder(tmp_path, monkeypatch):
+    """A corpus folder with an 8 GiB file after enough text for --max-tokens: the run never opens it
+    (no hashing of every byte before the first step; the fingerprint is of the windows read)."""
+    import builtins
+
+    import unmemorize.corpus as corpus
+
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    write_corpus(folder / "a.txt", documents=300)
+    with open(folder / "z-huge.txt", "wb") as huge:
+        huge.truncate(8 << 30)  # sparse: no disk used
+    save_tiny_lm(tmp_path / "llama", "llama", seed=0)
+    opened = []
+    real_open = builtins.open
+    monkeypatch.setattr(corpus, "open", lambda path, *a, **k: opened.append(Path(path).name) or real_open(path, *a, **k), raising=False)
+    start = time.perf_counter()
+    assert main(["collect", "--model", str(tmp_path / "llama"), "--data", str(folder), "--out", str(tmp_path / "factors"), *COMMON,
+                 "--max-tokens", "500"]) == 0
+    assert "z-huge.txt" not in opened and "a.txt" in opened
+    assert time.perf_counter() - start < 60
+    info = json.loads((tmp_path / "factors" / "factors.json").read_text())
+    assert len(info["data"]["fingerprint"]) == 64 and info["data"]["fingerprint_of"].startswith("the token windows read")
+
+
+def test_a_resume_checks_the_windows_before_its_checkpoint(tmp_path):
+    """The checkpoint records the sha256 of the windows it counted; a resume on data whose content changed
+    (same names and sizes, so the listing fingerprint agrees) is refused, on the same data it goes on."""
+    from unmemorize.curvature import CollectConfig
+    from unmemorize.curvature.collect import WindowSteps
+    from unmemorize.data import list_data_files
+    from unmemorize.errors import UnmemorizeError
+    from unmemorize.tiny import make_tokenizer
+
+    path = write_corpus(tmp_path / "a.txt", documents=200)
+    files, tokenizer, config = list_data_files(path), make_tokenizer(), CollectConfig(seq_len=16, batch_size=4, max_tokens=2000)
+    first = WindowSteps(files, tokenizer, config, pad_id=0)
+    steps = iter(first(0))
+    for _ in range(3):
+        step = next(steps)
+    position, digest = step.position, first.digest  # what a checkpoint after 3 rounds records
+    again = WindowSteps(files, tokenizer, config, pad_id=0)
+    again.expected = (position, digest)
+    resumed = list(again(position))
+    assert resumed and resumed[0].batch["window_index"][0] == position
+    text = path.read_text()
+    path.write_text(text.replace("cat", "dog", 1) if "cat" in text else text.replace("the", "a  ", 1))  # same size, other content
+    changed = WindowSteps(list_data_files(path), tokenizer, config, pad_id=0)
+    changed.expected = (position, digest)
+    with pytest.raises(UnmemorizeError, match=f"its first {position} windows hash to"):
+        list(changed(position))
+
+
+def test_ranks_that_hold_other_weights_or_read_other_data_stop_with_the_reason(tmp_path):
+    """Under torchrun every rank compares a hash of its target weights, and of the windows it read at each
+    checkpoint and pass end; a disagreement stops every rank with the reason (not a hang, not wrong factors)."""
+    from unmemorize.curvature import CollectConfig, collect_from_files
+    from unmemorize.curvature.distributed import ProcessGroup
+    from unmemorize.errors import UnmemorizeError
+    from unmemorize.models import load_model
+    from unmemorize.targets import resolve_targets
+
+    class Disagreeing(ProcessGroup):
+        def __init__(self, agree_first: int):
+            super().__init__()
+            self.agree_first = agree_first
+            self.calls = 0
+
+        def same_on_all_ranks(self, value: int) -> bool:
+            self.calls += 1
+            return self.calls <= self.agree_first
+
+    save_tiny_lm(tmp_path / "llama", "llama", seed=0)
+    model, tokenizer = load_model(str(tmp_path / "llama"))
+    corpus = write_corpus(tmp_path / "a.txt", documents=100)
+    config = CollectConfig(seq_len=16, batch_size=4, max_tokens=600, progress=False, checkpoint_every=0)
+    targets = resolve_targets(model)
+    with pytest.raises(UnmemorizeError, match="the ranks hold different weights for the target modules"):
+        collect_from_files(model, tokenizer, str(corpus), targets, config, group=Disagreeing(0))
+    with pytest.raises(UnmemorizeError, match="the ranks read different data"):
+        collect_from_files(model, tokenizer, str(corpus), targets, config, group=Disagreeing(1))
+    assert collect_from_files(model, tokenizer, str(corpus), targets, config, group=Disagreeing(99)).num_positions > 0

@@ -190,6 +190,19 @@ def iter_records(files: Iterable[Path], vocab_size: int | None = None, max_lengt
             yield _row_record(row, f"{path}:{line_no}", text_field, vocab_size, max_length)
 
 
+def listing_fingerprint(files: list[Path], seq_len: int, max_tokens: int | None, text_field: str = "text") -> str:
+    """sha256 over the sources' names and sizes (no content: bounded start-up whatever the corpus size)
+    plus the windowing, the budget and the text field. What a run *read* is fingerprinted as it reads
+    (``curvature.collect.WindowSteps``)."""
+    digest = hashlib.sha256()
+    for source in files:
+        members = [source] if source.is_file() else [p for folder, _, names in sorted_walk(source) for p in (folder / n for n in names)]
+        for path in members:
+            digest.update(str(path.relative_to(source.parent)).encode() + b"\0" + str(path.stat().st_size).encode() + b"\0")
+    digest.update(f"seq_len={seq_len};max_tokens={max_tokens};text_field={text_field}".encode())
+    return digest.hexdigest()
+
+
 def data_fingerprint(files: list[Path], seq_len: int, max_tokens: int | None) -> str:
     """sha256 over the sources' names and bytes (every file of a datasets folder) plus the windowing and the budget."""
     digest = hashlib.sha256()

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from .corpus import check_token_ids, data_fingerprint, iter_records, list_data_files, text_lines  # noqa: F401 - re-exported
+from .corpus import check_token_ids, data_fingerprint, iter_records, list_data_files, listing_fingerprint, text_lines  # noqa: F401 - re-exported
 from .errors import UnmemorizeError
 
 def iter_windows(files: list[Path], tokenizer, seq_len: int, max_tokens: int | None = None, vocab_size: int | None = None,

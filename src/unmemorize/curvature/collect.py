@@ -28,8 +28,11 @@ g at once. Accumulation is in float32 (or float64) whatever the model dtype.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import time
+from array import array
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -39,7 +42,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..data import data_fingerprint, iter_windows, list_data_files, pad_batch, pad_token_id
+from ..data import iter_windows, list_data_files, listing_fingerprint, pad_batch, pad_token_id
 from ..errors import UnmemorizeError, check_seed
 from ..models import get_weight, model_limits, parse_dtype, weight_fingerprint, weight_shape
 from .checkpoint import Checkpoint
@@ -315,6 +318,9 @@ def collect_factors(
     # the weights these factors belong to (a checkpoint's settings already hold them: hashed once)
     fingerprints = (checkpoint.settings.get("weights") if checkpoint is not None else None) or \
         {n: weight_fingerprint(run.modules[n]) for n in targets}
+    if not group.same_on_all_ranks(_short_hash(json.dumps(fingerprints, sort_keys=True))):
+        raise UnmemorizeError(f"rank {group.rank}: the ranks hold different weights for the target modules (their sha256 "
+                              "fingerprints differ); every rank must load the same model")
     activation: dict[str, torch.Tensor] = {}
     gradient: dict[str, torch.Tensor] = {}
     groups = _module_groups(targets, config.modules_per_pass)
@@ -391,6 +397,8 @@ class _Collection:
         resume = self.state if self.state.get("pass", self.passes_done) == index and self.state.get("sums") else {}
         window = int(resume.get("windows", 0))
         positions = tokens = 0
+        if resume and isinstance(self.batches, WindowSteps) and resume.get("windows_sha256"):
+            self.batches.expected = (window, resume["windows_sha256"])  # rank 0 checks the windows it skips
         if resume and group.is_main:  # the checkpoint holds the sums of every process so far
             recorder.load_sums(self.checkpoint.sums())
             positions, tokens = int(resume["positions"]), int(resume["tokens"])
@@ -411,10 +419,13 @@ class _Collection:
                 if step.position is not None:
                     window = step.position
                     if self.checkpoint is not None and self.cadence.due(step_no):
+                        self._check_same_data()
                         positions, tokens = _reduce(group, recorder, positions, tokens)
                         if group.is_main:
                             self.checkpoint.save({"pass": index, "windows": window, "positions": positions, "tokens": tokens,
-                                                  "num_positions": self.num_positions}, recorder.sums())
+                                                  "num_positions": self.num_positions, "windows_sha256": self._digest()},
+                                                 recorder.sums())
+        self._check_same_data()
         positions, tokens = _reduce(group, recorder, positions, tokens, final=True)
         if index == 0 or (index == self.passes_done and self.num_positions == 0):
             self.num_positions = positions
@@ -435,6 +446,16 @@ class _Collection:
                                                {"pass": index + 1, "windows": 0, "positions": 0, "tokens": 0, "sums": None,
                                                 "num_positions": self.num_positions, "shared": self.shared, "pass_tokens": tokens})
         return activation, gradient
+
+    def _digest(self) -> str | None:
+        return self.batches.digest if isinstance(self.batches, WindowSteps) else None
+
+    def _check_same_data(self) -> None:
+        """Under torchrun: every rank has read the same windows so far (their sha256 agree), else one error on every rank."""
+        digest = self._digest()
+        if digest is not None and not self.group.same_on_all_ranks(_short_hash(digest)):
+            raise UnmemorizeError(f"rank {self.group.rank}: the ranks read different data (the sha256 of their windows differ): "
+                                  "every rank must see the same --data (a folder on every node, with the same files)")
 
     def _step(self, recorder: _PassRecorder, batch: dict, indices: list[int]) -> tuple[int, int]:
         """One forward and backward: (counted positions, tokens) of this batch."""
@@ -477,29 +498,64 @@ def _reduce(group: ProcessGroup, recorder: _PassRecorder, positions: int, tokens
     return positions, tokens
 
 
-def window_steps(files, tokenizer, config: CollectConfig, pad_id: int, group: ProcessGroup = SINGLE_PROCESS,
-                 vocab_size: int | None = None, max_length: int | None = None) -> Callable[[int], Iterator[Step]]:
-    """``steps(start_window)``: this process's ``Step``s over the files' windows (see ``distributed.py``)."""
-    budget = config.max_tokens or None
-    round_size = group.world_size * config.batch_size
+def _short_hash(text: str) -> int:
+    """48 bits of sha256(text): an integer compared across ranks (exact in float64)."""
+    return int(hashlib.sha256(text.encode()).hexdigest()[:12], 16)
 
-    def steps(start: int = 0) -> Iterator[Step]:
-        windows = iter_windows(files, tokenizer, config.seq_len, budget, vocab_size, max_length, config.text_field)
+
+class WindowSteps:
+    """``steps(start_window)``: this process's ``Step``s over the files' windows (see ``distributed.py``).
+
+    Every window read (those skipped on a resume included) is hashed in stream order: sha256 over
+    each window's length and token ids (int64, little-endian). ``digest`` is the hash of the windows
+    up to the last step given out, so a checkpoint records what it counted and the factors record
+    what the run read, without a second read of the corpus; with ``expected`` = (start, digest) a
+    resumed run checks that the windows before its checkpoint are those the checkpoint counted."""
+
+    def __init__(self, files, tokenizer, config: CollectConfig, pad_id: int, group: ProcessGroup = SINGLE_PROCESS,
+                 vocab_size: int | None = None, max_length: int | None = None):
+        self.files, self.tokenizer, self.config, self.pad_id, self.group = files, tokenizer, config, pad_id, group
+        self.vocab_size, self.max_length = vocab_size, max_length
+        self.digest: str | None = None
+        self.expected: tuple[int, str] | None = None
+
+    def _check(self, start: int, digest) -> None:
+        if self.expected is not None and self.expected[0] == start and digest.hexdigest() != self.expected[1]:
+            raise UnmemorizeError(f"the data is not the data of the checkpoint: its first {start} windows hash to "
+                                  f"{digest.hexdigest()[:16]}..., the checkpoint counted windows hashing to {self.expected[1][:16]}... "
+                                  "(a file changed, or another corpus); rerun on the same data, or delete the checkpoint to start over")
+
+    def __call__(self, start: int = 0) -> Iterator[Step]:
+        config, round_size = self.config, self.group.world_size * self.config.batch_size
+        windows = iter_windows(self.files, self.tokenizer, config.seq_len, config.max_tokens or None, self.vocab_size, self.max_length,
+                               config.text_field)
+        digest = hashlib.sha256()
         chunk: list[list[int]] = []
-        first = 0
+        first = index = 0
         for index, window in enumerate(windows):
+            if index == start:
+                self._check(start, digest)
+            digest.update(len(window).to_bytes(8, "little") + array("q", window).tobytes())
             if index < start:
                 continue
             if not chunk:
                 first = index
             chunk.append(window)
             if len(chunk) == round_size:
-                yield _share(chunk, first, group, pad_id)
+                self.digest = digest.hexdigest()
+                yield _share(chunk, first, self.group, self.pad_id)
                 chunk = []
+        if start and index + 1 <= start:  # the checkpoint was at the very end of the data
+            self._check(start, digest)
+        self.digest = digest.hexdigest()
         if chunk:
-            yield _share(chunk, first, group, pad_id)
+            yield _share(chunk, first, self.group, self.pad_id)
 
-    return steps
+
+def window_steps(files, tokenizer, config: CollectConfig, pad_id: int, group: ProcessGroup = SINGLE_PROCESS,
+                 vocab_size: int | None = None, max_length: int | None = None) -> WindowSteps:
+    """``WindowSteps`` over ``files`` (kept for callers of the earlier function)."""
+    return WindowSteps(files, tokenizer, config, pad_id, group, vocab_size, max_length)
 
 
 def _share(chunk: list[list[int]], first: int, group: ProcessGroup, pad_id: int) -> Step:
@@ -531,7 +587,7 @@ def collection_settings(model: nn.Module, targets: list[str], files, config: Col
         "weights": {n: weight_fingerprint(modules[n]) for n in targets},  # rounded to bfloat16: dtype is its own setting
         "model_dtype": ",".join(sorted({str(w.dtype).replace("torch.", "") for w in weights})),
         "device_type": ",".join(sorted({w.device.type for w in weights})),
-        "data": data_fingerprint(files, config.seq_len, config.max_tokens or None),
+        "data": listing_fingerprint(files, config.seq_len, config.max_tokens or None, config.text_field),  # names and sizes
         "text_field": config.text_field,
         "fisher": config.fisher,
         "seed": config.seed,
@@ -559,7 +615,8 @@ def collect_from_files(model: nn.Module, tokenizer, data: str, targets: list[str
     factors.metadata["data"] = {
         "path": str(data),
         "files": [str(f) for f in files],
-        "fingerprint": (checkpoint.settings.get("data") if checkpoint is not None else None)
-        or data_fingerprint(files, config.seq_len, budget),  # the corpus is hashed once per run
+        "fingerprint": steps.digest,  # sha256 of the windows read, in order (the last pass's read)
+        "fingerprint_of": "the token windows read (length + int64 ids each, in stream order)",
+        "listing": listing_fingerprint(files, config.seq_len, budget, config.text_field),
     }
     return factors

@@ -64,6 +64,16 @@ class ProcessGroup:
         dist.broadcast(tensor, src=0)
         return int(tensor.item())
 
+    def same_on_all_ranks(self, value: int) -> bool:
+        """Whether every rank passed the same ``value`` (an integer below 2^52: exact in float64)."""
+        if not self.distributed:
+            return True
+        import torch.distributed as dist
+
+        tensor = torch.tensor([float(value), -float(value)], dtype=torch.float64, device=self.device)
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+        return float(tensor[0]) == -float(tensor[1])  # max == min
+
     def barrier(self) -> None:
         if self.distributed:
             import torch.distributed as dist
