@@ -402,3 +402,35 @@ def test_ranks_that_hold_other_weights_or_read_other_data_stop_with_the_reason(t
     with pytest.raises(UnmemorizeError, match="the ranks read different data"):
         collect_from_files(model, tokenizer, str(corpus), targets, config, group=Disagreeing(1))
     assert collect_from_files(model, tokenizer, str(corpus), targets, config, group=Disagreeing(99)).num_positions > 0
+
+
+def _torchrun(argv: list[str], timeout: float = 240) -> subprocess.CompletedProcess:
+    with socket.socket() as probe:  # a free port for the rendezvous
+        probe.bind(("127.0.0.1", 0))
+        port = str(probe.getsockname()[1])
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+                           "--master-port", port, "-m", "unmemorize", *argv], env=child_env(), capture_output=True, text=True,
+                          timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+def test_when_rank_0_refuses_every_rank_stops_with_its_message(ws, tmp_path):
+    """Rank 0 refuses an output it may not replace, and a checkpoint made with another seed: rank 1 stops at
+    once with rank 0's reason (it used to wait at a collective until the timeout, whose traceback hid it)."""
+    user = tmp_path / "user-folder"
+    user.mkdir()
+    (user / "notes.txt").write_text("mine")
+    base = ["collect", "--model", str(ws / "llama"), "--data", str(ws / "clean.txt"), *COMMON, "--process-group-timeout", "90"]
+    result = _torchrun([*base, "--out", str(user)])
+    assert result.returncode != 0
+    assert "rank 1: stopped because rank 0 refused the run:" in result.stderr and "already exists" in result.stderr
+    assert (user / "notes.txt").read_text() == "mine"
+
+    out = tmp_path / "resumed"
+    argv = [*base, "--out", str(out), "--checkpoint-every", "256", "--batch-size", "4"]
+    child = start_paused(argv, "checkpoint-saved", 1, tmp_path)
+    child.send_signal(signal.SIGKILL)
+    child.wait(timeout=60)
+    start = time.perf_counter()
+    result = _torchrun([*argv[:-2], "--batch-size", "2", "--resume", "--seed", "1"])
+    assert result.returncode != 0 and time.perf_counter() - start < 90  # well before the 90 s collective timeout
+    assert "rank 1: stopped because rank 0 refused the checkpoint:" in result.stderr and "its seed (0) differs" in result.stderr

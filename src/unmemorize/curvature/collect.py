@@ -475,7 +475,15 @@ def _resume_point(checkpoint: Checkpoint | None, group: ProcessGroup) -> dict:
     """Rank 0 reads (and checks) the checkpoint; every rank learns where to start."""
     if checkpoint is None:
         return {}
-    state = checkpoint.load() if group.is_main and checkpoint.exists() else {}
+    state, refusal = {}, ""
+    if group.is_main and checkpoint.exists():
+        try:
+            state = checkpoint.load()
+        except UnmemorizeError as exc:  # every rank stops with this message, none waits for a collective that never comes
+            refusal = str(exc)
+    refusal = group.broadcast_text(refusal)
+    if refusal:
+        raise UnmemorizeError(refusal if group.is_main else f"rank {group.rank}: stopped because rank 0 refused the checkpoint: {refusal}")
     found = group.broadcast_int(1 if state else 0)
     if not found:
         return {}

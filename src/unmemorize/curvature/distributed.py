@@ -64,6 +64,19 @@ class ProcessGroup:
         dist.broadcast(tensor, src=0)
         return int(tensor.item())
 
+    def broadcast_text(self, text: str, size: int = 4096) -> str:
+        """Rank 0's ``text`` (UTF-8, at most ``size`` bytes) on every rank: how one rank's error reaches the others."""
+        if not self.distributed:
+            return text
+        import torch.distributed as dist
+
+        buffer = torch.zeros(size, dtype=torch.uint8, device=self.device)
+        if self.is_main:
+            raw = text.encode()[:size]
+            buffer[: len(raw)] = torch.tensor(list(raw), dtype=torch.uint8, device=self.device)
+        dist.broadcast(buffer, src=0)
+        return bytes(buffer[buffer != 0].cpu().tolist()).decode(errors="replace")
+
     def same_on_all_ranks(self, value: int) -> bool:
         """Whether every rank passed the same ``value`` (an integer below 2^52: exact in float64)."""
         if not self.distributed:

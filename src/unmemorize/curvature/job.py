@@ -58,8 +58,9 @@ def run_collect_job(job: CollectJob) -> dict | None:
     released = False
     try:
         if not group.is_main:
-            if not group.broadcast_int(0):  # rank 0's checks failed: it prints the error
-                raise UnmemorizeError(f"rank {group.rank}: stopped, rank 0 refused the run")
+            refusal = group.broadcast_text("")  # empty: rank 0's checks passed
+            if refusal:
+                raise UnmemorizeError(f"rank {group.rank}: stopped because rank 0 refused the run: {refusal}")
             _collect(job, group, None)
             return None
         with command_output(job.out, job.overwrite, {"--model": job.model, "--data": job.data}) as out:
@@ -68,16 +69,16 @@ def run_collect_job(job: CollectJob) -> dict | None:
                 raise UnmemorizeError(f"{folder} holds the checkpoint of an interrupted collection of {job.out}: pass --resume to "
                                       "continue it, or delete it to start over")
             released = True
-            group.broadcast_int(1)
+            group.broadcast_text("")
             try:
                 return _collect(job, group, out)
             except BaseException:
                 if (folder / "state.json").is_file():
                     print(f"checkpoint kept in {folder}: rerun with --resume to continue", file=sys.stderr)
                 raise
-    except UnmemorizeError:
+    except UnmemorizeError as exc:
         if group.is_main and group.distributed and not released:
-            _release_peers(group)
+            _release_peers(group, str(exc))
         raise
     finally:
         shutdown()
@@ -95,9 +96,10 @@ def refuse_offloaded_targets(model, targets: list[str]) -> None:
                               f"{shown}; give the GPUs more room with --max-memory, or target fewer modules (--layers)")
 
 
-def _release_peers(group: ProcessGroup) -> None:
+def _release_peers(group: ProcessGroup, message: str) -> None:
+    """Rank 0 refused the run before the others started: they stop with its message."""
     try:
-        group.broadcast_int(0)
+        group.broadcast_text(message or "refused")
     except Exception:  # noqa: BLE001 - peers may be gone already
         pass
 
