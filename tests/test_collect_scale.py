@@ -275,6 +275,24 @@ def test_torchrun_ranks_join_with_the_configured_timeout(monkeypatch):
     assert joined[1]["timeout"] == datetime.timedelta(seconds=distributed.DEFAULT_TIMEOUT_SECONDS) == datetime.timedelta(hours=1)
 
 
+def _wide_model(folder):
+    """A Llama whose float64 accumulators (~450 MB for its six MLP matrices, 75 MB for one) dwarf its weights."""
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    from unmemorize.tiny import make_tokenizer
+
+    tokenizer = make_tokenizer()
+    config = LlamaConfig(hidden_size=96, intermediate_size=3072, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
+                         vocab_size=len(tokenizer), max_position_embeddings=64, tie_word_embeddings=False)
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+WIDE_ACCUMULATORS = 2 * (3 * 3072**2 + 2 * 96**2) * 8  # float64, all six matrices (gate and up share one A)
+
+
 def _peak_rss_of(argv: list[str], folder) -> tuple[int, str]:
     """(peak resident bytes, stdout) of ``python -m unmemorize ARGV`` in a child of its own (os.wait4's rusage)."""
     out, err = folder / "child.out", folder / "child.err"
@@ -293,19 +311,7 @@ def test_the_dry_run_plans_the_peak_memory_of_the_run_it_is_for(tmp_path, per_pa
     weights: the dry-run's planned CPU peak is within 15% of the run's measured peak resident size,
     for one, two and all modules per pass (the warm-up runs only the largest pass, counts the
     accumulators once and includes the process's own resident memory)."""
-    import json
-
-    from transformers import AutoModelForCausalLM, LlamaConfig
-
-    from unmemorize.tiny import make_tokenizer
-
-    folder = tmp_path / "wide"
-    tokenizer = make_tokenizer()
-    config = LlamaConfig(hidden_size=96, intermediate_size=3072, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
-                         vocab_size=len(tokenizer), max_position_embeddings=64, tie_word_embeddings=False)
-    torch.manual_seed(0)
-    AutoModelForCausalLM.from_config(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
+    folder = _wide_model(tmp_path / "wide")
     corpus = write_corpus(tmp_path / "clean.txt", documents=200)
     argv = ["collect", "--model", str(folder), "--data", str(corpus), "--out", str(tmp_path / "factors"), "--seq-len", "32",
             "--batch-size", "4", "--max-tokens", "2000", "--dtype", "float64", "--modules-per-pass", per_pass, "--no-progress",
@@ -317,7 +323,7 @@ def test_the_dry_run_plans_the_peak_memory_of_the_run_it_is_for(tmp_path, per_pa
     print(f"modules per pass {per_pass}: planned {planned / 2**20:.0f} MiB, measured {measured / 2**20:.0f} MiB")
     assert abs(planned - measured) <= 0.15 * measured, (per_pass, planned / 2**20, measured / 2**20)
     accumulators = plan["accumulator_bytes_per_device"]["cpu"]
-    assert accumulators == {"1": (3072**2 + 96**2) * 8, "2": 2 * (3072**2 + 96**2) * 8, "0": 2 * (3 * 3072**2 + 2 * 96**2) * 8}[per_pass]
+    assert accumulators == {"1": (3072**2 + 96**2) * 8, "2": 2 * (3072**2 + 96**2) * 8, "0": WIDE_ACCUMULATORS}[per_pass]
 
 
 def test_start_up_reads_only_what_the_budget_needs_not_the_whole_folder(tmp_path, monkeypatch):
@@ -434,3 +440,17 @@ def test_when_rank_0_refuses_every_rank_stops_with_its_message(ws, tmp_path):
     result = _torchrun([*argv[:-2], "--batch-size", "2", "--resume", "--seed", "1"])
     assert result.returncode != 0 and time.perf_counter() - start < 90  # well before the 90 s collective timeout
     assert "rank 1: stopped because rank 0 refused the checkpoint:" in result.stderr and "its seed (0) differs" in result.stderr
+
+
+def test_ranks_other_than_0_hold_no_copy_of_the_factors(tmp_path):
+    """Every rank accumulates the sums, only rank 0 needs the factors: rank 1's peak memory growth over the
+    collection (recorded per rank in factors.json) stays near the accumulators, rank 0's holds both."""
+    folder = _wide_model(tmp_path / "wide")
+    corpus = write_corpus(tmp_path / "clean.txt", documents=200)
+    result = _torchrun(["collect", "--model", str(folder), "--data", str(corpus), "--out", str(tmp_path / "factors"), "--seq-len", "32",
+                        "--batch-size", "2", "--max-tokens", "1500", "--dtype", "float64", "--no-progress", "--checkpoint-every", "0"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    growth = json.loads((tmp_path / "factors" / "factors.json").read_text())["peak_resident_growth_bytes_per_rank"]
+    print(f"peak growth per rank: {[round(g / 2**20) for g in growth]} MiB; accumulators {WIDE_ACCUMULATORS / 2**20:.0f} MiB")
+    assert len(growth) == 2
+    assert growth[1] < 1.5 * WIDE_ACCUMULATORS < growth[0]  # rank 1: the sums; rank 0: the sums and the factors

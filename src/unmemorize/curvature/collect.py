@@ -48,6 +48,7 @@ from ..models import get_weight, model_limits, parse_dtype, weight_fingerprint, 
 from .checkpoint import Checkpoint
 from .distributed import SINGLE_PROCESS, ProcessGroup
 from .factors import KFACFactors
+from .memory import reset_peak_resident, resident_bytes
 from .objectives import NextTokenObjective, window_seed
 
 CHECKPOINT_SECONDS = 600  # default checkpoint interval: about every 10 minutes of work
@@ -311,6 +312,7 @@ def collect_factors(
     config = config or CollectConfig()
     config.validate()
     check_model_dtype(model, targets)
+    resident_before = resident_bytes("VmRSS") if reset_peak_resident() else None
     run = _Collection(model, batches, config, objective or NextTokenObjective(), group, checkpoint)
     missing = [n for n in targets if n not in run.modules]
     if missing:
@@ -366,6 +368,7 @@ def collect_factors(
             "passes": len(groups),
             "processes": group.world_size,
             "resumed": bool(run.state),
+            "peak_resident_growth_bytes_per_rank": _growth_per_rank(group, resident_before),
             "tokens": run.tokens or int(run.state.get("pass_tokens", 0)),
             "seconds": round(time.perf_counter() - start, 3),
         },
@@ -438,8 +441,9 @@ class _Collection:
             owner = recorder.activation_owner[name]
             if owner != name:
                 self.shared[name] = owner
-            activation[name] = (recorder.activation[owner] / positions).cpu()
-            gradient[name] = (recorder.gradient[name] / positions).cpu()
+            if group.is_main:  # the other ranks never hold the factors: rank 0 writes them
+                activation[name] = (recorder.activation[owner] / positions).cpu()
+                gradient[name] = (recorder.gradient[name] / positions).cpu()
         self.tokens = tokens
         if self.checkpoint is not None and group.is_main:
             self.checkpoint.save_finished_pass(index, activation, gradient,
@@ -504,6 +508,17 @@ def _reduce(group: ProcessGroup, recorder: _PassRecorder, positions: int, tokens
             tensor.zero_()
         return 0, 0
     return positions, tokens
+
+
+def _growth_per_rank(group: ProcessGroup, resident_before: int | None) -> list[int] | None:
+    """Each rank's peak resident memory growth over this collection (Linux VmHWM after a reset), gathered
+    on every rank: what each process of a torchrun job needed beyond its model. None where not measurable."""
+    if resident_before is None:
+        return None
+    growth = torch.zeros(group.world_size, dtype=torch.float64, device=group.device)
+    growth[group.rank] = max(0, (resident_bytes("VmHWM") or 0) - resident_before)
+    group.all_reduce([growth])
+    return [int(v) for v in growth.cpu().tolist()]
 
 
 def _short_hash(text: str) -> int:

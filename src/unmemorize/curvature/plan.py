@@ -37,6 +37,7 @@ from ..models import weight_shape
 from ..errors import UnmemorizeError
 from ..jsonio import strict_dumps
 from .collect import _PassRecorder, _dummy_batch, _module_groups, collect_factors
+from .memory import reset_peak_resident, resident_bytes
 from .objectives import NextTokenObjective
 
 WARMUP_BATCHES = 4
@@ -97,27 +98,6 @@ def collection_plan(model, targets: list[str], config, objective=None) -> dict:
     }
 
 
-def _resident_bytes(field: str) -> int | None:
-    """VmRSS or VmHWM of this process from /proc/self/status (Linux), in bytes."""
-    try:
-        for line in open("/proc/self/status", encoding="ascii"):
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
-def _reset_peak_resident() -> bool:
-    """Start a new peak-resident-size window (Linux >= 4.0: '5' to /proc/self/clear_refs resets VmHWM)."""
-    try:
-        with open("/proc/self/clear_refs", "w", encoding="ascii") as handle:
-            handle.write("5")
-        return True
-    except OSError:
-        return False
-
-
 def largest_pass(model, targets: list[str], config) -> list[str]:
     """The modules of the pass with the most accumulator bytes (all targets without --modules-per-pass)."""
     modules = dict(model.named_modules())
@@ -142,8 +122,8 @@ def warmup(model, tokenizer, data: str, targets: list[str], config) -> dict:
     before = {str(d): torch.cuda.memory_allocated(d) for d in cuda}
     for device in cuda:
         torch.cuda.reset_peak_memory_stats(device)
-    resident_before = _resident_bytes("VmRSS")
-    exact = _reset_peak_resident()
+    resident_before = resident_bytes("VmRSS")
+    exact = reset_peak_resident()
     maxrss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     collect_factors(model, batches[:1], group, quiet)  # warm-up, not timed
     one = batches[1:2] or batches[:1]
@@ -162,7 +142,7 @@ def warmup(model, tokenizer, data: str, targets: list[str], config) -> dict:
         speed = tokens_several / seconds_several
     growth = {str(d): max(0, torch.cuda.max_memory_allocated(d) - before[str(d)]) for d in cuda}
     if exact and resident_before is not None:
-        growth["cpu"] = max(0, (_resident_bytes("VmHWM") or 0) - resident_before)
+        growth["cpu"] = max(0, (resident_bytes("VmHWM") or 0) - resident_before)
     else:
         growth["cpu"] = max(0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - maxrss_before)
     return {"tokens_per_second": speed, "warmup_tokens": tokens_one + tokens_several, "warmup_seconds": round(seconds_one + seconds_several, 3),
