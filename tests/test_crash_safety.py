@@ -158,3 +158,46 @@ def test_a_full_disk_gives_one_error_and_no_partial_output(ws, tmp_path, capsys,
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("unmemorize")]
     assert err == [f"unmemorize: error: no space left on the device ({tmp_path / 'factors'}); nothing was written"]
     assert not out.exists() and debris(out) == []
+
+
+def test_without_flock_an_exclusive_claim_file_stands_in_and_says_how_to_clear_it(tmp_path, monkeypatch):
+    """Some cluster file systems refuse flock (ENOLCK, EOPNOTSUPP): the claim is then an O_EXCL file."""
+    import errno
+    import fcntl
+
+    from unmemorize.errors import UnmemorizeError
+
+    def no_flock(fd, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_flock)
+    out = tmp_path / "factors"
+    claim = tmp_path / ".factors.claim"
+    with claim_output(out):
+        assert claim.is_file() and f"pid {os.getpid()}" in claim.read_text()
+        assert not (tmp_path / ".factors.lock").exists()
+        other = subprocess.run([sys.executable, "-c", "import errno, fcntl, sys\n"
+                                "def no(fd, op): raise OSError(errno.ENOLCK, 'No locks available')\n"
+                                "fcntl.flock = no\n"
+                                "from unmemorize._atomic import claim_output\n"
+                                "from unmemorize.errors import UnmemorizeError\n"
+                                "try:\n    claim_output(sys.argv[1]).__enter__()\nexcept UnmemorizeError as e:\n    print(e)\n",
+                                str(out)], capture_output=True, text=True, timeout=60)
+        assert "is writing" in other.stdout and "if that run is gone, remove it" in other.stdout and str(claim) in other.stdout
+    assert not claim.exists()  # released with the claim
+    claim.write_text("pid 1 on a-crashed-node")  # a holder that died: the claim stays, and the refusal says what to do
+    with pytest.raises(UnmemorizeError, match=r"another unmemorize run \(pid 1 on a-crashed-node\).*remove it"):
+        with claim_output(out):
+            pass
+
+
+def test_a_symlink_planted_at_the_lock_name_is_refused_not_written_through(tmp_path):
+    from unmemorize.errors import UnmemorizeError
+
+    victim = tmp_path / "someone-elses-file.txt"
+    victim.write_text("precious")
+    (tmp_path / ".factors.lock").symlink_to(victim)
+    with pytest.raises(UnmemorizeError, match="is a symbolic link; remove it"):
+        with claim_output(tmp_path / "factors"):
+            pass
+    assert victim.read_text() == "precious"

@@ -8,7 +8,10 @@ Every folder or file a command writes goes through ``claim_output`` (``atomic_di
 2. **Claimed atomically.** An exclusive ``flock`` on ``.<name>.lock`` beside the output, held for
    the whole run: a concurrent run writing the same output fails at once, naming the holder's pid.
    The kernel drops the lock when a process dies, even by SIGKILL, so a crash never leaves a
-   stale claim; the lock file is removed when the claim ends.
+   stale claim; the lock file is removed when the claim ends. The lock file is opened with
+   O_NOFOLLOW (a planted symbolic link is refused, never written through). On a file system
+   without flock (some NFS, FUSE and cluster mounts) the claim is ``.<name>.claim`` created with
+   O_EXCL instead; it outlives a crashed holder, so its refusal names the file to remove.
 3. **Leftovers recovered.** Holding the claim, the run finishes what a killed run of the same
    output left: ``.<name>.tmp-*`` folders are removed; an overwrite killed between its two renames
    (``out`` missing) is completed from the finished new copy, or rolled back to the old one.
@@ -109,9 +112,11 @@ def written_by_unmemorize(path: Path) -> bool:
 def _lock(path: Path) -> int:
     lock_path = path.with_name(f".{path.name}.lock")
     while True:
-        try:
-            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666 & ~umask())
+        try:  # O_NOFOLLOW: a symlink planted at the lock's name is never followed into someone's file
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666 & ~umask())
         except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise UnmemorizeError(f"{str(lock_path)!r} is a symbolic link; remove it (unmemorize never writes through one)") from None
             raise UnmemorizeError(f"cannot write in {str(path.parent)!r}: {exc.strerror}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -119,6 +124,11 @@ def _lock(path: Path) -> int:
             holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
             os.close(fd)
             raise UnmemorizeError(f"another unmemorize run ({holder}) is writing {str(path)!r}; wait for it or choose another output") from None
+        except OSError as exc:
+            if exc.errno not in NO_FLOCK:
+                raise
+            os.close(fd)  # a file system without flock (some NFS, FUSE and cluster mounts): an exclusive claim file instead
+            return _claim_without_flock(path, lock_path)
         try:  # the previous holder may have removed the lock file between our open and flock
             same = os.stat(lock_path).st_ino == os.fstat(fd).st_ino
         except FileNotFoundError:
@@ -130,9 +140,37 @@ def _lock(path: Path) -> int:
         os.close(fd)
 
 
-def _unlock(path: Path, fd: int) -> None:
+NO_FLOCK = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL, errno.ENOSYS}
+
+
+def _claim_without_flock(path: Path, lock_path: Path) -> int:
+    """Where flock is not supported: ``.<name>.claim`` created with O_EXCL (atomic on local and NFSv3+ file
+    systems). Unlike a flock it outlives a crashed holder, so a refusal names the file to remove."""
+    claim = path.with_name(f".{path.name}.claim")
     try:
-        os.unlink(path.with_name(f".{path.name}.lock"))
+        fd = os.open(claim, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666 & ~umask())
+    except FileExistsError:
+        try:
+            holder = claim.read_text(errors="replace").strip() or "unknown"
+        except OSError:
+            holder = "unknown"
+        raise UnmemorizeError(f"another unmemorize run ({holder}) is writing {str(path)!r} (this file system has no flock, so the "
+                              f"claim is the file {str(claim)!r}: if that run is gone, remove it)") from None
+    except OSError as exc:
+        raise UnmemorizeError(f"cannot write in {str(path.parent)!r}: {exc.strerror}") from None
+    os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} (claim file: no flock here)".encode(), 0)
+    lock_path.unlink(missing_ok=True)  # the flock file opened before is not used
+    _CLAIM_FILES[fd] = claim
+    return fd
+
+
+_CLAIM_FILES: dict[int, Path] = {}  # fd -> claim file, for outputs claimed without flock
+
+
+def _unlock(path: Path, fd: int) -> None:
+    claim = _CLAIM_FILES.pop(fd, None)
+    try:
+        os.unlink(claim if claim is not None else path.with_name(f".{path.name}.lock"))
     except OSError:
         pass
     os.close(fd)
