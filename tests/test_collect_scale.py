@@ -454,3 +454,29 @@ def test_ranks_other_than_0_hold_no_copy_of_the_factors(tmp_path):
     print(f"peak growth per rank: {[round(g / 2**20) for g in growth]} MiB; accumulators {WIDE_ACCUMULATORS / 2**20:.0f} MiB")
     assert len(growth) == 2
     assert growth[1] < 1.5 * WIDE_ACCUMULATORS < growth[0]  # rank 1: the sums; rank 0: the sums and the factors
+
+
+def test_ranks_that_cannot_see_the_output_folder_stop_before_any_work(tmp_path):
+    """With several nodes --out must be on a shared file system (the checkpoint lives beside it): a rank
+    that cannot see rank 0's marker stops, and so does rank 0; ranks that share it go on (the gloo runs)."""
+    from unmemorize.curvature.distributed import ProcessGroup
+    from unmemorize.curvature.job import check_shared_output
+    from unmemorize.errors import UnmemorizeError
+
+    class OtherNode(ProcessGroup):  # rank 1 on a node where rank 0's folder does not exist
+        def broadcast_text(self, text: str, size: int = 4096) -> str:
+            return str(tmp_path / "rank-0-only" / ".out.shared-check-abc")
+
+        def same_on_all_ranks(self, value: int) -> bool:
+            return value == 1  # rank 0 saw its marker (1); the ranks agree only if this one did too
+
+    with pytest.raises(UnmemorizeError, match="rank 1: not every rank sees the folder of --out"):
+        check_shared_output(OtherNode(rank=1, world_size=2), None)
+
+    class SameNode(OtherNode):
+        def broadcast_text(self, text: str, size: int = 4096) -> str:
+            return text
+
+    out = tmp_path / "out"
+    check_shared_output(SameNode(rank=0, world_size=2), out)  # rank 0: writes, sees and removes its marker
+    assert not [p for p in tmp_path.iterdir() if ".shared-check-" in p.name]

@@ -61,6 +61,7 @@ def run_collect_job(job: CollectJob) -> dict | None:
             refusal = group.broadcast_text("")  # empty: rank 0's checks passed
             if refusal:
                 raise UnmemorizeError(f"rank {group.rank}: stopped because rank 0 refused the run: {refusal}")
+            check_shared_output(group, None)
             _collect(job, group, None)
             return None
         with command_output(job.out, job.overwrite, {"--model": job.model, "--data": job.data}) as out:
@@ -70,6 +71,7 @@ def run_collect_job(job: CollectJob) -> dict | None:
                                       "continue it, or delete it to start over")
             released = True
             group.broadcast_text("")
+            check_shared_output(group, out)
             try:
                 return _collect(job, group, out)
             except BaseException:
@@ -82,6 +84,32 @@ def run_collect_job(job: CollectJob) -> dict | None:
         raise
     finally:
         shutdown()
+
+
+def check_shared_output(group: ProcessGroup, out: Path | None) -> None:
+    """Under torchrun, every rank must see --out's folder: the checkpoint lives beside the output, and a
+    restart that puts rank 0 on another node must find it (else it would start over). Rank 0 (``out``)
+    writes a marker there, every rank looks for it by its absolute path, all stop with one message if
+    any cannot see it."""
+    if not group.distributed:
+        return
+    import os
+    import tempfile
+
+    marker = ""
+    if group.is_main:
+        handle, marker = tempfile.mkstemp(prefix=f".{out.name}.shared-check-", dir=out.parent)
+        os.close(handle)
+    marker = group.broadcast_text(marker)
+    try:
+        seen = group.same_on_all_ranks(1 if Path(marker).is_file() else 0)
+    finally:
+        if group.is_main:
+            Path(marker).unlink(missing_ok=True)
+    if not seen:
+        raise UnmemorizeError(f"rank {group.rank}: not every rank sees the folder of --out ({Path(marker).parent}): with several "
+                              "nodes, put --out on a file system they all share (the checkpoint lives beside it, and a restart "
+                              "may start rank 0 on another node)")
 
 
 def refuse_offloaded_targets(model, targets: list[str]) -> None:
