@@ -293,16 +293,19 @@ def _wide_model(folder):
 WIDE_ACCUMULATORS = 2 * (3 * 3072**2 + 2 * 96**2) * 8  # float64, all six matrices (gate and up share one A)
 
 
+PEAK_WRAPPER = ("import sys\nfrom unmemorize.cli import main\ncode = main(sys.argv[2:])\n"
+                "hwm = next(line for line in open('/proc/self/status') if line.startswith('VmHWM:')).split()[1]\n"
+                "open(sys.argv[1], 'w').write(hwm)\nsys.exit(code)\n")
+
+
 def _peak_rss_of(argv: list[str], folder) -> tuple[int, str]:
-    """(peak resident bytes, stdout) of ``python -m unmemorize ARGV`` in a child of its own (os.wait4's rusage)."""
-    out, err = folder / "child.out", folder / "child.err"
-    with open(out, "w") as stdout, open(err, "w") as stderr:
-        child = subprocess.Popen([sys.executable, "-m", "unmemorize", *argv], stdout=stdout, stderr=stderr, env=child_env(),
-                                 stdin=subprocess.DEVNULL)
-        _, status, usage = os.wait4(child.pid, 0)
-        child.returncode = os.waitstatus_to_exitcode(status)  # reaped here: Popen must not wait for it again
-    assert child.returncode == 0, err.read_text()[-2000:]
-    return usage.ru_maxrss * 1024, out.read_text()
+    """(peak resident bytes, stdout) of ``unmemorize ARGV`` in a child process, read by the child itself
+    (VmHWM of its own memory at exit: the rusage of a child also counts its parent's peak from before exec)."""
+    peak = folder / "child.peak"
+    result = subprocess.run([sys.executable, "-c", PEAK_WRAPPER, str(peak), *argv], capture_output=True, text=True, env=child_env(),
+                            stdin=subprocess.DEVNULL, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return int(peak.read_text()) * 1024, result.stdout
 
 
 @pytest.mark.parametrize("per_pass", ["1", "2", "0"], ids=["one-module-a-pass", "two-modules-a-pass", "all-in-one-pass"])
@@ -480,3 +483,13 @@ def test_ranks_that_cannot_see_the_output_folder_stop_before_any_work(tmp_path):
     out = tmp_path / "out"
     check_shared_output(SameNode(rank=0, world_size=2), out)  # rank 0: writes, sees and removes its marker
     assert not [p for p in tmp_path.iterdir() if ".shared-check-" in p.name]
+
+
+def test_the_dry_run_refuses_to_plan_under_torchrun(ws, tmp_path, capsys, monkeypatch):
+    """Every torchrun rank would plan on the same device and print its own plan: the dry-run plans one
+    process and says so (run it alone)."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    argv = ["collect", "--model", str(ws / "llama"), "--data", str(ws / "clean.txt"), "--out", str(tmp_path / "f"), *COMMON, "--dry-run"]
+    assert main(argv) == 2
+    assert "collect --dry-run plans one process; run it without torchrun" in capsys.readouterr().err
+    assert not (tmp_path / "f").exists()
