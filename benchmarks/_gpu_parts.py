@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import random
 import signal
 import socket
 import subprocess
@@ -339,27 +338,11 @@ def part_nccl(work: Path, args) -> dict:
 
 
 # ------------------------------------------------------------------------------------------- 6. tools
-def _task(folder: Path) -> Path:
-    from unmemorize.tiny import WORDS
-
-    rng = random.Random(0)
-    content = WORDS[:-2]
-    folder.mkdir(parents=True)
-    with open(folder / "mc.jsonl", "w") as out:
-        for _ in range(24):
-            out.write(json.dumps({"query": " ".join(rng.choice(content) for _ in range(6)),
-                                  "choices": [rng.choice(content) for _ in range(4)], "gold": rng.randrange(4)}) + "\n")
-    (folder / "tiny_mc.yaml").write_text(
-        f"task: tiny_mc\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {folder / 'mc.jsonl'}\ntest_split: test\n"
-        "metadata:\n  version: 1.0\noutput_type: multiple_choice\ndoc_to_text: \"{{query}}\"\ndoc_to_choice: choices\n"
-        "doc_to_target: gold\nmetric_list:\n  - metric: acc\n    aggregation: mean\n    higher_is_better: true\n")
-    return folder
-
-
 def part_tools(work: Path, args) -> dict:
     from unmemorize.basis import decompose_factors
     from unmemorize.basis.cache import cache_dir
     from unmemorize.curvature import load_factors
+    from unmemorize.tiny import write_mc_task
 
     device = args.device
     folder = small_model_folder(work / "model", hidden=64 if args.tiny else 256, layers=2)
@@ -377,7 +360,7 @@ def part_tools(work: Path, args) -> dict:
     result["decompose"] = {"device": index["device"], "max_eigenvalue_difference_vs_cpu": max(
         float((cached[n].gradient.eigenvalues - cpu[n].gradient.eigenvalues).abs().max() / cpu[n].gradient.eigenvalues.max())
         for n in cpu)}
-    tasks = _task(work / "tasks")
+    tasks = write_mc_task(work / "tasks")
     scores = {}
     for where in (device, "cpu") if device != "cpu" else ("cpu",):
         out = work / f"eval-{where.replace(':', '-')}.json"

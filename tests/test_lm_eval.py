@@ -24,7 +24,7 @@ from unmemorize.commands.eval import add_parser as add_eval_command
 from unmemorize.commands.eval import run as run_eval
 from unmemorize.evaluate.lm_eval_bridge import EvalRequest, LMEvalConfig, run_lm_eval
 from unmemorize.models import load_model
-from unmemorize.tiny import WORDS, save_tiny_lm, write_corpus
+from unmemorize.tiny import WORDS, save_tiny_lm, write_corpus, write_mc_task
 
 OFFLINE = {"HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 TASKS = "tiny_mc,tiny_ppl"
@@ -32,24 +32,17 @@ PLAN = {"0": {"gate": 0.3, "up": 0.3, "down": 0.3}, "1": {"gate": 0.3, "up": 0.3
 
 
 def _task_files(folder: Path) -> Path:
-    """Two lm-eval tasks reading local jsonl files: multiple choice (acc) and rolling loglikelihood (perplexity)."""
-    rng = random.Random(0)
+    """Two lm-eval tasks reading local jsonl files: multiple choice (acc, ``tiny.write_mc_task``) and rolling
+    loglikelihood (perplexity)."""
+    write_mc_task(folder)
+    rng = random.Random(1)
     content = WORDS[:-2]
-    folder.mkdir(parents=True)
-    with open(folder / "mc.jsonl", "w") as out:
-        for _ in range(24):
-            out.write(json.dumps({"query": " ".join(rng.choice(content) for _ in range(6)),
-                                  "choices": [rng.choice(content) for _ in range(4)], "gold": rng.randrange(4)}) + "\n")
     with open(folder / "text.jsonl", "w") as out:
         for _ in range(24):
             out.write(json.dumps({"text": " ".join(rng.choice(content) for _ in range(rng.randint(8, 20)))}) + "\n")
-    common = "test_split: test\nmetadata:\n  version: 1.0\n"
-    (folder / "tiny_mc.yaml").write_text(
-        f"task: tiny_mc\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {folder / 'mc.jsonl'}\n{common}"
-        "output_type: multiple_choice\ndoc_to_text: \"{{query}}\"\ndoc_to_choice: choices\ndoc_to_target: gold\n"
-        "metric_list:\n  - metric: acc\n    aggregation: mean\n    higher_is_better: true\n")
     (folder / "tiny_ppl.yaml").write_text(  # continuous scores: any change in the weights shows
-        f"task: tiny_ppl\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {folder / 'text.jsonl'}\n{common}"
+        f"task: tiny_ppl\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {folder / 'text.jsonl'}\n"
+        "test_split: test\nmetadata:\n  version: 1.0\n"
         "output_type: loglikelihood_rolling\ndoc_to_text: \"\"\ndoc_to_target: \"{{text}}\"\n"
         "metric_list:\n  - metric: word_perplexity\n  - metric: bits_per_byte\n")
     return folder

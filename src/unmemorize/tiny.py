@@ -75,3 +75,23 @@ def write_corpus(path: str | Path, documents: int = 200, seed: int = 0) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def write_mc_task(folder: str | Path, rows: int = 24, seed: int = 0) -> Path:
+    """A local lm-evaluation-harness task, ``tiny_mc``: multiple choice over ``WORDS`` (``mc.jsonl`` and
+    ``tiny_mc.yaml`` in ``folder``), for ``unmemorize eval --include-path folder`` without any download."""
+    import json
+
+    folder = Path(folder)
+    rng = random.Random(seed)
+    content = WORDS[:-2]
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / "mc.jsonl", "w") as out:
+        for _ in range(rows):
+            out.write(json.dumps({"query": " ".join(rng.choice(content) for _ in range(6)),
+                                  "choices": [rng.choice(content) for _ in range(4)], "gold": rng.randrange(4)}) + "\n")
+    (folder / "tiny_mc.yaml").write_text(
+        f"task: tiny_mc\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {folder / 'mc.jsonl'}\ntest_split: test\n"
+        "metadata:\n  version: 1.0\noutput_type: multiple_choice\ndoc_to_text: \"{{query}}\"\ndoc_to_choice: choices\n"
+        "doc_to_target: gold\nmetric_list:\n  - metric: acc\n    aggregation: mean\n    higher_is_better: true\n")
+    return folder
