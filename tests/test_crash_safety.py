@@ -15,6 +15,7 @@ import stat
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -44,11 +45,35 @@ def edit_argv(ws, out, rho="0.8", *extra):
     return ["edit", "--model", str(ws / "llama"), "--factors", str(ws / "factors"), "--out", str(out), "--rho", rho, *extra]
 
 
+_CHILDREN: list[subprocess.Popen] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_child_outlives_its_test():
+    """A test that fails while its child is paused must not leave that child running forever."""
+    yield
+    while _CHILDREN:
+        child = _CHILDREN.pop()
+        if child.poll() is None:
+            child.kill()
+            child.wait(timeout=30)
+
+
+def _default_signals():
+    """In the child, before exec: the signals whose behaviour is tested start with their default handlers,
+    however the suite was launched (a background job or nohup inherits SIGINT ignored, and Python then
+    installs no KeyboardInterrupt handler)."""
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_DFL)
+
+
 def start_paused(argv, point, tmp_path):
     """Start ``unmemorize argv`` in a child that stops at fault point ``point``; return it once it is there."""
     reached = tmp_path / f"reached-{point}"
     env = {**os.environ, "UNMEMORIZE_FAULT_PAUSE": point, "UNMEMORIZE_FAULT_FILE": str(reached), "OMP_NUM_THREADS": "1"}
-    child = subprocess.Popen([sys.executable, "-m", "unmemorize", *argv], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    child = subprocess.Popen([sys.executable, "-m", "unmemorize", *argv], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             stdin=subprocess.DEVNULL, preexec_fn=_default_signals)
+    _CHILDREN.append(child)
     deadline = time.monotonic() + 180
     while not reached.exists():
         if child.poll() is not None:
@@ -201,3 +226,15 @@ def test_a_symlink_planted_at_the_lock_name_is_refused_not_written_through(tmp_p
         with claim_output(tmp_path / "factors"):
             pass
     assert victim.read_text() == "precious"
+
+
+def test_the_signal_tests_pass_when_the_suite_runs_with_sigint_ignored(tmp_path):
+    """``make test &``, ``nohup`` and many CI runners start the suite with SIGINT ignored: the Ctrl-C test
+    must still pass (its child starts with default handlers), with no terminal and stdin closed."""
+    def ignore_sigint():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(Path(__file__)), "-k", "ctrl_c",
+                             "--basetemp", str(tmp_path / "inner")], capture_output=True, text=True, timeout=300,
+                            stdin=subprocess.DEVNULL, preexec_fn=ignore_sigint, cwd=Path(__file__).parent.parent)
+    assert result.returncode == 0 and "2 passed" in result.stdout, result.stdout[-3000:]
