@@ -308,7 +308,8 @@ def _peak_rss_of(argv: list[str], folder) -> tuple[int, str]:
     return int(peak.read_text()) * 1024, result.stdout
 
 
-@pytest.mark.parametrize("per_pass", ["1", "2", "0"], ids=["one-module-a-pass", "two-modules-a-pass", "all-in-one-pass"])
+@pytest.mark.parametrize("per_pass", [pytest.param("1", marks=pytest.mark.slow), "2", pytest.param("0", marks=pytest.mark.slow)],
+                         ids=["one-module-a-pass", "two-modules-a-pass", "all-in-one-pass"])  # make test runs the 3-pass case
 def test_the_dry_run_plans_the_peak_memory_of_the_run_it_is_for(tmp_path, per_pass):
     """A model whose float64 accumulators (~450 MB for all six MLP matrices, 75 MB for one) dwarf its
     weights: the dry-run's planned CPU peak is within 15% of the run's measured peak resident size,
