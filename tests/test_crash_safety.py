@@ -234,7 +234,7 @@ def test_the_signal_tests_pass_when_the_suite_runs_with_sigint_ignored(tmp_path)
     def ignore_sigint():
         signal.signal(signal.SIGINT, signal.SIG_IGN)
 
-    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(Path(__file__)), "-k", "ctrl_c and SIGINT",
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(Path(__file__)), "-k", "ctrl_c and interrupted",
                              "--basetemp", str(tmp_path / "inner")], capture_output=True, text=True, timeout=300,
                             stdin=subprocess.DEVNULL, preexec_fn=ignore_sigint, cwd=Path(__file__).parent.parent)
     assert result.returncode == 0 and "1 passed" in result.stdout, result.stdout[-3000:]
