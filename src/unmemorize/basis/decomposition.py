@@ -27,6 +27,7 @@ import torch
 
 from .._atomic import atomic_dir
 from .._version import __version__
+from ..curvature.distributed import broadcast_utf8
 from ..curvature.factors import KFACFactors, load_factors
 from ..errors import UnmemorizeError
 from ..jsonio import write_json
@@ -128,14 +129,7 @@ class _Ranks:
         """Rank 0's ``path`` on every rank (UTF-8 bytes in a fixed-size tensor)."""
         if self.world == 1:
             return path
-        import torch.distributed as dist
-
-        buffer = torch.zeros(4096, dtype=torch.uint8)
-        if self.rank == 0:
-            raw = str(path).encode()
-            buffer[: len(raw)] = torch.tensor(list(raw), dtype=torch.uint8)
-        dist.broadcast(buffer, src=0)
-        return Path(bytes(buffer[buffer != 0].tolist()).decode())
+        return Path(broadcast_utf8(str(path), self.rank == 0))
 
 
 def _listed_modules(factors_path: Path) -> tuple[list[str], dict[str, str]]:

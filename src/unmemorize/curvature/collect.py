@@ -48,7 +48,6 @@ from ..models import get_weight, model_limits, parse_dtype, weight_fingerprint, 
 from .checkpoint import Checkpoint
 from .distributed import SINGLE_PROCESS, ProcessGroup
 from .factors import KFACFactors
-from .memory import reset_peak_resident, resident_bytes
 from .objectives import NextTokenObjective, window_seed
 
 CHECKPOINT_SECONDS = 600  # default checkpoint interval: about every 10 minutes of work
@@ -312,7 +311,6 @@ def collect_factors(
     config = config or CollectConfig()
     config.validate()
     check_model_dtype(model, targets)
-    resident_before = resident_bytes("VmRSS") if reset_peak_resident() else None
     run = _Collection(model, batches, config, objective or NextTokenObjective(), group, checkpoint)
     missing = [n for n in targets if n not in run.modules]
     if missing:
@@ -368,7 +366,6 @@ def collect_factors(
             "passes": len(groups),
             "processes": group.world_size,
             "resumed": bool(run.state),
-            "peak_resident_growth_bytes_per_rank": _growth_per_rank(group, resident_before),
             "tokens": run.tokens or int(run.state.get("pass_tokens", 0)),
             "seconds": round(time.perf_counter() - start, 3),
         },
@@ -510,17 +507,6 @@ def _reduce(group: ProcessGroup, recorder: _PassRecorder, positions: int, tokens
     return positions, tokens
 
 
-def _growth_per_rank(group: ProcessGroup, resident_before: int | None) -> list[int] | None:
-    """Each rank's peak resident memory growth over this collection (Linux VmHWM after a reset), gathered
-    on every rank: what each process of a torchrun job needed beyond its model. None where not measurable."""
-    if resident_before is None:
-        return None
-    growth = torch.zeros(group.world_size, dtype=torch.float64, device=group.device)
-    growth[group.rank] = max(0, (resident_bytes("VmHWM") or 0) - resident_before)
-    group.all_reduce([growth])
-    return [int(v) for v in growth.cpu().tolist()]
-
-
 def _short_hash(text: str) -> int:
     """48 bits of sha256(text): an integer compared across ranks (exact in float64)."""
     return int(hashlib.sha256(text.encode()).hexdigest()[:12], 16)
@@ -575,12 +561,6 @@ class WindowSteps:
             yield _share(chunk, first, self.group, self.pad_id)
 
 
-def window_steps(files, tokenizer, config: CollectConfig, pad_id: int, group: ProcessGroup = SINGLE_PROCESS,
-                 vocab_size: int | None = None, max_length: int | None = None) -> WindowSteps:
-    """``WindowSteps`` over ``files`` (kept for callers of the earlier function)."""
-    return WindowSteps(files, tokenizer, config, pad_id, group, vocab_size, max_length)
-
-
 def _share(chunk: list[list[int]], first: int, group: ProcessGroup, pad_id: int) -> Step:
     mine = list(range(group.rank, len(chunk), group.world_size))
     if not mine:
@@ -631,7 +611,7 @@ def collect_from_files(model: nn.Module, tokenizer, data: str, targets: list[str
     files = list_data_files(data)
     budget = config.max_tokens or None
     pad_id = pad_token_id(tokenizer) if tokenizer is not None else 0
-    steps = window_steps(files, tokenizer, config, pad_id, group, *model_limits(model))
+    steps = WindowSteps(files, tokenizer, config, pad_id, group, *model_limits(model))
     if next(iter_windows(files, tokenizer, config.seq_len, budget, *model_limits(model), config.text_field), None) is None:
         raise UnmemorizeError(f"data path {data!r} holds no window of at least 2 tokens")
     factors = collect_factors(model, steps, targets, config, total_tokens=budget, on_pass=on_pass, group=group, checkpoint=checkpoint)

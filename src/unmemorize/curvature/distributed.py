@@ -66,16 +66,7 @@ class ProcessGroup:
 
     def broadcast_text(self, text: str, size: int = 4096) -> str:
         """Rank 0's ``text`` (UTF-8, at most ``size`` bytes) on every rank: how one rank's error reaches the others."""
-        if not self.distributed:
-            return text
-        import torch.distributed as dist
-
-        buffer = torch.zeros(size, dtype=torch.uint8, device=self.device)
-        if self.is_main:
-            raw = text.encode()[:size]
-            buffer[: len(raw)] = torch.tensor(list(raw), dtype=torch.uint8, device=self.device)
-        dist.broadcast(buffer, src=0)
-        return bytes(buffer[buffer != 0].cpu().tolist()).decode(errors="replace")
+        return broadcast_utf8(text, self.is_main, self.device, size) if self.distributed else text
 
     def same_on_all_ranks(self, value: int) -> bool:
         """Whether every rank passed the same ``value`` (an integer below 2^52: exact in float64)."""
@@ -95,6 +86,19 @@ class ProcessGroup:
 
 
 SINGLE_PROCESS = ProcessGroup()
+
+
+def broadcast_utf8(text: str, is_main: bool, device: torch.device | None = None, size: int = 4096) -> str:
+    """Rank 0's ``text`` on every rank of the initialized process group, as UTF-8 bytes in a fixed-size
+    uint8 tensor (on ``device``: CUDA for NCCL, the CPU for gloo)."""
+    import torch.distributed as dist
+
+    buffer = torch.zeros(size, dtype=torch.uint8, device=device)
+    if is_main:
+        raw = text.encode()[:size]
+        buffer[: len(raw)] = torch.tensor(list(raw), dtype=torch.uint8, device=device)
+    dist.broadcast(buffer, src=0)
+    return bytes(buffer[buffer != 0].cpu().tolist()).decode(errors="replace")
 
 
 def launched_by_torchrun() -> bool:

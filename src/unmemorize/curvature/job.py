@@ -15,11 +15,14 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from ..errors import UnmemorizeError
 from .checkpoint import Checkpoint, checkpoint_folder
 from .collect import FLOAT16_REFUSAL, CollectConfig, collect_from_files, collection_settings
 from .distributed import DEFAULT_TIMEOUT_SECONDS, ProcessGroup, init_from_environment, launched_by_torchrun, shutdown
 from .factors import ShardedFactorWriter, save_factors
+from .memory import reset_peak_resident, resident_bytes
 
 
 @dataclass
@@ -124,6 +127,17 @@ def refuse_offloaded_targets(model, targets: list[str]) -> None:
                               f"{shown}; give the GPUs more room with --max-memory, or target fewer modules (--layers)")
 
 
+def _growth_per_rank(group: ProcessGroup, resident_before: int | None) -> list[int] | None:
+    """Each rank's peak resident memory growth over its collection (Linux VmHWM after a reset), gathered
+    on every rank: what each process of a torchrun job needed beyond its model. None where not measurable."""
+    if resident_before is None:
+        return None
+    growth = torch.zeros(group.world_size, dtype=torch.float64, device=group.device)
+    growth[group.rank] = max(0, (resident_bytes("VmHWM") or 0) - resident_before)
+    group.all_reduce([growth])
+    return [int(v) for v in growth.cpu().tolist()]
+
+
 def _release_peers(group: ProcessGroup, message: str) -> None:
     """Rank 0 refused the run before the others started: they stop with its message."""
     try:
@@ -156,17 +170,21 @@ def _collect(job: CollectJob, group: ProcessGroup, out: Path | None) -> dict | N
         ranks = f" on {group.world_size} processes" if group.distributed else ""
         print(f"collecting {config.fisher} Fisher factors for {len(targets)} modules of {type(model).__name__}{ranks}", file=sys.stderr)
     sharded = 0 < config.modules_per_pass < len(targets)
+    resident_before = resident_bytes("VmRSS") if reset_peak_resident() else None  # each rank's growth, recorded in factors.json
     if not group.is_main:
         collect_from_files(model, tokenizer, job.data, targets, config, on_pass=(lambda *a: None) if sharded else None,
                            group=group, checkpoint=checkpoint)
+        _growth_per_rank(group, resident_before)
         return None
     if sharded:  # bounded memory: one shard per pass, written as it ends
         with ShardedFactorWriter(out, model, job.overwrite) as writer:
             factors = collect_from_files(model, tokenizer, job.data, targets, config, on_pass=writer.write_pass, group=group,
                                          checkpoint=checkpoint)
+            factors.metadata["peak_resident_growth_bytes_per_rank"] = _growth_per_rank(group, resident_before)
             writer.finish(factors)
     else:
         factors = collect_from_files(model, tokenizer, job.data, targets, config, group=group, checkpoint=checkpoint)
+        factors.metadata["peak_resident_growth_bytes_per_rank"] = _growth_per_rank(group, resident_before)
         save_factors(factors, out, model=model, overwrite=job.overwrite)
     if checkpoint is not None:
         checkpoint.remove()

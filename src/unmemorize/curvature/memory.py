@@ -1,6 +1,6 @@
 """This process's resident memory (Linux /proc): the current size, and a peak that can be reset, so that
-a stretch of work (a dry-run's warm-up, a collection) can be measured on its own. ``collect_factors``
-resets the peak at its start and records each rank's growth in the factors' metadata."""
+a stretch of work (a dry-run's warm-up, a collection) can be measured on its own. A collection job
+(``job.py``) resets the peak before collecting and records each rank's growth in factors.json."""
 
 from __future__ import annotations
 
