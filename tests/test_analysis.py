@@ -17,6 +17,7 @@ from unmemorize.analysis import (
 from unmemorize.analysis.bands import BAND_EDGES, top_pair_column_counts
 from unmemorize.basis import ModuleBasis, decompose
 from unmemorize.models import get_weight
+from unmemorize.matrices import model_matrices
 
 
 def random_psd(d, seed, decay=0.8):
@@ -375,7 +376,7 @@ def test_readout_memory_budget_splits_modules_into_passes_with_the_same_result(t
 
     model, _ = tiny_lm("llama")
     modules = [n for n, _ in model.named_modules() if n.endswith("_proj") and ".mlp." in n]
-    named = dict(model.named_modules())
+    named = model_matrices(model)
     one_module = 3 * 32 * 32 * 8 / 2**30  # gate/up: three (32, 32) float64 read-outs
     assert _module_groups(named, modules, ["whitened", "pairs", "svd"], 0, 100.0, torch.float64) == [modules]
     groups = _module_groups(named, modules, ["whitened", "pairs", "svd"], 0, 1.5 * one_module, torch.float64)

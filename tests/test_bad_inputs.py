@@ -237,7 +237,7 @@ CASES = [
     ("edit-plan-not-json", E(amount=("--plan", "{bad}/plan-not-json.json")), "is not valid JSON"),
     ("edit-plan-not-utf8", E(amount=("--plan", "{bad}/plan-latin1.json")), "is not UTF-8 text"),
     ("edit-plan-empty", E(amount=("--plan", "{bad}/plan-empty.json")), "a plan must be a non-empty JSON object"),
-    ("edit-plan-unknown-module", E(amount=("--plan", "{bad}/plan-unknown.json")), "which is not a linear module"),
+    ("edit-plan-unknown-module", E(amount=("--plan", "{bad}/plan-unknown.json")), "which is not a weight matrix"),
     ("edit-plan-rho-string", E(amount=("--plan", "{bad}/plan-rho-string.json")), "rho must be a number in [0, 1]"),
     ("edit-ppl-budget-below-one", E("--heldout", "{root}/clean.txt", amount=("--ppl-budget", "0.9")), "must be >= 1"),
     ("edit-ppl-budget-no-heldout", E(amount=("--ppl-budget", "1.1")), "needs --method kfac, --factors DIR and --heldout FILE"),

@@ -212,7 +212,7 @@ def test_plan_in_preset_terms_and_module_names(tiny_lm):
         parse_plan(model, {"1": {"gate": 1.5}})
     with pytest.raises(UnmemorizeError, match="unknown projection"):
         parse_plan(model, {"1": {"gat": 0.5}})
-    with pytest.raises(UnmemorizeError, match="not a linear module"):
+    with pytest.raises(UnmemorizeError, match="not a weight matrix"):
         parse_plan(model, {"model.layers.9.mlp.up_proj": 0.5})
 
 

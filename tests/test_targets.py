@@ -49,7 +49,7 @@ def test_unknown_projection_or_missing_layer_is_an_error(tiny_lm):
     model, _ = tiny_lm("llama")
     with pytest.raises(UnmemorizeError, match="unknown projection 'fc1'"):
         resolve_targets(model, projections="fc1")
-    with pytest.raises(UnmemorizeError, match="selects no module"):
+    with pytest.raises(UnmemorizeError, match="selects no matrix"):
         resolve_targets(model, layers="7")
     with pytest.raises(UnmemorizeError, match="--layers"):
         resolve_targets(model, layers="a,b")

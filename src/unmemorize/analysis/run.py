@@ -33,7 +33,7 @@ import torch
 
 from ..basis import ModuleBasis
 from ..errors import UnmemorizeError
-from ..models import get_weight, weight_shape
+from ..matrices import model_matrices
 from ..targets import layer_index
 from .bands import BAND_EDGES, BAND_NAMES, BASES, DEFAULT_FLOOR, BandMeans, band_ratios, build_readout, rank_correlation, separation_score
 
@@ -112,10 +112,14 @@ def band_analysis(model, modules: list[str], bases: dict[str, ModuleBasis], sour
     """
     if reference not in sources:
         raise UnmemorizeError(f"the reference source {reference!r} is missing")
-    named = dict(model.named_modules())
+    named = model_matrices(model)
     missing = [m for m in modules if m not in named]
     if missing:
         raise UnmemorizeError(f"modules not in the model: {', '.join(missing[:5])}")
+    experts = [m for m in modules if named[m].kind == "expert"]
+    if experts:  # each expert reads only its routed tokens: the readouts would need the experts' own instrumentation
+        raise UnmemorizeError(f"the band analysis reads inputs of linear modules; {experts[0]} is an expert's matrix "
+                              "(choose the attention or dense MLP matrices, or a dense model)")
     needs_kfac = any(b != "svd" for b in basis_names)
     if needs_kfac:
         absent = [m for m in modules if m not in bases]
@@ -159,11 +163,11 @@ def band_analysis(model, modules: list[str], bases: dict[str, ModuleBasis], sour
             for name in group:
                 readouts = {}
                 for kind in basis_names:
-                    readout = build_readout(kind, get_weight(named[name]), bases.get(name), BAND_EDGES, floor)
+                    readout = build_readout(kind, named[name].weight(), bases.get(name), BAND_EDGES, floor)
                     readout.directions = readout.directions.to(device, dtype)
                     readout.band_weights = readout.band_weights.to(device, dtype)
                     readouts[kind] = readout
-                handles.append(named[name].register_forward_pre_hook(hook_for(name, readouts)))
+                handles.append(named[name].module.register_forward_pre_hook(hook_for(name, readouts)))
             try:
                 for source, batches in sources.items():
                     current["source"] = source
@@ -180,7 +184,7 @@ def band_analysis(model, modules: list[str], bases: dict[str, ModuleBasis], sour
     result = {"bands": list(BAND_NAMES), "band_edges": list(BAND_EDGES), "reference": reference, "counted_positions": counted,
               "modules": {}}
     for name in modules:
-        entry = {"layer": layer_index(name), "projection": _projection_name(name), "d_in": weight_shape(named[name])[1], "bases": {}}
+        entry = {"layer": layer_index(name), "projection": _projection_name(name), "d_in": named[name].shape[1], "bases": {}}
         for kind in basis_names:
             mean = {s: means[s, name, kind].mean for s in sources}
             ratio = {s: band_ratios(mean[s], mean[reference]) for s in sources if s != reference}
@@ -197,7 +201,7 @@ def _module_groups(named, modules, basis_names, modules_per_pass, memory_gb, dty
     itemsize = torch.empty(0, dtype=dtype).element_size()
     groups, size = [[]], 0.0
     for name in modules:
-        d_out, d_in = weight_shape(named[name])
+        d_out, d_in = named[name].shape
         rows = {"pairs": d_in}
         need = sum(rows.get(kind, min(d_out, d_in)) * d_in for kind in basis_names) * itemsize / 2**30
         if groups[-1] and size + need > memory_gb:

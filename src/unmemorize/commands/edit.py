@@ -48,7 +48,7 @@ def run(args) -> None:
     from ..edit import EditConfig, apply_edit, load_plan, save_edited_model, uniform_plan
     from ..models import load_model
     from ..paths import command_output
-    from ..targets import resolve_targets
+    from ..targets import resolve_targets, untouched, untouched_note
 
     config = config_from_args(EditConfig, args)
     config.validate()
@@ -87,7 +87,10 @@ def run(args) -> None:
         if args.factors and factors is None:
             factors = load_factors(args.factors, model=model, modules=list(plan), allow_foreign=args.allow_foreign_factors)
         edit = apply_edit(model, plan, factors, config)
-        extra = {"model": args.model, **({"label_free_search": search_record} if search_record else {})}
+        if note := untouched_note(model, list(plan)):
+            print(note, file=sys.stderr)
+        extra = {"model": args.model, "untouched": untouched(model, list(plan)),
+                 **({"label_free_search": search_record} if search_record else {})}
         save_edited_model(edit, out, tokenizer, overwrite=args.overwrite, extra=extra)
     for name, stats in edit.modules.items():
         mass = f"mass {stats.kept_mass:.4f}" if stats.kept_mass is not None else ""

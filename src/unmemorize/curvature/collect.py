@@ -44,9 +44,11 @@ from tqdm.auto import tqdm
 
 from ..data import iter_windows, list_data_files, listing_fingerprint, pad_batch, pad_token_id
 from ..errors import UnmemorizeError, check_seed
-from ..models import get_weight, model_limits, parse_dtype, weight_fingerprint, weight_shape
+from ..matrices import Matrix, model_matrices
+from ..models import model_limits, parse_dtype
 from .checkpoint import Checkpoint
 from .distributed import SINGLE_PROCESS, ProcessGroup
+from .experts import ExpertTap, eager_experts
 from .factors import KFACFactors
 from .objectives import NextTokenObjective, window_seed
 
@@ -132,30 +134,42 @@ def _input_device(model: nn.Module) -> torch.device:
 
 
 class _PassRecorder:
-    """Hooks for one pass over the data: A and G sums for a group of modules, each on its module's device.
+    """Hooks for one pass over the data: A and G sums for a group of matrices, each on its parameter's device.
 
-    Modules that read the very same input tensor (gate_proj and up_proj) share one A sum; which
-    ones do is found once, before the data, by a forward pass on a dummy input, so every process
-    holds the same accumulators in the same order (what the all-reduce needs)."""
+    Matrices that read the very same input tensor (gate_proj and up_proj; the two halves of a fused
+    gate_up_proj; q, k, v) share one A sum; which ones do is found once, before the data, by a
+    forward pass on a dummy input, so every process holds the same accumulators in the same order
+    (what the all-reduce needs). A fused half's G is its rows' block of the fused output's G.
+    Expert matrices are recorded through ``experts.ExpertTap`` with their own position counts."""
 
-    def __init__(self, modules: dict[str, nn.Module], dtype: torch.dtype, dummy_batch: dict):
-        self.modules = modules
+    def __init__(self, matrices: dict[str, Matrix], dtype: torch.dtype, dummy_batch: dict):
+        self.matrices = matrices
         self.dtype = dtype
         self.counted: torch.Tensor | None = None
         self.outputs: dict[str, torch.Tensor] = {}
         self.batch_inputs: dict[str, torch.Tensor] = {}
+        self.expert_outputs: list[tuple[torch.Tensor, torch.Tensor, list[Matrix]]] = []
         self.handles = []
-        self.activation_owner = self.find_owners(modules, dummy_batch)
-        self.activation = {o: self._zeros(modules[o], 1) for o in dict.fromkeys(self.activation_owner.values())}  # owner -> sum a a^T
-        self.gradient = {n: self._zeros(m, 0) for n, m in modules.items()}  # module -> sum g g^T
+        self.taps: list[ExpertTap] = []
+        dense = {n: m for n, m in matrices.items() if m.kind != "expert"}
+        self.activation_owner = self.find_owners(dense, dummy_batch) if dense else {}
+        for matrix in matrices.values():  # an expert's gate and up read the same rows: one A
+            if matrix.kind == "expert":
+                first = next(m for m in matrices.values() if m.kind == "expert" and m.owner == matrix.owner and
+                             m.parameter == matrix.parameter and m.expert == matrix.expert)
+                self.activation_owner[matrix.name] = first.name
+        self.activation = {o: self._zeros(matrices[o], 1) for o in dict.fromkeys(self.activation_owner.values())}  # owner -> sum a a^T
+        self.gradient = {n: self._zeros(m, 0) for n, m in matrices.items()}  # matrix -> sum g g^T
+        self.expert_counts = {o: torch.zeros(1, dtype=torch.float64, device=matrices[o].weight().device)
+                              for o in self.activation if matrices[o].kind == "expert"}  # owner -> routed counted positions
 
-    def _zeros(self, module: nn.Module, side: int) -> torch.Tensor:
-        size = weight_shape(module)[side]
-        return torch.zeros(size, size, dtype=self.dtype, device=module.weight.device)
+    def _zeros(self, matrix: Matrix, side: int) -> torch.Tensor:
+        size = matrix.shape[side]
+        return torch.zeros(size, size, dtype=self.dtype, device=matrix.weight().device)
 
     @staticmethod
-    def find_owners(modules: dict[str, nn.Module], dummy_batch: dict) -> dict[str, str]:
-        """module -> the first module that reads the very same input tensor (itself if none)."""
+    def find_owners(matrices: dict[str, Matrix], dummy_batch: dict) -> dict[str, str]:
+        """matrix -> the first matrix that reads the very same input tensor (itself if none)."""
         dummy_batch = dict(dummy_batch)
         model_forward, seen, owners = dummy_batch.pop("_forward"), [], {}
 
@@ -166,33 +180,49 @@ class _PassRecorder:
                 owners[name] = owner
             return record
 
-        handles = [m.register_forward_pre_hook(hook(n)) for n, m in modules.items()]
+        handles = [m.module.register_forward_pre_hook(hook(n)) for n, m in matrices.items()]
         try:
             with torch.no_grad():
                 model_forward(dummy_batch)
         finally:
             for handle in handles:
                 handle.remove()
-        missing = [n for n in modules if n not in owners]
+        missing = [n for n in matrices if n not in owners]
         if missing:
             raise UnmemorizeError(f"target modules never run in a forward pass of this model: {', '.join(missing)}")
         return owners
 
     def __enter__(self):
-        for name, module in self.modules.items():
-            self.handles.append(module.register_forward_hook(self._hook(name)))
+        by_experts: dict[str, list[Matrix]] = {}
+        for name, matrix in self.matrices.items():
+            if matrix.kind == "expert":
+                by_experts.setdefault(matrix.owner, []).append(matrix)
+            else:
+                self.handles.append(matrix.module.register_forward_hook(self._hook(name)))
+        for owner, matrices in by_experts.items():
+            tap = ExpertTap(owner, matrices[0].module, matrices, self._record_expert_activation, self._keep_expert_output)
+            tap.install()
+            self.taps.append(tap)
         return self
 
     def __exit__(self, *exc):
         for handle in self.handles:
             handle.remove()
+        for tap in self.taps:
+            tap.remove()
+
+    def set_counted(self, counted: torch.Tensor) -> None:
+        self.counted = counted
+        for tap in self.taps:
+            tap.counted = counted
 
     def tensors(self) -> list[torch.Tensor]:
         """Every sum, in a fixed order (the same on every process)."""
-        return [*self.activation.values(), *self.gradient.values()]
+        return [*self.activation.values(), *self.gradient.values(), *self.expert_counts.values()]
 
     def sums(self) -> dict[str, torch.Tensor]:
-        return {**{f"{o}.A": t for o, t in self.activation.items()}, **{f"{n}.G": t for n, t in self.gradient.items()}}
+        return {**{f"{o}.A": t for o, t in self.activation.items()}, **{f"{n}.G": t for n, t in self.gradient.items()},
+                **{f"{o}.N": t for o, t in self.expert_counts.items()}}
 
     def load_sums(self, sums: dict[str, torch.Tensor]) -> None:
         for key, tensor in self.sums().items():
@@ -204,7 +234,7 @@ class _PassRecorder:
         def hook(module, inputs, output):
             a = inputs[0]
             owner = self.activation_owner[name]
-            counted = self.counted.to(a.device)
+            counted = _token_mask(self.counted, a, name)
             if owner == name:
                 self.batch_inputs[name] = a
                 rows = a.detach()[counted].to(self.dtype)  # (N_batch, d_in)
@@ -218,14 +248,53 @@ class _PassRecorder:
 
         return hook
 
+    def _record_expert_activation(self, owner: str, rows: torch.Tensor) -> None:
+        if owner in self.activation:
+            rows = rows.to(self.dtype)
+            self.activation[owner].addmm_(rows.T, rows)
+            self.expert_counts[owner] += rows.shape[0]
+
+    def _keep_expert_output(self, output: torch.Tensor, mask: torch.Tensor, parts: list[Matrix]) -> None:
+        self.expert_outputs.append((output, mask, parts))
+
     def accumulate_gradients(self, loss: torch.Tensor) -> None:
         names = list(self.outputs)
-        grads = torch.autograd.grad(loss, [self.outputs[n] for n in names])
-        for name, grad in zip(names, grads):
-            rows = grad[self.counted.to(grad.device)].to(self.dtype)  # (N_batch, d_out)
-            self.gradient[name].addmm_(rows.T, rows)
+        distinct = list({id(t): t for t in [*self.outputs.values(), *(o for o, _, _ in self.expert_outputs)]}.values())
+        grads = dict(zip(map(id, distinct), torch.autograd.grad(loss, distinct, allow_unused=True)))
+        for name in names:
+            output = self.outputs[name]
+            grad = grads[id(output)]
+            grad = torch.zeros_like(output) if grad is None else grad
+            rows = grad[_token_mask(self.counted, grad, name)].to(self.dtype)  # (N_batch, d_out of the module)
+            self._add_gradient(name, rows)
+        for output, mask, parts in self.expert_outputs:
+            grad = grads[id(output)]
+            grad = torch.zeros_like(output) if grad is None else grad
+            rows = grad[mask].to(self.dtype)
+            for matrix in parts:
+                self._add_gradient(matrix.name, rows)
         self.outputs.clear()
         self.batch_inputs.clear()
+        self.expert_outputs.clear()
+
+    def _add_gradient(self, name: str, rows: torch.Tensor) -> None:
+        matrix = self.matrices[name]
+        if matrix.rows is not None:  # a half of a fused output: its rows of W are these output columns
+            start, stop, step = matrix.rows
+            rows = rows[:, start:stop:step]
+        self.gradient[name].addmm_(rows.T, rows)
+
+
+def _token_mask(counted: torch.Tensor, tensor: torch.Tensor, name: str) -> torch.Tensor:
+    """The counted-position mask for a module's input or output: (B, T) rows, or the (B*T,) rows of a
+    module that reads the flattened tokens (a shared expert of Qwen2-MoE)."""
+    counted = counted.to(tensor.device)
+    if tuple(tensor.shape[:-1]) == tuple(counted.shape):
+        return counted
+    if tensor.ndim == 2 and tensor.shape[0] == counted.numel():
+        return counted.reshape(-1)
+    raise UnmemorizeError(f"{name}: its input or output has shape {tuple(tensor.shape)}, which does not map onto the batch's "
+                          f"{tuple(counted.shape)} token positions; choose other targets")
 
 
 def _module_groups(names: list[str], per_pass: int) -> list[list[str]]:
@@ -312,12 +381,12 @@ def collect_factors(
     config.validate()
     check_model_dtype(model, targets)
     run = _Collection(model, batches, config, objective or NextTokenObjective(), group, checkpoint)
-    missing = [n for n in targets if n not in run.modules]
+    missing = [n for n in targets if n not in run.matrices]
     if missing:
         raise UnmemorizeError(f"target modules not in the model: {', '.join(missing)}")
     # the weights these factors belong to (a checkpoint's settings already hold them: hashed once)
     fingerprints = (checkpoint.settings.get("weights") if checkpoint is not None else None) or \
-        {n: weight_fingerprint(run.modules[n]) for n in targets}
+        {n: run.matrices[n].fingerprint() for n in targets}
     if not group.same_on_all_ranks(_short_hash(json.dumps(fingerprints, sort_keys=True))):
         raise UnmemorizeError(f"rank {group.rank}: the ranks hold different weights for the target modules (their sha256 "
                               "fingerprints differ); every rank must load the same model")
@@ -327,7 +396,7 @@ def collect_factors(
     start = time.perf_counter()
     run.bar = tqdm(total=None if total_tokens is None else total_tokens * len(groups), unit=run.objective.unit, unit_scale=True,
                    desc="collect K-FAC", disable=not config.progress or not group.is_main, dynamic_ncols=True)
-    with _frozen(model), run.bar:
+    with _frozen(model), eager_experts(model), run.bar:
         for index, names in enumerate(groups):
             if index < run.passes_done:  # finished before the run was interrupted: rank 0 has its factors
                 if not group.is_main:
@@ -355,13 +424,17 @@ def collect_factors(
             "max_tokens": config.max_tokens,
             "batch_size": config.batch_size,
             "accumulation_dtype": config.dtype,
-            "model_dtype": str(get_weight(run.modules[targets[0]]).dtype).replace("torch.", ""),
+            "model_dtype": str(run.matrices[targets[0]].weight().dtype).replace("torch.", ""),
             "objective": run.objective.name,
             "positions": run.objective.positions_description,
             "normalization": "A and G are means over counted positions; g is the gradient of the SUM-reduced loss",
             "kronecker_order": "F_W ~ G (x) A for row-major vec(W), W of shape (d_out, d_in)",
             "shared_activation": run.shared,
-            "module_shapes": {n: list(weight_shape(run.modules[n])) for n in targets},
+            "module_shapes": {n: list(run.matrices[n].shape) for n in targets},
+            "fused": {n: {"source": m.source, "kind": m.kind, **({"rows": list(m.rows)} if m.rows else {}),
+                          **({"expert": m.expert} if m.expert is not None else {})}
+                      for n in targets if (m := run.matrices[n]).kind != "linear"},
+            **({"expert_positions": run.expert_positions, "unrouted_experts": run.unrouted} if run.expert_positions or run.unrouted else {}),
             "weight_fingerprints": fingerprints,
             "passes": len(groups),
             "processes": group.world_size,
@@ -378,10 +451,12 @@ class _Collection:
     def __init__(self, model, batches, config: CollectConfig, objective, group: ProcessGroup, checkpoint: Checkpoint | None):
         self.model, self.batches, self.config, self.objective = model, batches, config, objective
         self.group, self.checkpoint = group, checkpoint
-        self.modules = dict(model.named_modules())
+        self.matrices = model_matrices(model)
         self.dtype = parse_dtype(config.dtype)
         self.device = _input_device(model)
         self.state = _resume_point(checkpoint, group)
+        self.expert_positions: dict[str, int] = dict(self.state.get("expert_positions", {}))
+        self.unrouted: list[str] = list(self.state.get("unrouted", []))
         self.passes_done = int(self.state.get("passes_done", 0))
         self.num_positions = int(self.state.get("num_positions", 0))
         self.shared: dict[str, str] = {}
@@ -393,7 +468,7 @@ class _Collection:
         """Sums over the data for ``names`` (from the checkpoint's, when resuming this pass), reduced over
         the processes and divided by the counted positions: (A, G) per module, on the CPU."""
         group, config = self.group, self.config
-        recorder = _PassRecorder({n: self.modules[n] for n in names}, self.dtype, _dummy_batch(self.model, self.objective))
+        recorder = _PassRecorder({n: self.matrices[n] for n in names}, self.dtype, _dummy_batch(self.model, self.objective))
         resume = self.state if self.state.get("pass", self.passes_done) == index and self.state.get("sums") else {}
         window = int(resume.get("windows", 0))
         positions = tokens = 0
@@ -436,16 +511,24 @@ class _Collection:
         activation, gradient = {}, {}
         for name in names:
             owner = recorder.activation_owner[name]
+            count = positions
+            if owner in recorder.expert_counts:  # an expert: means over the counted positions routed to it
+                count = int(recorder.expert_counts[owner].item())
+                self.expert_positions[name] = count
+                if count == 0:  # never routed to: no curvature measured, nothing to edit it by
+                    self.unrouted.append(name)
+                    continue
             if owner != name:
                 self.shared[name] = owner
             if group.is_main:  # the other ranks never hold the factors: rank 0 writes them
-                activation[name] = (recorder.activation[owner] / positions).cpu()
-                gradient[name] = (recorder.gradient[name] / positions).cpu()
+                activation[name] = (recorder.activation[owner] / count).cpu()
+                gradient[name] = (recorder.gradient[name] / count).cpu()
         self.tokens = tokens
         if self.checkpoint is not None and group.is_main:
             self.checkpoint.save_finished_pass(index, activation, gradient,
                                                {"pass": index + 1, "windows": 0, "positions": 0, "tokens": 0, "sums": None,
-                                                "num_positions": self.num_positions, "shared": self.shared, "pass_tokens": tokens})
+                                                "num_positions": self.num_positions, "shared": self.shared, "pass_tokens": tokens,
+                                                "expert_positions": self.expert_positions, "unrouted": self.unrouted})
         return activation, gradient
 
     def _digest(self) -> str | None:
@@ -464,7 +547,7 @@ class _Collection:
         counted = self.objective.counted_positions(batch)
         if not counted.any():
             return 0, 0
-        recorder.counted = counted
+        recorder.set_counted(counted)
         seeds = [window_seed(self.config.seed, i) for i in indices]
         with torch.enable_grad():
             loss = self.objective.loss(self.model, batch, counted, self.config.fisher, seeds)
@@ -576,18 +659,18 @@ FLOAT16_REFUSAL = ("float16 weights are not collected: without loss scaling the 
 
 def check_model_dtype(model: nn.Module, targets: list[str]) -> None:
     """Refuse float16 target weights (see ``FLOAT16_REFUSAL``)."""
-    modules = dict(model.named_modules())
-    if any(get_weight(modules[name]).dtype == torch.float16 for name in targets if name in modules):
+    matrices = model_matrices(model)
+    if any(matrices[name].weight().dtype == torch.float16 for name in targets if name in matrices):
         raise UnmemorizeError(FLOAT16_REFUSAL)
 
 
 def collection_settings(model: nn.Module, targets: list[str], files, config: CollectConfig, objective_name: str) -> dict:
     """What a resumed run must share with the checkpoint it continues."""
-    modules = dict(model.named_modules())
-    weights = [get_weight(modules[n]) for n in targets]
+    matrices = model_matrices(model)
+    weights = [matrices[n].weight() for n in targets]
     return {
         "targets": targets,
-        "weights": {n: weight_fingerprint(modules[n]) for n in targets},  # rounded to bfloat16: dtype is its own setting
+        "weights": {n: matrices[n].fingerprint() for n in targets},  # rounded to bfloat16: dtype is its own setting
         "model_dtype": ",".join(sorted({str(w.dtype).replace("torch.", "") for w in weights})),
         "device_type": ",".join(sorted({w.device.type for w in weights})),
         "data": listing_fingerprint(files, config.seq_len, config.max_tokens or None, config.text_field),  # names and sizes

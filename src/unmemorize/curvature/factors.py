@@ -25,7 +25,7 @@ from torch import nn
 from .._atomic import _fault_point, atomic_dir
 from ..errors import UnmemorizeError
 from ..jsonio import write_json
-from ..models import weight_shape
+from ..matrices import model_matrices
 
 FORMAT_VERSION = 1
 TENSOR_FILE = "factors.safetensors"
@@ -196,12 +196,10 @@ def read_factor_info(root: Path) -> dict:
 
 def check_fingerprints(info: dict, model: nn.Module, names: list[str], where: str) -> None:
     """Refuse factors collected on other weights: each module's recorded weight_sha256 must be the model's."""
-    from ..models import weight_fingerprint
-
-    modules = dict(model.named_modules())
+    matrices = model_matrices(model)
     for name in names:
         recorded = info["modules"][name].get("weight_sha256")
-        if recorded is not None and name in modules and weight_fingerprint(modules[name]) != recorded:
+        if recorded is not None and name in matrices and matrices[name].fingerprint() != recorded:
             raise UnmemorizeError(f"{name}: the factors in {where} were collected on other weights than this model's "
                                   "(weight fingerprint differs); collect them on this model, or pass --allow-foreign-factors")
 
@@ -219,7 +217,7 @@ def load_factors(path: str | Path, model: nn.Module | None = None, modules: list
     unknown = [n for n in names if n not in listed]
     if unknown:
         raise UnmemorizeError(f"no factors for {', '.join(unknown)} in {root}; it covers {', '.join(listed)}")
-    model_modules = dict(model.named_modules()) if model is not None else {}
+    model_modules = model_matrices(model) if model is not None else {}
     activation, gradient = {}, {}
     by_file: dict[str, list[str]] = {}
     for name in names:
@@ -246,7 +244,7 @@ def load_factors(path: str | Path, model: nn.Module | None = None, modules: list
         if model is not None:
             if name not in model_modules:
                 raise UnmemorizeError(f"{name}: has factors but is not a module of {type(model).__name__} (factors of another model?)")
-            d_out, d_in = weight_shape(model_modules[name])
+            d_out, d_in = model_modules[name].shape
         _check_tensor(name, "A", activation[name], d_in)
         _check_tensor(name, "G", gradient[name], d_out)
     if model is not None and not allow_foreign:

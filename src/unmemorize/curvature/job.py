@@ -149,7 +149,7 @@ def _release_peers(group: ProcessGroup, message: str) -> None:
 def _collect(job: CollectJob, group: ProcessGroup, out: Path | None) -> dict | None:
     from ..data import list_data_files
     from ..models import load_model
-    from ..targets import resolve_targets
+    from ..targets import resolve_targets, untouched, untouched_note
     from .objectives import NextTokenObjective
 
     device = str(group.device) if group.distributed else job.device
@@ -169,6 +169,8 @@ def _collect(job: CollectJob, group: ProcessGroup, out: Path | None) -> dict | N
     if group.is_main:
         ranks = f" on {group.world_size} processes" if group.distributed else ""
         print(f"collecting {config.fisher} Fisher factors for {len(targets)} modules of {type(model).__name__}{ranks}", file=sys.stderr)
+        if note := untouched_note(model, targets):
+            print(note, file=sys.stderr)
     sharded = 0 < config.modules_per_pass < len(targets)
     resident_before = resident_bytes("VmRSS") if reset_peak_resident() else None  # each rank's growth, recorded in factors.json
     if not group.is_main:
@@ -181,10 +183,12 @@ def _collect(job: CollectJob, group: ProcessGroup, out: Path | None) -> dict | N
             factors = collect_from_files(model, tokenizer, job.data, targets, config, on_pass=writer.write_pass, group=group,
                                          checkpoint=checkpoint)
             factors.metadata["peak_resident_growth_bytes_per_rank"] = _growth_per_rank(group, resident_before)
+            factors.metadata["untouched"] = untouched(model, targets)
             writer.finish(factors)
     else:
         factors = collect_from_files(model, tokenizer, job.data, targets, config, group=group, checkpoint=checkpoint)
         factors.metadata["peak_resident_growth_bytes_per_rank"] = _growth_per_rank(group, resident_before)
+        factors.metadata["untouched"] = untouched(model, targets)
         save_factors(factors, out, model=model, overwrite=job.overwrite)
     if checkpoint is not None:
         checkpoint.remove()

@@ -33,7 +33,7 @@ from collections import defaultdict
 
 import torch
 
-from ..models import weight_shape
+from ..matrices import model_matrices
 from ..errors import UnmemorizeError
 from ..jsonio import strict_dumps
 from .collect import _PassRecorder, _dummy_batch, _module_groups, collect_factors
@@ -60,25 +60,33 @@ def safetensors_bytes(tensors: dict[str, tuple[tuple[int, ...], int]]) -> int:
 def collection_plan(model, targets: list[str], config, objective=None) -> dict:
     """Bytes of the files, accumulators per device and checkpoint, from the model's shapes alone."""
     objective = objective or NextTokenObjective()
-    modules = dict(model.named_modules())
+    modules = model_matrices(model)
     accumulate = 8 if config.dtype == "float64" else 4
-    owners = _PassRecorder.find_owners({n: modules[n] for n in targets}, _dummy_batch(model, objective))
+    dense = {n: modules[n] for n in targets if modules[n].kind != "expert"}
+    owners = _PassRecorder.find_owners(dense, _dummy_batch(model, objective)) if dense else {}
+    for name in targets:  # an expert's gate and up read the same routed rows: one A
+        matrix = modules[name]
+        if matrix.kind == "expert":
+            owners[name] = next(n for n in targets if modules[n].owner == matrix.owner and modules[n].parameter == matrix.parameter
+                                and modules[n].expert == matrix.expert)
     groups = _module_groups(targets, config.modules_per_pass)
     factor_files = 0
     per_pass, sums_files = [], []
     for names in groups:
-        factor_files += safetensors_bytes({f"{n}.{k}": ((weight_shape(modules[n])[1 if k == "A" else 0],) * 2, 4)
+        factor_files += safetensors_bytes({f"{n}.{k}": ((modules[n].shape[1 if k == "A" else 0],) * 2, 4)
                                            for n in names for k in "AG"})
         memory: dict[str, int] = defaultdict(int)
         sums = {}
         for name in names:
-            d_out, d_in = weight_shape(modules[name])
-            device = str(modules[name].weight.device)
+            d_out, d_in = modules[name].shape
+            device = str(modules[name].weight().device)
             memory[device] += accumulate * d_out * d_out
             sums[f"{name}.G"] = ((d_out, d_out), accumulate)
             if owners[name] == name or owners[name] not in names:
                 memory[device] += accumulate * d_in * d_in
                 sums[f"{owners[name]}.A"] = ((d_in, d_in), accumulate)
+                if modules[name].kind == "expert":
+                    sums[f"{owners[name]}.N"] = ((1,), 8)
         per_pass.append(dict(memory))
         sums_files.append(safetensors_bytes(sums))
     largest = max(per_pass, key=lambda m: sum(m.values()))
@@ -86,8 +94,12 @@ def collection_plan(model, targets: list[str], config, objective=None) -> dict:
     for parameter in model.parameters():
         weights[str(parameter.device)] += parameter.numel() * parameter.element_size()
     finished = factor_files if len(groups) > 1 else 0  # finished passes wait in the checkpoint
+    experts = [n for n in targets if modules[n].kind == "expert"]
+    expert_bytes = sum(4 * (modules[n].shape[0] ** 2 + (modules[n].shape[1] ** 2 if owners[n] == n else 0)) for n in experts)
     return {
         "modules": len(targets),
+        "expert_matrices": len(experts),
+        "expert_factor_bytes": expert_bytes,  # of the factor files: experts multiply them (one A and G per expert)
         "passes": len(groups),
         "factor_file_bytes": factor_files,
         "accumulator_bytes_per_device": largest,
@@ -100,9 +112,9 @@ def collection_plan(model, targets: list[str], config, objective=None) -> dict:
 
 def largest_pass(model, targets: list[str], config) -> list[str]:
     """The modules of the pass with the most accumulator bytes (all targets without --modules-per-pass)."""
-    modules = dict(model.named_modules())
+    modules = model_matrices(model)
     groups = _module_groups(targets, config.modules_per_pass)
-    return max(groups, key=lambda names: sum(weight_shape(modules[n])[0] ** 2 + weight_shape(modules[n])[1] ** 2 for n in names))
+    return max(groups, key=lambda names: sum(modules[n].shape[0] ** 2 + modules[n].shape[1] ** 2 for n in names))
 
 
 def warmup(model, tokenizer, data: str, targets: list[str], config) -> dict:
@@ -176,7 +188,9 @@ def print_collect_plan(job) -> dict:
     devices = sorted(d for d in set(held) | set(growth) if d != "meta")
     plan["peak_bytes_per_device"] = {d: held.get(d, 0) + growth.get(d, 0) for d in devices}
     lines = [f"plan for {len(targets)} modules of {type(model).__name__}, {plan['passes']} pass(es), --dtype {config.dtype}:",
-             f"  factor files       {_size(plan['factor_file_bytes'])}",
+             f"  factor files       {_size(plan['factor_file_bytes'])}" + (
+                 f" ({plan['expert_matrices']} of the {len(targets)} matrices are experts' and hold "
+                 f"{_size(plan['expert_factor_bytes'])}: every expert has its own A and G)" if plan["expert_matrices"] else ""),
              f"  checkpoint (peak)  {_size(plan['checkpoint_bytes'])}",
              f"  disk needed        {_size(plan['disk_bytes'])}"]
     for device in devices:

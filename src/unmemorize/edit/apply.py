@@ -1,7 +1,7 @@
 """Applying an edit to a model in memory (with restore) and saving the edited model.
 
-``apply_edit`` replaces, for every module of the plan, W by the method's W' (cast back to the
-module dtype); ``AppliedEdit.restore()`` puts the original weights back bit for bit.
+``apply_edit`` replaces, for every matrix of the plan (a linear module, half of a fused projection or one
+expert's matrix: ``matrices.py``), W by the method's W' (cast back to the parameter's dtype); ``AppliedEdit.restore()`` puts the original weights back bit for bit.
 ``save_edited_model`` writes a complete Hugging Face model folder (safetensors weights, config,
 tokenizer) plus ``unmemorize_edit.json`` with per-module statistics and factor provenance.
 """
@@ -22,7 +22,8 @@ from ..basis import ModuleBasis, decompose_factors
 from ..curvature.factors import KFACFactors
 from ..errors import UnmemorizeError, check_seed
 from ..jsonio import write_json
-from ..models import get_weight, parse_dtype, set_weight
+from ..matrices import model_matrices
+from ..models import parse_dtype
 from .methods import kfac_edit, module_seed, random_edit, svd_edit
 from .selection import select_pairs, select_per_side
 
@@ -89,9 +90,9 @@ class AppliedEdit:
 
     def restore(self) -> None:
         """Put the original weights back exactly."""
-        named = dict(self.model.named_modules())
+        matrices = model_matrices(self.model)
         for name, weight in self.originals.items():
-            set_weight(named[name], weight)
+            matrices[name].write(weight)
 
     def summary(self) -> dict:
         return {
@@ -124,7 +125,7 @@ def apply_edit(
     """
     config = config or EditConfig()
     config.validate()
-    named = dict(model.named_modules())
+    named = model_matrices(model)
     unknown = [n for n in plan if n not in named]
     if unknown:
         raise UnmemorizeError(f"plan names modules not in the model: {', '.join(unknown)}")
@@ -142,8 +143,8 @@ def apply_edit(
     try:
         for name, rho in plan.items():
             start = time.perf_counter()
-            module = named[name]
-            weight = get_weight(module)
+            matrix = named[name]
+            weight = matrix.weight()
             originals[name] = weight.detach().clone()
             rows_used = cols_used = kept_mass = seed = None
             if config.method == "svd":
@@ -171,12 +172,12 @@ def apply_edit(
             original = originals[name].to(compute)
             norm = original.norm()
             change = float((new - original).norm() / norm) if norm > 0 else 0.0
-            set_weight(module, new)
+            matrix.write(new)
             stats[name] = ModuleEdit(rho, kept, total, kept / total, kept_mass, rows_used, cols_used, change,
                                      round(time.perf_counter() - start, 4), seed)
     except BaseException:
         for name, weight in originals.items():
-            set_weight(named[name], weight)
+            named[name].write(weight)
         raise
     return AppliedEdit(model, config, stats, originals, _factor_provenance(factors))
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from ..models import weight_shape
+from ..matrices import model_matrices
 
 MEASURE_SIZE = 768
 
@@ -43,11 +43,11 @@ def _measure(dtype: torch.dtype, device) -> tuple[float, float]:
 
 def edit_estimate(model, plan: dict[str, float], config, shared: dict[str, str] | None = None, source: str | None = None) -> dict:
     """The numbers of the module docstring for ``plan`` (module -> rho) under ``config`` (EditConfig)."""
-    modules = dict(model.named_modules())
+    modules = model_matrices(model)
     shared = shared or {}
     eigh_bytes = 8 if config.eigh_dtype == "float64" else 4
     compute_bytes = 8 if config.compute_dtype == "float64" else 4
-    shapes = {n: weight_shape(modules[n]) for n in plan}
+    shapes = {n: modules[n].shape for n in plan}
     distinct_a = {shared.get(n, n): shapes[n][1] for n in plan}
     matrices = [*distinct_a.values(), *(shapes[n][0] for n in plan)]
     if config.method == "svd":

@@ -61,7 +61,8 @@ def parse_plan(model: nn.Module, spec: dict) -> dict[str, float]:
                     plan[name] = rho
         else:
             if key not in linear:
-                raise UnmemorizeError(f"plan names {key!r}, which is not a linear module of {type(model).__name__}")
+                raise UnmemorizeError(f"plan names {key!r}, which is not a weight matrix of {type(model).__name__} (a linear module, "
+                                      "a half of a fused gate_up_proj, or an expert's matrix like mlp.experts.0.down_proj)")
             plan[key] = check_rho(value, f"plan entry {key}")
     order = {name: i for i, name in enumerate(linear_module_names(model))}
     return dict(sorted(plan.items(), key=lambda item: order[item[0]]))

@@ -27,7 +27,7 @@ from ..basis import ModuleBasis
 from ..curvature.factors import KFACFactors
 from ..errors import UnmemorizeError
 from ..evaluate import perplexity
-from ..targets import preset_for, preset_modules
+from ..targets import mlp_projections, preset_modules
 from .apply import edited
 from .plan import rho_list
 
@@ -91,8 +91,8 @@ class PlanSearch:
 
 
 def default_projection_sets(model: nn.Module) -> dict[str, list[str]]:
-    """The preset's first two MLP projections (gate+up for Llama), and all of them."""
-    projections = list(preset_for(model).mlp)
+    """The model's first two MLP roles (gate+up for Llama), and all of them."""
+    projections = mlp_projections(model)
     return {"+".join(projections[:2]): projections[:2], "+".join(projections): projections}
 
 
