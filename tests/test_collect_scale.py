@@ -161,7 +161,8 @@ def test_device_map_on_the_cpu_gives_the_factors_of_plain_loading(ws, tmp_path, 
 def test_device_map_targets_offloaded_off_the_devices_are_refused_by_name(ws, tmp_path, capsys, monkeypatch):
     """accelerate keeps offloaded modules' weights on 'meta' and streams them in: their weights cannot be
     fingerprinted or edited. --max-memory forces the offload here (disk, on a CPU machine)."""
-    from unmemorize.models import load_model, offloaded_modules
+    from unmemorize.matrices import offloaded_matrices
+    from unmemorize.models import load_model
     from unmemorize.targets import resolve_targets
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
@@ -174,9 +175,9 @@ def test_device_map_targets_offloaded_off_the_devices_are_refused_by_name(ws, tm
     assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".offloaded")]
     model, _ = load_model(str(ws / "llama"), device_map="auto", max_memory={"cpu": "20KiB"})
     targets = resolve_targets(model)
-    assert offloaded_modules(model, targets) == targets
+    assert offloaded_matrices(model, targets) == targets
     roomy, _ = load_model(str(ws / "llama"), device_map="auto", max_memory={"cpu": "2GiB"})  # control: room for every block
-    assert offloaded_modules(roomy, targets) == []
+    assert offloaded_matrices(roomy, targets) == []
 
 
 def test_edit_dry_run_predicts_the_folder_it_writes(ws, tmp_path, capsys):

@@ -161,3 +161,10 @@ def matrices_for(model: nn.Module, names: list[str]) -> dict[str, Matrix]:
     """The named matrices (a KeyError names the first unknown one)."""
     every = model_matrices(model)
     return {n: every[n] for n in names}
+
+
+def offloaded_matrices(model: nn.Module, names: list[str]) -> list[str]:
+    """The named matrices whose parameter accelerate keeps off the model (on 'meta'), streaming it in from
+    CPU memory or disk at each forward: they cannot be read, fingerprinted or edited in place."""
+    matrices = model_matrices(model)
+    return [name for name in names if name in matrices and matrices[name].parameter_tensor().device.type == "meta"]

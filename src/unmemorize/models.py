@@ -240,22 +240,6 @@ def model_limits(model: nn.Module) -> tuple[int | None, int | None]:
     return vocab, positions
 
 
-def offloaded_modules(model: nn.Module, names: list[str]) -> list[str]:
-    """The named modules whose weight accelerate keeps off the model (on 'meta'), streaming it in from
-    CPU memory or disk at each forward: their weights cannot be read, fingerprinted or edited in place."""
-    modules = dict(model.named_modules())
-    return [name for name in names if get_weight(modules[name]).device.type == "meta"]
-
-
-def weight_fingerprint(module: nn.Module) -> str:
-    """sha256 of the (d_out, d_in) weight rounded to bfloat16: the same for a checkpoint loaded in
-    float32 or bfloat16, different for any other weights of the same shape."""
-    import hashlib
-
-    weight = get_weight(module).detach().to(torch.bfloat16).contiguous().view(torch.int16).cpu()
-    return hashlib.sha256(weight.numpy().tobytes()).hexdigest()
-
-
 def model_source(model: nn.Module) -> str:
     """The path or hub id a model was loaded from, or its class name for in-memory models."""
     return getattr(model.config, "_name_or_path", "") or type(model).__name__

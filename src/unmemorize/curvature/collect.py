@@ -201,6 +201,7 @@ class _PassRecorder:
                 self.handles.append(matrix.module.register_forward_hook(self._hook(name)))
         for owner, matrices in by_experts.items():
             tap = ExpertTap(owner, matrices[0].module, matrices, self._record_expert_activation, self._keep_expert_output)
+            tap.counted = self.counted
             tap.install()
             self.taps.append(tap)
         return self

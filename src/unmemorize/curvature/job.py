@@ -118,9 +118,9 @@ def check_shared_output(group: ProcessGroup, out: Path | None) -> None:
 def refuse_offloaded_targets(model, targets: list[str]) -> None:
     """--device-map may leave modules offloaded (weights on 'meta', streamed in per forward): their A and G
     could be collected, but not their weight fingerprints, nor any edit; refuse, naming them."""
-    from ..models import offloaded_modules
+    from ..matrices import offloaded_matrices
 
-    offloaded = offloaded_modules(model, targets)
+    offloaded = offloaded_matrices(model, targets)
     if offloaded:
         shown = ", ".join(offloaded[:4]) + (f" and {len(offloaded) - 4} more" if len(offloaded) > 4 else "")
         raise UnmemorizeError(f"--device-map left {len(offloaded)} target module(s) offloaded to the CPU or disk (weights on 'meta'): "
