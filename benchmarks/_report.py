@@ -121,10 +121,30 @@ def update(part: str, markdown: str, data: dict, quick: bool = False) -> None:
     json_path.write_text(strict_dumps(results, indent=1, default=str) + "\n")  # strict JSON: NaN/Inf as null
 
 
+def provenance() -> dict:
+    """What made a results file: commit (and whether the tree had changes), command line, machine, package versions."""
+    import subprocess
+
+    import transformers
+
+    from unmemorize._version import __version__
+
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=30).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    return {"commit": git("rev-parse", "HEAD") or None, "uncommitted_changes": bool(git("status", "--porcelain", "--", "src", "benchmarks")),
+            "command": command_line(), "machine": machine(), "versions": {"unmemorize": __version__, "transformers": transformers.__version__},
+            "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+
+
 def write_results(stem: str, lines: list[str], record) -> None:
-    """A whole-file benchmark result: ``docs/results/benchmarks/<stem>.md`` (the lines) and ``<stem>.json``; the table is printed too."""
+    """A whole-file benchmark result: ``docs/results/benchmarks/<stem>.md`` (the lines) and ``<stem>.json``
+    (``{"provenance": ..., "results": record}``); the table is printed too."""
     text = "\n".join(lines)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{stem}.md").write_text(text)
-    write_json(RESULTS / f"{stem}.json", record)
+    write_json(RESULTS / f"{stem}.json", {"provenance": provenance(), "results": record})
     print(text)

@@ -3,6 +3,7 @@
     index.md           README.md, with its links into docs/ made relative to the site
     reference/cli.md   ``unmemorize --help`` and every command's ``--help``, from the argparse parser
     reference/api.md   one mkdocstrings block per name in ``unmemorize.__all__``
+    guides/architectures.md   the supported-architecture table (the zoo) and the OLMoE plan (results-plan.json)
 
 Each generated page holds a marker comment that is replaced here; the build fails if a marker
 is missing (a page renamed or edited by hand).
@@ -79,8 +80,33 @@ def readme_as_index() -> str:
     return re.sub(r"\]\(docs/", "](", text)
 
 
+def architectures() -> str:
+    """Markdown: the supported-architecture table, built from the zoo's tiny models."""
+    _import_unmemorize()
+    from unmemorize.testbed.zoo import supported_table
+
+    return supported_table()
+
+
+def olmoe_plan() -> str:
+    """Markdown: the OLMoE-1B-7B rows of the committed plan benchmark (docs/results/benchmarks/results-plan.json)."""
+    import json
+
+    record = json.loads((ROOT / "docs" / "results" / "benchmarks" / "results-plan.json").read_text(encoding="utf-8"))
+    rows = ["| targets | matrices | passes | factor files GiB | of which experts' GiB | accumulators GiB (largest pass) |",
+            "|---|---|---|---|---|---|"]
+    for key, entry in record["results"].items() if "results" in record else record.items():
+        if key.startswith("OLMoE"):
+            rows.append(f"| {key.split(' / ', 1)[1]} | {entry['modules']} | {entry['passes']} | {entry['factor_files_GiB']:.1f} | "
+                        f"{entry['expert_factor_GiB']:.1f} | {entry['accumulators_GiB']:.1f} |")
+    if len(rows) == 2:
+        raise ValueError("docs/results/benchmarks/results-plan.json has no OLMoE rows: run benchmarks/plan_scale.py")
+    return "\n".join(rows)
+
+
 GENERATED = {
     "index.md": ("<!-- The home page is README.md", readme_as_index),
+    "guides/architectures.md": ("<!-- architectures -->", architectures),
     "reference/cli.md": ("<!-- cli-reference -->", cli_reference),
     "reference/api.md": ("<!-- api-reference -->", api_reference),
 }
@@ -95,4 +121,6 @@ def on_page_markdown(markdown: str, page, config, files) -> str:  # noqa: ARG001
         raise ValueError(f"docs/{page.file.src_uri}: the marker {marker!r} that docs/hooks.py replaces is missing")
     if page.file.src_uri == "index.md":
         return build()
+    if page.file.src_uri == "guides/architectures.md":
+        markdown = markdown.replace("<!-- olmoe-plan -->", olmoe_plan())
     return markdown.replace(marker, build())

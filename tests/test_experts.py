@@ -209,7 +209,7 @@ def test_passes_split_over_experts_give_the_factors_of_one_pass_and_the_plan_cou
     matrices = model_matrices(model)
     d_in, d_out = 32, 16  # an expert's gate/up: (16, 32); down: (32, 16)
     assert plan["expert_matrices"] == len(targets) == 2 * 4 * 3
-    per_expert = 4 * (d_out**2 + d_in**2) + 4 * d_out**2 + 4 * (d_in**2 + d_out**2)  # gate (A, G), up (G; A shared), down
+    per_expert = 3 * 4 * (d_out**2 + d_in**2)  # gate, up, down: each file stores its A and G (float32)
     assert plan["expert_factor_bytes"] == 2 * 4 * per_expert
     assert all(matrices[n].shape in ((16, 32), (32, 16)) for n in targets)
 

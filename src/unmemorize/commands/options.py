@@ -44,7 +44,9 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
 
 def add_target_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--targets", action="append", metavar="GLOB",
-                        help="Glob over module names (repeatable), e.g. 'model.layers.2?.mlp.*_proj'.")
-    parser.add_argument("--layers", help="Block indices for the architecture preset, e.g. '23,24,25' or '0-3'.")
-    parser.add_argument("--proj", help="Projections for the preset, e.g. 'gate,up' (Llama/OLMo), 'fc,proj' (GPT-2), "
-                        "'fc1,fc2' (ViT); attention: 'q,k,v,o' or 'qkv,o'.")
+                        help="Glob over matrix names (repeatable), e.g. 'model.layers.2?.mlp.*_proj', '*.experts.*.down_proj', "
+                        "or a fused module / experts parameter ('*.gate_up_proj': both halves / every expert).")
+    parser.add_argument("--layers", help="Block indices for the preset (derived from the model's structure), e.g. '23,24,25' or '0-3'.")
+    parser.add_argument("--proj", help="Projections for the preset: roles 'gate,up,down' (any family, experts included; 'fc,proj' "
+                        "= 'up,down'), a matrix's own name ('fc1', 'c_fc'), attention 'q,k,v,o' or 'qkv'. Default: every MLP matrix "
+                        "but routers.")

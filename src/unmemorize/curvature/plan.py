@@ -95,7 +95,7 @@ def collection_plan(model, targets: list[str], config, objective=None) -> dict:
         weights[str(parameter.device)] += parameter.numel() * parameter.element_size()
     finished = factor_files if len(groups) > 1 else 0  # finished passes wait in the checkpoint
     experts = [n for n in targets if modules[n].kind == "expert"]
-    expert_bytes = sum(4 * (modules[n].shape[0] ** 2 + (modules[n].shape[1] ** 2 if owners[n] == n else 0)) for n in experts)
+    expert_bytes = sum(4 * (modules[n].shape[0] ** 2 + modules[n].shape[1] ** 2) for n in experts)  # as stored: A and G per matrix
     return {
         "modules": len(targets),
         "expert_matrices": len(experts),
