@@ -78,3 +78,14 @@ def test_the_readme_is_a_front_door_and_every_guide_is_one_click_away():
     assert {"docs/reference/cli.md", "docs/reference/api.md"} <= linked
     for target in linked:
         assert (ROOT / target).is_file(), target
+
+
+def test_the_readme_architecture_table_is_the_zoos():
+    """The README's table is generated from the zoo (the list the zoo test runs); regenerate it with
+    ``python -c "from unmemorize.testbed.zoo import supported_table; print(supported_table())"``."""
+    from unmemorize.testbed.zoo import FAMILIES, supported_table
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    table = re.search(r"<!-- zoo-table:[^\n]*-->\n(.*?)<!-- /zoo-table -->", readme, flags=re.S).group(1).strip()
+    assert table == supported_table()
+    assert [line.split("`")[1] for line in table.splitlines()[2:]] == list(FAMILIES)

@@ -147,3 +147,55 @@ def test_analyze_cli_on_a_vit_uses_cls_tokens_and_kfac_factors(tmp_path, capsys)
     assert main(["analyze", "--model", str(tmp_path / "vit"), "--clean", str(tmp_path / "bad.safetensors"), "--memorized",
                  str(tmp_path / "noisy.safetensors"), "--bases", "svd", "--out", str(tmp_path / "b")]) == 2
     assert "needs a 'pixel_values' tensor" in capsys.readouterr().err and not (tmp_path / "b").exists()
+
+
+def test_vit_from_the_command_line_collect_edit_and_analyze_on_images_in_three_formats(tmp_path, capsys):
+    """collect --images (class folders; a datasets folder; a parquet file) through the model's own image processor,
+    then edit and analyze; the edited folder loads in plain transformers with its processor."""
+    import json
+
+    import datasets
+    import numpy as np
+    from PIL import Image
+    from transformers import AutoImageProcessor, ViTImageProcessor
+
+    from unmemorize.cli import main
+    from unmemorize.vision.images import load_image_processor, read_images
+
+    torch.manual_seed(0)
+    vit = ViTForImageClassification(ViTConfig(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
+                                              image_size=8, patch_size=4, num_labels=3))
+    vit.save_pretrained(tmp_path / "vit")
+    ViTImageProcessor(size={"height": 8, "width": 8}).save_pretrained(tmp_path / "vit")
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 256, (12 + i % 3, 10, 3), dtype=np.uint8)) for i in range(9)]
+    for i, image in enumerate(images):  # sizes differ: the processor resizes
+        (tmp_path / "folder" / f"class{i % 3}").mkdir(parents=True, exist_ok=True)
+        image.save(tmp_path / "folder" / f"class{i % 3}" / f"{i}.png")
+    datasets.Dataset.from_dict({"image": [str(tmp_path / "folder" / f"class{i % 3}" / f"{i}.png") for i in range(9)], "label": [i % 3 for i in range(9)]}
+                               ).cast_column("image", datasets.Image()).save_to_disk(str(tmp_path / "ds"))
+    datasets.load_from_disk(str(tmp_path / "ds")).to_parquet(str(tmp_path / "images.parquet"))
+    processor = load_image_processor(str(tmp_path / "vit"))
+    from_folder = read_images(tmp_path / "folder", processor)
+    order = [int(p.stem) for c in sorted((tmp_path / "folder").iterdir()) for p in sorted(c.iterdir())]
+    expected = AutoImageProcessor.from_pretrained(tmp_path / "vit")(images=[images[i] for i in order], return_tensors="pt")["pixel_values"]
+    assert torch.equal(from_folder, expected)  # the model's own processor, images in sorted class/name order
+    assert torch.equal(read_images(tmp_path / "ds", processor), read_images(tmp_path / "images.parquet", processor))
+    common = ["--model", str(tmp_path / "vit"), "--batch-size", "4", "--no-progress"]
+    for source in ("folder", "ds", "images.parquet"):
+        assert main(["collect", *common, "--images", str(tmp_path / source), "--out", str(tmp_path / f"f-{source}")]) == 0
+    info = json.loads((tmp_path / "f-folder" / "factors.json").read_text())
+    assert info["objective"] == "image_classification" and info["num_positions"] == 9 and info["data"]["count"] == 9
+    assert sorted(info["modules"]) == sorted(f"vit.layers.{b}.mlp.{p}" for b in (0, 1) for p in ("fc1", "fc2"))
+    assert main(["edit", "--model", str(tmp_path / "vit"), "--factors", str(tmp_path / "f-folder"), "--rho", "0.6",
+                 "--out", str(tmp_path / "edited")]) == 0
+    edited = ViTForImageClassification.from_pretrained(tmp_path / "edited")
+    assert AutoImageProcessor.from_pretrained(tmp_path / "edited").size == {"height": 8, "width": 8}
+    assert not torch.equal(edited.vit.layers[0].mlp.fc1.weight, vit.vit.layers[0].mlp.fc1.weight)
+    assert main(["analyze", "--model", str(tmp_path / "vit"), "--factors", str(tmp_path / "f-folder"), "--clean", str(tmp_path / "folder"),
+                 "--memorized", str(tmp_path / "images.parquet"), "--out", str(tmp_path / "analysis")]) == 0
+    capsys.readouterr()
+    (tmp_path / "broken" / "a").mkdir(parents=True)
+    (tmp_path / "broken" / "a" / "x.png").write_bytes(b"not a png")
+    assert main(["collect", *common, "--images", str(tmp_path / "broken"), "--out", str(tmp_path / "f-broken")]) == 2
+    assert "x.png: not a readable image" in capsys.readouterr().err and not (tmp_path / "f-broken").exists()

@@ -31,6 +31,7 @@ import torch
 
 from ..data import check_token_ids, iter_windows, list_data_files, pad_batch, pad_token_id
 from ..errors import UnmemorizeError
+from ..models import model_source
 from ..evaluate.jsonl import id_list, read_jsonl
 from ..evaluate.memorization import parse_memorization_row
 from ..evaluate.tasks import TaskRow, parse_task_row
@@ -112,18 +113,15 @@ def load_text_source(path: str | Path, tokenizer, seq_len: int = 128, max_tokens
     return {k: v for k, v in groups.items() if v}
 
 
-def load_image_source(path: str | Path, max_images: int | None = None) -> torch.Tensor:
-    """``pixel_values`` (N, C, H, W) from a .safetensors file."""
-    from safetensors.torch import load_file
+def load_image_source(path: str | Path, max_images: int | None = None, model: str | None = None) -> torch.Tensor:
+    """``pixel_values`` (N, C, H, W): a .safetensors file, or images (a folder of class subfolders, a datasets
+    folder, a parquet file) through the image processor of ``model`` (see ``vision/images.py``)."""
+    from ..vision.images import load_image_processor, read_images, read_pixel_file
 
     path = Path(path)
-    if not path.is_file() or path.suffix != ".safetensors":
-        raise UnmemorizeError(f"image source {str(path)!r} must be an existing .safetensors file with 'pixel_values'")
-    tensors = load_file(str(path))
-    if "pixel_values" not in tensors or tensors["pixel_values"].ndim != 4:
-        raise UnmemorizeError(f"{path}: needs a 'pixel_values' tensor of shape (N, C, H, W); found {sorted(tensors)}")
-    pixels = tensors["pixel_values"]
-    return pixels[:max_images] if max_images else pixels
+    if path.suffix == ".safetensors" or model is None:
+        return read_pixel_file(path, max_images)
+    return read_images(path, load_image_processor(model), max_images)
 
 
 def text_batches(sequences: list[TokenSequence], positions: str, batch_size: int, pad_id: int,
@@ -175,7 +173,7 @@ def image_sources(paths: dict[str, str], model, positions: str, batch_size: int,
     dtype = next(model.parameters()).dtype
     sources = {}
     for name, path in paths.items():
-        pixels = load_image_source(path, max(1, max_positions // per_image)).to(dtype)
+        pixels = load_image_source(path, max(1, max_positions // per_image), model_source(model)).to(dtype)
         sources[name] = lambda pixels=pixels: image_batches(pixels, tokens, positions, batch_size)
     return sources
 

@@ -19,8 +19,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                                     "activation of memorized (and task) inputs with clean ones: table, JSON, plots, separation score.")
     add_model_options(analyze)
     analyze.add_argument("--factors", help="Factor folder (needed for the K-FAC bases; without it use --bases svd).")
-    analyze.add_argument("--clean", required=True, help="Clean reference: text (.txt/.jsonl) or images (.safetensors 'pixel_values').")
-    analyze.add_argument("--memorized", help="Memorized examples (.jsonl with prefix/suffix ids, text, or .safetensors images).")
+    analyze.add_argument("--clean", required=True, help="Clean reference: text (.txt/.jsonl) or images (a folder of class subfolders, a datasets folder, a parquet "
+                         "file with an image column, through the model's image processor; or .safetensors 'pixel_values').")
+    analyze.add_argument("--memorized", help="Memorized examples (.jsonl with prefix/suffix ids, text, or images as for --clean).")
     analyze.add_argument("--source", action="append", metavar="NAME=PATH", default=[],
                          help="Another source compared with the clean reference (repeatable).")
     analyze.add_argument("--tasks", help="Task .jsonl (prompt + gold answer per row); one source per task name.")

@@ -14,10 +14,17 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
     collect = subparsers.add_parser("collect", help="Collect K-FAC factors A and G for target modules.",
                                     description="Collect K-FAC factors (A = E[a a^T], G = E[g g^T]) for the target modules "
-                                    "on a text or pre-tokenized data set and write a factor folder.")
+                                    "on a text or pre-tokenized data set (a language model) or on images (an image classifier "
+                                    "such as a ViT) and write a factor folder.")
     add_model_options(collect)
-    collect.add_argument("--data", required=True, help=".txt (a document per line), .jsonl[.gz|.zst] ('text' or 'input_ids'), "
-                         ".parquet, a datasets folder (save_to_disk), or a folder of them.")
+    collect.add_argument("--data", help=".txt (a document per line), .jsonl[.gz|.zst] ('text' or 'input_ids'), "
+                         ".parquet, a datasets folder (save_to_disk), or a folder of them (language models).")
+    collect.add_argument("--images", help="Instead of --data, for an image classifier (ViT): a folder of class subfolders, a "
+                         "datasets folder or a .parquet file with an image column (read through the model's own image processor), "
+                         "or a .safetensors file of 'pixel_values'.")
+    collect.add_argument("--image-positions", choices=("cls", "all"), default="cls",
+                         help="With --images: count the CLS token only (the paper's choice for ViTs) or every token.")
+    collect.add_argument("--max-images", type=int, help="With --images: use at most this many (default: all).")
     collect.add_argument("--out", required=True, help="Factor folder to write (factors.json + factors.safetensors).")
     collect.add_argument("--overwrite", action="store_true", help="Replace an existing output folder (only one unmemorize wrote).")
     collect.add_argument("--resume", action="store_true", help="Continue an interrupted collection of --out from its checkpoint "
@@ -46,14 +53,22 @@ def run(args) -> None:
 
     config = config_from_args(CollectConfig, args)
     config.validate()
-    list_data_files(args.data)
+    if bool(args.data) == bool(args.images):
+        raise UnmemorizeError("give --data (text, for a language model) or --images (for an image classifier), exactly one")
+    if args.max_images is not None and (args.max_images < 1 or not args.images):
+        raise UnmemorizeError("--max-images must be a positive number, with --images")
+    if args.data:
+        list_data_files(args.data)
+    elif args.dry_run:
+        raise UnmemorizeError("--dry-run measures text windows; with --images, run a short collection (--max-images) instead")
     max_memory = parse_max_memory(args.max_memory)
     if max_memory and not args.device_map:
         raise UnmemorizeError("--max-memory limits what --device-map places on each device; give --device-map auto with it")
     job = CollectJob(model=args.model, data=args.data, out=args.out, config=config, model_dtype=args.model_dtype, device=args.device,
                      device_map=args.device_map, max_memory=max_memory, trust_remote_code=args.trust_remote_code, targets=args.targets, layers=args.layers,
                      projections=args.proj, overwrite=args.overwrite, resume=args.resume,
-                     process_group_timeout=args.process_group_timeout)
+                     process_group_timeout=args.process_group_timeout, images=args.images, image_positions=args.image_positions,
+                     max_images=args.max_images)
     if args.dry_run:
         from ..curvature.plan import print_collect_plan
 

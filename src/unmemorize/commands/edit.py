@@ -70,6 +70,10 @@ def run(args) -> None:
         return
     with command_output(args.out, args.overwrite, inputs) as out:
         model, tokenizer = load_model(args.model, args.model_dtype, args.device, args.trust_remote_code)
+        if tokenizer is None:  # an image classifier: its image processor goes into the edited folder instead
+            from ..vision.images import load_image_processor
+
+            tokenizer = load_image_processor(args.model, args.trust_remote_code, required=False)
         factors = None
         search_record = None
         if args.ppl_budget is not None:

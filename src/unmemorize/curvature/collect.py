@@ -665,8 +665,10 @@ def check_model_dtype(model: nn.Module, targets: list[str]) -> None:
         raise UnmemorizeError(FLOAT16_REFUSAL)
 
 
-def collection_settings(model: nn.Module, targets: list[str], files, config: CollectConfig, objective_name: str) -> dict:
-    """What a resumed run must share with the checkpoint it continues."""
+def collection_settings(model: nn.Module, targets: list[str], files, config: CollectConfig, objective_name: str,
+                        data_fingerprint: str | None = None) -> dict:
+    """What a resumed run must share with the checkpoint it continues (``data_fingerprint`` stands for the
+    file listing where the data are not files of text, e.g. the sha256 of an image set's pixels)."""
     matrices = model_matrices(model)
     weights = [matrices[n].weight() for n in targets]
     return {
@@ -674,7 +676,7 @@ def collection_settings(model: nn.Module, targets: list[str], files, config: Col
         "weights": {n: matrices[n].fingerprint() for n in targets},  # rounded to bfloat16: dtype is its own setting
         "model_dtype": ",".join(sorted({str(w.dtype).replace("torch.", "") for w in weights})),
         "device_type": ",".join(sorted({w.device.type for w in weights})),
-        "data": listing_fingerprint(files, config.seq_len, config.max_tokens or None, config.text_field),  # names and sizes
+        "data": data_fingerprint or listing_fingerprint(files, config.seq_len, config.max_tokens or None, config.text_field),
         "text_field": config.text_field,
         "fisher": config.fisher,
         "seed": config.seed,

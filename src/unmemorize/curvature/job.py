@@ -44,6 +44,9 @@ class CollectJob:
     overwrite: bool = False
     resume: bool = False
     process_group_timeout: float = DEFAULT_TIMEOUT_SECONDS  # seconds a torchrun rank waits at a collective
+    images: str | None = None  # an image classifier's images instead of --data (vision/images.py)
+    image_positions: str = "cls"  # 'cls' (the paper's ViT choice) or 'all' tokens
+    max_images: int | None = None
 
 
 def run_collect_job(job: CollectJob) -> dict | None:
@@ -67,7 +70,8 @@ def run_collect_job(job: CollectJob) -> dict | None:
             check_shared_output(group, None)
             _collect(job, group, None)
             return None
-        with command_output(job.out, job.overwrite, {"--model": job.model, "--data": job.data}) as out:
+        inputs = {"--model": job.model, **({"--images": job.images} if job.images else {"--data": job.data})}
+        with command_output(job.out, job.overwrite, inputs) as out:
             folder = checkpoint_folder(out)
             if (folder / "state.json").is_file() and not job.resume:
                 raise UnmemorizeError(f"{folder} holds the checkpoint of an interrupted collection of {job.out}: pass --resume to "
@@ -153,13 +157,17 @@ def _collect(job: CollectJob, group: ProcessGroup, out: Path | None) -> dict | N
     from .objectives import NextTokenObjective
 
     device = str(group.device) if group.distributed else job.device
+    pixels = read_job_images(job) if job.images else None  # every image read before the model loads
     model, tokenizer = load_model(job.model, job.model_dtype, device, job.trust_remote_code, job.device_map, job.max_memory)
     targets = resolve_targets(model, job.targets, job.layers, job.projections)
     refuse_offloaded_targets(model, targets)
     config = job.config
     checkpoint = None
     if config.checkpoint_every != 0:
-        settings = collection_settings(model, targets, list_data_files(job.data), config, NextTokenObjective.name) if group.is_main else {}
+        if pixels is not None:
+            settings = collection_settings(model, targets, [], config, "image_classification", _pixels_sha256(pixels)) if group.is_main else {}
+        else:
+            settings = collection_settings(model, targets, list_data_files(job.data), config, NextTokenObjective.name) if group.is_main else {}
         checkpoint = Checkpoint(checkpoint_folder(out) if out is not None else Path("."), settings)
         if group.is_main and job.resume and not checkpoint.exists():
             print(f"no checkpoint of {job.out} to resume: starting from the beginning", file=sys.stderr)
@@ -173,23 +181,69 @@ def _collect(job: CollectJob, group: ProcessGroup, out: Path | None) -> dict | N
             print(note, file=sys.stderr)
     sharded = 0 < config.modules_per_pass < len(targets)
     resident_before = resident_bytes("VmRSS") if reset_peak_resident() else None  # each rank's growth, recorded in factors.json
+    def gather(on_pass=None):
+        if pixels is not None:
+            return collect_images(model, pixels, targets, job, on_pass=on_pass, group=group, checkpoint=checkpoint)
+        return collect_from_files(model, tokenizer, job.data, targets, config, on_pass=on_pass, group=group, checkpoint=checkpoint)
+
     if not group.is_main:
-        collect_from_files(model, tokenizer, job.data, targets, config, on_pass=(lambda *a: None) if sharded else None,
-                           group=group, checkpoint=checkpoint)
+        gather(on_pass=(lambda *a: None) if sharded else None)
         _growth_per_rank(group, resident_before)
         return None
     if sharded:  # bounded memory: one shard per pass, written as it ends
         with ShardedFactorWriter(out, model, job.overwrite) as writer:
-            factors = collect_from_files(model, tokenizer, job.data, targets, config, on_pass=writer.write_pass, group=group,
-                                         checkpoint=checkpoint)
+            factors = gather(on_pass=writer.write_pass)
             factors.metadata["peak_resident_growth_bytes_per_rank"] = _growth_per_rank(group, resident_before)
             factors.metadata["untouched"] = untouched(model, targets)
             writer.finish(factors)
     else:
-        factors = collect_from_files(model, tokenizer, job.data, targets, config, group=group, checkpoint=checkpoint)
+        factors = gather()
         factors.metadata["peak_resident_growth_bytes_per_rank"] = _growth_per_rank(group, resident_before)
         factors.metadata["untouched"] = untouched(model, targets)
         save_factors(factors, out, model=model, overwrite=job.overwrite)
     if checkpoint is not None:
         checkpoint.remove()
     return {**factors.metadata, "modules": len(targets), "num_positions": factors.num_positions}
+
+
+def read_job_images(job: CollectJob) -> torch.Tensor:
+    """The job's images as ``pixel_values``, through the model's own image processor (``vision/images.py``)."""
+    from ..vision.images import load_image_processor, read_images
+
+    processor = None if job.images.endswith(".safetensors") else load_image_processor(job.model, job.trust_remote_code)
+    return read_images(job.images, processor, job.max_images)
+
+
+def _pixels_sha256(pixels: torch.Tensor) -> str:
+    import hashlib
+
+    return hashlib.sha256(pixels.detach().float().contiguous().cpu().numpy().tobytes()).hexdigest()
+
+
+def collect_images(model, pixels: torch.Tensor, targets: list[str], job: CollectJob, on_pass=None, group: ProcessGroup | None = None,
+                   checkpoint: Checkpoint | None = None):
+    """Factors of an image classifier over ``pixels``: batches of ``batch_size`` images, shared between torchrun
+    ranks as text windows are, labels sampled per image (seeded by its index), resumable from a checkpoint."""
+    from .collect import Step, collect_factors
+    from .distributed import SINGLE_PROCESS
+    from .objectives import ImageClassificationObjective
+
+    group = group or SINGLE_PROCESS
+    objective = ImageClassificationObjective(model, job.image_positions)
+    dtype = next(model.parameters()).dtype
+    round_size = group.world_size * job.config.batch_size
+
+    def steps(start: int = 0):
+        for first in range(start, pixels.shape[0], round_size):
+            rows = list(range(first + group.rank, min(first + round_size, pixels.shape[0]), group.world_size))
+            end = min(first + round_size, pixels.shape[0])
+            if not rows:
+                yield Step(None, end)
+                continue
+            yield Step({"pixel_values": pixels[rows].to(dtype), "window_index": torch.tensor(rows)}, end)
+
+    factors = collect_factors(model, steps, targets, job.config, objective, total_tokens=int(pixels.shape[0]), on_pass=on_pass,
+                              group=group, checkpoint=checkpoint)
+    factors.metadata["data"] = {"images": str(job.images), "count": int(pixels.shape[0]), "positions": job.image_positions,
+                                "fingerprint": _pixels_sha256(pixels), "fingerprint_of": "the processed pixel_values (float32)"}
+    return factors
