@@ -364,3 +364,34 @@ def test_the_default_testbed_learns_every_task_it_teaches(seed):
     accuracies = {name: task["accuracy"] for name, task in result["tasks"].items()}
     assert min(accuracies.values()) >= 0.70, accuracies
     assert result["memorized_validation"]["strict"] >= 0.9 and result["quotes"]["strict"] >= 0.9
+
+
+def test_the_mixture_of_experts_testbed_is_the_dense_one_with_a_routed_mlp():
+    """--experts N: the same attention and world, N experts of half the dense width (top-2: the same active width);
+    a dense testbed's cache key ignores the experts' settings, a mixture's does not."""
+    from dataclasses import replace
+
+    from unmemorize.testbed.train import TrainConfig, build_model, cache_key
+    from unmemorize.testbed.world import WorldConfig
+
+    dense, moe = TrainConfig(), TrainConfig(experts=4)
+    world = WorldConfig()
+    assert cache_key(world, dense) == cache_key(world, replace(dense, experts_per_token=3, router_aux_loss=0.5))
+    assert cache_key(world, moe) != cache_key(world, dense) != cache_key(world, replace(moe, experts_per_token=1))
+    dense_model, moe_model = build_model(dense, 100), build_model(moe, 100)
+    assert type(moe_model).__name__ == "MixtralForCausalLM" and moe_model.config.num_local_experts == 4
+    experts = moe_model.model.layers[0].mlp.experts
+    assert experts.down_proj.shape == (4, dense.hidden_size, dense.intermediate_size // 2)
+    dense_attention = {k: v.shape for k, v in dense_model.state_dict().items() if "mlp" not in k}
+    assert dense_attention == {k: v.shape for k, v in moe_model.state_dict().items() if "mlp" not in k}
+
+
+@pytest.mark.slow
+def test_quick_mixture_of_experts_demo_reports_the_edit_per_expert(tmp_path):
+    from unmemorize.testbed.demo import DemoConfig, run_demo
+
+    results = run_demo(DemoConfig(quick=True, experts=4, out=str(tmp_path / "moe")))
+    per_block = results["experts"]["per_block"]
+    assert set(per_block) == {"0", "1"} and all(len(experts) == 4 for experts in per_block.values())
+    assert "## Experts: what the chosen edit kept" in (tmp_path / "moe" / "report.md").read_text()
+    assert results["analysis"]["skipped"]

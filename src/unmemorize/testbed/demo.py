@@ -85,6 +85,8 @@ class DemoConfig:
     baselines: bool = field(default=False, metadata={"help": "Also compare K-FAC with SVD and BalancedSubnet (sweeps, stress test, "
                                                              "nDCG@10, attacks; ``unmemorize compare``) into <out>/baselines/ "
                                                              "(about 15 min more per seed on 2 cores)."})
+    experts: int = field(default=0, metadata={"help": "0: the dense testbed. N > 0: its mixture-of-experts twin (N experts a "
+                                                      "block, top-2, the same world and active width) and the edit per expert."})
     overwrite: bool = field(default=False, metadata={"help": "Replace an existing output folder (only one an earlier demo wrote)."})
 
     def seed_list(self) -> list[int]:
@@ -103,6 +105,10 @@ class DemoConfig:
             raise UnmemorizeError(f"--factor-tokens must be positive, got {self.factor_tokens}")
         if not 0 <= self.noise_fraction < 1:
             raise UnmemorizeError(f"--noise-fraction must be in [0, 1), got {self.noise_fraction}")
+        if self.experts < 0 or self.experts == 1:
+            raise UnmemorizeError(f"--experts must be 0 (dense) or at least 2, got {self.experts}")
+        if self.experts and (self.vision or self.baselines):
+            raise UnmemorizeError("--experts runs the language-model demo; it does not combine with --vision or --baselines")
 
 
 def _sweep(model, suite, factors, bases, rhos):
@@ -150,6 +156,25 @@ def _band_analysis(model, tokenizer, folder: Path, modules, bases, factors, plan
     layers = {name: {kind: stats["ratio"]["memorized"] for kind, stats in entry["bases"].items()} for name, entry in result["modules"].items()}
     return {"summary": extra["summary"], "correlation": extra["correlation"], "examples": examples, "memorized_ratios": layers,
             "counted_positions": result["counted_positions"], "folder": "analysis"}
+
+
+def expert_summary(module_stats: dict, factors) -> dict:
+    """Per block and expert of the chosen K-FAC edit: kept pairs / total pairs of each matrix, and the tokens routed."""
+    import re
+
+    table: dict = {}
+    for name, stats in module_stats.items():
+        match = re.search(r"layers\.(\d+)\..*experts\.(\d+)\.(\w+)$", name)
+        if match:
+            block, expert, matrix = match.groups()
+            table.setdefault(block, {}).setdefault(expert, {})[matrix] = {"kept": stats["kept_pairs"], "total": stats["total_pairs"],
+                                                                         "relative_change": round(stats["relative_change"], 4)}
+    positions = factors.metadata.get("expert_positions", {})
+    for name, count in positions.items():
+        match = re.search(r"layers\.(\d+)\..*experts\.(\d+)\.gate_proj$", name)
+        if match and match.group(1) in table and match.group(2) in table[match.group(1)]:
+            table[match.group(1)][match.group(2)]["routed_positions"] = count
+    return {"per_block": table, "unrouted": factors.metadata.get("unrouted_experts", [])}
 
 
 def run_demo(config: DemoConfig | None = None) -> dict:
@@ -218,6 +243,7 @@ def _run_demo(config: DemoConfig, out: Path) -> dict:
     walls = lap.walls
 
     world_config, train_config = quick_configs(config.seed) if config.quick else (WorldConfig(seed=config.seed), TrainConfig(seed=config.seed))
+    train_config = replace(train_config, experts=config.experts)
     folder = load_or_train(world_config, train_config)
     lap("testbed (train or load)")
     model, tokenizer = load_model(str(folder / "model"))
@@ -256,7 +282,11 @@ def _run_demo(config: DemoConfig, out: Path) -> dict:
     lap("final evaluations (kfac, svd, random, label-free)")
     for name in [m for m in methods if m != "baseline"]:
         add_retention(methods[name], baseline)
-    analysis = _band_analysis(model, tokenizer, folder, targets, bases, factors, plan, methods["kfac"], out, config.quick)
+    experts = [n for n in targets if "experts" in n]
+    if experts:  # the band analysis reads linear modules' inputs; an expert reads only its routed tokens
+        analysis = {"skipped": "the band analysis does not read experts' inputs (docs/guides/architectures.md)"}
+    else:
+        analysis = _band_analysis(model, tokenizer, folder, targets, bases, factors, plan, methods["kfac"], out, config.quick)
     lap("activation-ratio analysis (bands, K-FAC vs SVD)")
     info = __import__("json").loads((folder / "testbed.json").read_text())
     results = {
@@ -273,6 +303,7 @@ def _run_demo(config: DemoConfig, out: Path) -> dict:
                        "chosen": None if label_free.chosen is None else {k: v for k, v in label_free.chosen.items() if k != "plan"},
                        "candidates": [{k: v for k, v in c.items() if k != "plan"} for c in label_free.candidates]},
         "analysis": analysis,
+        **({"experts": expert_summary(kfac_stats, factors)} if experts else {}),
         "testbed_training": {"seconds": info["seconds"], "tokens": info["tokens"], "steps": info["steps"],
                              "trained_here": walls["testbed (train or load)"] > 1.0},
         "wall_seconds": walls,

@@ -158,10 +158,31 @@ def _verdicts(ratios: dict) -> str:
     return "\n".join(lines)
 
 
+def _expert_lines(results: dict) -> list[str]:
+    """The chosen K-FAC edit per block and expert (mixture-of-experts testbed): kept pairs of gate/up/down and routed positions."""
+    experts = results.get("experts")
+    if not experts:
+        return []
+    lines = ["## Experts: what the chosen edit kept", "",
+             "Per block and expert: kept / total Kronecker pairs of each edited matrix (an expert's matrices not in the chosen plan "
+             "are not listed) and the factor-data positions routed to the expert (N_e).", "",
+             "| block | expert | routed positions | " + " | ".join(("gate_proj", "up_proj", "down_proj")) + " |", "|---|---|---|---|---|---|"]
+    for block, per_expert in sorted(experts["per_block"].items(), key=lambda item: int(item[0])):
+        for expert, matrices in sorted(per_expert.items(), key=lambda item: int(item[0])):
+            cells = [f"{m['kept']}/{m['total']} ({m['kept'] / m['total']:.1%})" if (m := matrices.get(k)) else "-"
+                     for k in ("gate_proj", "up_proj", "down_proj")]
+            lines.append(f"| {block} | {expert} | {matrices.get('routed_positions', '?')} | " + " | ".join(cells) + " |")
+    if experts["unrouted"]:
+        lines += ["", f"Never routed to (no factors, never edited): {', '.join(experts['unrouted'])}."]
+    return lines + [""]
+
+
 def _analysis_lines(results: dict) -> list[str]:
     analysis = results.get("analysis")
     if not analysis:
         return []
+    if "skipped" in analysis:
+        return ["## Activation-ratio analysis", "", f"Not run: {analysis['skipped']}.", ""]
     lines = ["## Activation-ratio analysis (paper Figures 2 and 4)", "",
              "Inputs of every MLP projection projected on curvature-ordered bases and grouped in bands (top 10%, 10-25%, "
              "25-50%, bottom 50%); ratio = mean band activation on the source / on clean held-out text. Bases: `whitened` "
@@ -220,7 +241,7 @@ def write_report(results: dict, out: Path) -> str:
         "Strict: the greedy suffix equals the true one; loose: normalized token Levenshtein similarity >= 0.75; "
         "Lev.: mean normalized Levenshtein distance (higher = less memorized). Controls are never-trained sequences and quotes.",
         "", "## Retention by category (paper Figure 3 analogue)", "", retention_table(results), "", "![retention](retention.png)", "",
-        "## Tasks", "", task_table(results), "", *_analysis_lines(results), "## Sweep", "", "![sweep](sweep.png)", "",
+        "## Tasks", "", task_table(results), "", *_analysis_lines(results), *_expert_lines(results), "## Sweep", "", "![sweep](sweep.png)", "",
         f"{len(results.get('sweep', []))} candidate edits scored on the tuning split and a held-out perplexity slice only.", "",
         "## Curvature spectra of the factors", "", "![spectra](spectrum.png)", "",
         "## Wall times", "", "| stage | seconds |", "|---|---|",
@@ -381,3 +402,21 @@ def write_seeds_report(per_seed: dict[int, dict], out: Path, config) -> dict:
     (out / "report.md").write_text("\n".join(text))
     print(seeds_table(summary, cells))
     return results
+
+
+def side_by_side_table(named: dict[str, dict]) -> str:
+    """Dense vs mixture-of-experts (or any demo results.json files of one seed): per model, each method's
+    validation and quote recitation (strict, 95% Wilson interval), perplexity change and task retention."""
+    lines = ["| model | method | plan | val strict % | quotes strict % | perplexity (vs baseline) | retention: facts / open-book / math / logic |",
+             "|---|---|---|---|---|---|---|"]
+    for label, results in named.items():
+        base = results["methods"]["baseline"]
+        for method, r in results["methods"].items():
+            val, quotes = r["memorized_validation"], r["quotes"]
+            change = "" if method == "baseline" else f" ({100 * (r['perplexity'] / base['perplexity'] - 1):+.1f}%)"
+            retention = r.get("category_retention", {})
+            kept = " / ".join(_pct(retention.get(c)) if retention.get(c) is not None else "-"
+                              for c in ("closed_book_qa", "open_book_qa", "math", "logic")) if method != "baseline" else "-"
+            lines.append(f"| {label} | {method} | {r.get('setting', '-')} | {_ci(val['strict'], val['n'])} (n={val['n']}) | "
+                         f"{_ci(quotes['strict'], quotes['n'])} (n={quotes['n']}) | {r['perplexity']:.3f}{change} | {kept} |")
+    return "\n".join(lines)

@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 
 from .._atomic import atomic_dir
 from ..jsonio import write_json
+from ..errors import UnmemorizeError
 from .world import (FACTOR_DATA, GENERATOR_VERSION, World, WorldConfig, build_world, evaluation_tasks, factor_documents, heldout_split,
                     training_documents)
 
@@ -57,6 +58,11 @@ class TrainConfig:
     bf16: bool = field(default=False, metadata={"help": "bf16 autocast for matmuls: about 3x faster on CPUs with AMX, but "
                                                        "32x slower without bf16 instructions (AMD EPYC here: 32 s vs 1.0 s a step)."})
     seed: int = field(default=0, metadata={"help": "Seed of initialisation and data order."})
+    experts: int = field(default=0, metadata={"help": "0: the dense Llama MLP. N > 0: a Mixtral-style mixture of N experts "
+                                                     "(attention unchanged), top-k routed, each expert intermediate_size / k wide "
+                                                     "(the dense model's active width), with Mixtral's load-balancing loss."})
+    experts_per_token: int = field(default=2, metadata={"help": "With --experts: experts each token is routed to (top-k)."})
+    router_aux_loss: float = field(default=0.01, metadata={"help": "With --experts: weight of the load-balancing loss in training."})
 
 
 QUICK_WORLD = dict(memorized_sequences=20, sequence_words=12, quotes=10, controls=10, repeats_per_epoch=30, people=20,
@@ -71,8 +77,18 @@ def quick_configs(seed: int = 0) -> tuple[WorldConfig, TrainConfig]:
     return WorldConfig(seed=seed, **QUICK_WORLD), TrainConfig(seed=seed, **QUICK_TRAIN)
 
 
+def _train_record(train: TrainConfig) -> dict:
+    """The training settings a cache key hashes: a dense testbed's key ignores the experts' settings (so it is the
+    key it had before the mixture-of-experts variant existed)."""
+    record = asdict(train)
+    if not train.experts:
+        for name in ("experts", "experts_per_token", "router_aux_loss"):
+            record.pop(name)
+    return record
+
+
 def cache_key(world: WorldConfig, train: TrainConfig) -> str:
-    blob = json.dumps({"generator": GENERATOR_VERSION, "testbed": TESTBED_VERSION, "world": asdict(world), "train": asdict(train)},
+    blob = json.dumps({"generator": GENERATOR_VERSION, "testbed": TESTBED_VERSION, "world": asdict(world), "train": _train_record(train)},
                       sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -98,16 +114,21 @@ def train_tokenizer(documents: list[str], vocab_size: int):
 
 
 def build_model(config: TrainConfig, vocab_size: int):
-    from transformers import LlamaConfig, LlamaForCausalLM
+    """The dense Llama testbed model, or with ``config.experts`` its Mixtral twin (the same attention, a routed MLP)."""
+    from transformers import LlamaConfig, LlamaForCausalLM, MixtralConfig, MixtralForCausalLM
 
     torch.manual_seed(config.seed)
-    model_config = LlamaConfig(
-        vocab_size=vocab_size, hidden_size=config.hidden_size, intermediate_size=config.intermediate_size,
-        num_hidden_layers=config.layers, num_attention_heads=config.heads, num_key_value_heads=config.heads,
-        max_position_embeddings=max(256, config.seq_len), tie_word_embeddings=False, pad_token_id=0, bos_token_id=2,
-        eos_token_id=2, attention_dropout=0.0,
-    )
-    return LlamaForCausalLM(model_config)
+    shared = dict(vocab_size=vocab_size, hidden_size=config.hidden_size, num_hidden_layers=config.layers,
+                  num_attention_heads=config.heads, num_key_value_heads=config.heads, max_position_embeddings=max(256, config.seq_len),
+                  tie_word_embeddings=False, pad_token_id=0, bos_token_id=2, eos_token_id=2, attention_dropout=0.0)
+    if config.experts:
+        if not 1 <= config.experts_per_token <= config.experts:
+            raise UnmemorizeError(f"--experts-per-token must be between 1 and --experts ({config.experts}), got {config.experts_per_token}")
+        return MixtralForCausalLM(MixtralConfig(**shared, intermediate_size=config.intermediate_size // config.experts_per_token,
+                                                num_local_experts=config.experts, num_experts_per_tok=config.experts_per_token,
+                                                router_aux_loss_coef=config.router_aux_loss,
+                                                sliding_window=None))
+    return LlamaForCausalLM(LlamaConfig(**shared, intermediate_size=config.intermediate_size))
 
 
 def _windows(documents: list[str], tokenizer, seq_len: int, rng: random.Random) -> torch.Tensor:
@@ -192,6 +213,7 @@ def train_testbed(world_config: WorldConfig | None = None, train_config: TrainCo
     optimizer = torch.optim.AdamW(model.parameters(), lr=train_config.learning_rate, weight_decay=train_config.weight_decay,
                                   betas=(0.9, 0.95))
     model.train()
+    routing = {"output_router_logits": True} if train_config.experts else {}  # training only: the load-balancing loss joins the loss
     task_rows = evaluation_tasks(world)
     log, task_curve, step, tokens = [], [], 0, 0
     ema = None
@@ -206,7 +228,7 @@ def train_testbed(world_config: WorldConfig | None = None, train_config: TrainCo
             for group in optimizer.param_groups:
                 group["lr"] = _learning_rate(step, total_steps, train_config)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=train_config.bf16):
-                loss = model(input_ids=batch, labels=batch).loss
+                loss = model(input_ids=batch, labels=batch, **routing).loss
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
