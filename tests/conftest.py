@@ -38,6 +38,13 @@ def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
     return float((actual.double() - expected.double()).norm() / expected.double().norm())
 
 
+@pytest.fixture(scope="session")
+def shared_testbed_cache(tmp_path_factory) -> Path:
+    """One UNMEMORIZE_CACHE for the tests that only read the quick testbed: it is trained once per session
+    (tests that scramble its files work on copies; tests of training itself use their own folders)."""
+    return tmp_path_factory.mktemp("testbed-cache")
+
+
 @pytest.fixture
 def tiny_lm():
     """Factory: ``tiny_lm("llama"|"gpt2"|"gpt_neox", dtype=torch.float64)`` -> (model, tokenizer)."""

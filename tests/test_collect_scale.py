@@ -28,6 +28,7 @@ def ws(tmp_path_factory):
     root = tmp_path_factory.mktemp("scale")
     save_tiny_lm(root / "llama", "llama", seed=0)
     save_tiny_lm(root / "llama-other", "llama", seed=1)
+    save_tiny_lm(root / "olmoe", "olmoe", seed=0)
     write_corpus(root / "clean.txt", documents=300)
     return root
 
@@ -52,14 +53,15 @@ def test_two_gloo_processes_give_the_factors_of_one(ws, tmp_path, fisher, extra)
     """torchrun, 2 ranks of batch 3, vs one process of batch 8: labels are seeded per window, so the
     sampled labels (true Fisher) do not depend on how windows are shared or batched. The third case
     also reduces the ranks' sums at every checkpoint (rank 0 keeps them, the others restart from 0)
-    and runs 3 passes."""
-    single = collect(ws, tmp_path / "single", "--fisher", fisher, "--batch-size", "8", "--seed", "5")
+    and runs 3 passes, on a mixture-of-experts model (OLMoE: the passes split its experts' matrices)."""
+    model = "olmoe" if extra else "llama"
+    single = collect(ws, tmp_path / "single", "--fisher", fisher, "--batch-size", "8", "--seed", "5", model=model)
     with socket.socket() as probe:  # a free port for the rendezvous
         probe.bind(("127.0.0.1", 0))
         port = str(probe.getsockname()[1])
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
                              "--master-port", port,
-                             "-m", "unmemorize", "collect", "--model", str(ws / "llama"), "--data", str(ws / "clean.txt"),
+                             "-m", "unmemorize", "collect", "--model", str(ws / model), "--data", str(ws / "clean.txt"),
                              "--out", str(tmp_path / "ranks"), *COMMON, "--fisher", fisher, "--batch-size", "3", "--seed", "5", *extra],
                             env=child_env(), capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -67,6 +69,8 @@ def test_two_gloo_processes_give_the_factors_of_one(ws, tmp_path, fisher, extra)
     assert ranks.metadata["processes"] == 2 and ranks.num_positions == single.num_positions
     assert largest_error(ranks, single) < 1e-5
     assert not (tmp_path / ".ranks.checkpoint").exists()
+    if extra:  # every expert's routed positions, summed over the ranks, are those of one process
+        assert ranks.metadata["expert_positions"] == single.metadata["expert_positions"] and ranks.metadata["passes"] == 12
     if fisher == "true" and not extra:  # the comparison can fail: another sampler seed gives other factors
         assert largest_error(collect(ws, tmp_path / "seed6", "--batch-size", "8", "--seed", "6"), single) > 1e-3
 
@@ -86,23 +90,25 @@ def start_paused(argv, point, at, tmp_path):
     return child
 
 
-@pytest.mark.parametrize("per_pass, kill_at", [("0", 3), ("2", 16)])
-def test_sigkill_then_resume_gives_the_factors_of_an_uninterrupted_run(ws, tmp_path, capsys, per_pass, kill_at):
-    """Killed after its 3rd checkpoint (one pass), or during the 2nd of 3 passes (--modules-per-pass 2)."""
+@pytest.mark.parametrize("per_pass, kill_at, model", [("0", 3, "llama"), ("2", 16, "olmoe")])
+def test_sigkill_then_resume_gives_the_factors_of_an_uninterrupted_run(ws, tmp_path, capsys, per_pass, kill_at, model):
+    """Killed after its 3rd checkpoint (one pass), or during the 2nd of 12 passes over a mixture of experts'
+    matrices (--modules-per-pass 2: the experts' routed-position counts are checkpointed with the sums)."""
     from unmemorize.curvature.plan import collection_plan
     from unmemorize.curvature import CollectConfig
     from unmemorize.models import load_model
     from unmemorize.targets import resolve_targets
 
-    uninterrupted = collect(ws, tmp_path / "whole", "--modules-per-pass", per_pass, "--checkpoint-every", "0", "--batch-size", "4")
+    uninterrupted = collect(ws, tmp_path / "whole", "--modules-per-pass", per_pass, "--checkpoint-every", "0", "--batch-size", "4",
+                            model=model)
     out = tmp_path / "resumed"
-    argv = ["collect", "--model", str(ws / "llama"), "--data", str(ws / "clean.txt"), "--out", str(out), *COMMON,
+    argv = ["collect", "--model", str(ws / model), "--data", str(ws / "clean.txt"), "--out", str(out), *COMMON,
             "--modules-per-pass", per_pass, "--checkpoint-every", "256", "--batch-size", "4"]
     child = start_paused(argv, "checkpoint-saved", kill_at, tmp_path)
     checkpoint = tmp_path / ".resumed.checkpoint"
     sums = [p for p in checkpoint.iterdir() if p.name.startswith("sums-")]
-    model, _ = load_model(str(ws / "llama"))
-    plan = collection_plan(model, resolve_targets(model), CollectConfig(modules_per_pass=int(per_pass)))
+    loaded, _ = load_model(str(ws / model))
+    plan = collection_plan(loaded, resolve_targets(loaded), CollectConfig(modules_per_pass=int(per_pass)))
     if sums:  # the plan's checkpoint size is the real one (within 10%)
         assert abs(sums[0].stat().st_size - plan["checkpoint_sums_bytes"]) <= 0.1 * sums[0].stat().st_size
     child.send_signal(signal.SIGKILL)
@@ -113,14 +119,18 @@ def test_sigkill_then_resume_gives_the_factors_of_an_uninterrupted_run(ws, tmp_p
     assert "its seed (0) differs from this run's (1)" in capsys.readouterr().err
     assert main([*argv, "--resume", "--model-dtype", "bfloat16"]) == 2  # the weight fingerprints alone round to bfloat16
     assert "its model_dtype ('float32') differs from this run's ('bfloat16')" in capsys.readouterr().err
-    assert main([*argv[:-2], "--batch-size", "4", "--resume", "--model", str(ws / "llama-other")]) == 2
-    assert "its weights (" in capsys.readouterr().err
+    if model == "llama":
+        assert main([*argv[:-2], "--batch-size", "4", "--resume", "--model", str(ws / "llama-other")]) == 2
+        assert "its weights (" in capsys.readouterr().err
     assert main([*argv, "--resume"]) == 0
     resumed = load_factors(out)
     assert resumed.metadata["resumed"] and resumed.num_positions == uninterrupted.num_positions
+    assert resumed.modules == uninterrupted.modules
     for name in uninterrupted.modules:  # the same sums, added in the same order: bit for bit
         assert torch.equal(resumed.activation[name], uninterrupted.activation[name]), name
         assert torch.equal(resumed.gradient[name], uninterrupted.gradient[name]), name
+    if model == "olmoe":
+        assert resumed.metadata["expert_positions"] == uninterrupted.metadata["expert_positions"]
     assert not checkpoint.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".resumed.")]
 
 

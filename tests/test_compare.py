@@ -11,7 +11,7 @@ import pytest
 from unmemorize.jsonio import strict_loads
 
 
-def _quick_setup(tmp_path, monkeypatch):
+def _quick_setup(shared_testbed_cache, monkeypatch):
     from unmemorize.basis import decompose_factors
     from unmemorize.curvature import CollectConfig, collect_from_files
     from unmemorize.evaluate.attacks import item_sequences
@@ -19,7 +19,7 @@ def _quick_setup(tmp_path, monkeypatch):
     from unmemorize.targets import resolve_targets
     from unmemorize.testbed import load_or_train, quick_configs
 
-    monkeypatch.setenv("UNMEMORIZE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("UNMEMORIZE_CACHE", str(shared_testbed_cache))
     folder = load_or_train(*quick_configs(0), progress=False)
     model, tokenizer = load_model(str(folder / "model"))
     factors = collect_from_files(model, tokenizer, str(folder / "data" / "factors_mixture.txt"), resolve_targets(model),
@@ -41,7 +41,7 @@ def _scrambled(folder, tmp_path, names):
     return copy
 
 
-def test_every_method_is_chosen_without_reading_the_validation_split_or_the_quotes(tmp_path, monkeypatch):
+def test_every_method_is_chosen_without_reading_the_validation_split_or_the_quotes(tmp_path, monkeypatch, shared_testbed_cache):
     """Scrambling the validation split and the quotes leaves every method's choice (K-FAC, SVD, BSN)
     and every rule score identical, while the Pareto plot's ``reported`` scores move; scrambling the
     tuning split (the negative control) moves the rule's scores."""
@@ -52,7 +52,7 @@ def test_every_method_is_chosen_without_reading_the_validation_split_or_the_quot
     from unmemorize.testbed.compare import CompareConfig, QUICK_GRIDS, choose_all, sweep_all
     from unmemorize.testbed.suite import TestbedSuite
 
-    folder, model, tokenizer, factors, bases, item_sequences = _quick_setup(tmp_path, monkeypatch)
+    folder, model, tokenizer, factors, bases, item_sequences = _quick_setup(shared_testbed_cache, monkeypatch)
     grids = CompareConfig(**{k: v for k, v in QUICK_GRIDS.items() if k in ("rhos", "energies", "bsn_ratios", "bsn_alphas", "bsn_epochs", "bsn_lrs")}).grids()
     retain = list(iter_windows(list_data_files(folder / "data" / "factors_mixture.txt"), tokenizer, 64, 2_000))
 
@@ -79,11 +79,11 @@ def test_every_method_is_chosen_without_reading_the_validation_split_or_the_quot
     assert control[2] != original[2]  # negative control: the rule reads the tuning split
 
 
-def test_quick_comparison_writes_tables_plot_and_consistent_verdicts(tmp_path, monkeypatch):
+def test_quick_comparison_writes_tables_plot_and_consistent_verdicts(tmp_path, monkeypatch, shared_testbed_cache):
     from unmemorize.evaluate.intervals import wilson
     from unmemorize.testbed.compare import CompareConfig, run_comparison
 
-    monkeypatch.setenv("UNMEMORIZE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("UNMEMORIZE_CACHE", str(shared_testbed_cache))
     out = tmp_path / "compare"
     run_comparison(CompareConfig(quick=True, seeds="0", out=str(out)))
     for name in ("report.md", "results.json", "pareto.png", "seed-0/results.json"):

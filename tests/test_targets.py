@@ -53,3 +53,29 @@ def test_unknown_projection_or_missing_layer_is_an_error(tiny_lm):
         resolve_targets(model, layers="7")
     with pytest.raises(UnmemorizeError, match="--layers"):
         resolve_targets(model, layers="a,b")
+
+
+def test_a_model_without_named_blocks_gets_an_error_naming_candidates():
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 4))
+    with pytest.raises(UnmemorizeError, match=r"no blocks named layers.N.*--targets GLOB; candidates: 0, 2"):
+        resolve_targets(model)
+    assert resolve_targets(model, ["2"]) == ["2"]
+
+
+def test_fused_qkv_is_edited_whole_or_refused_by_name(tiny_lm):
+    model, _ = tiny_lm("gpt2")
+    assert resolve_targets(model, layers="0", projections="q,k,v") == ["transformer.h.0.attn.c_attn"]
+    with pytest.raises(UnmemorizeError, match=r"q is fused with the rest of q, k, v in attn.c_attn: choose --proj q,k,v"):
+        resolve_targets(model, projections="q")
+    assert resolve_targets(model, layers="1", projections="attn.c_proj") == ["transformer.h.1.attn.c_proj"]
+    assert resolve_targets(model, layers="1", projections="down") == ["transformer.h.1.mlp.c_proj"]
+
+
+def test_the_untouched_report_names_routers_and_the_mlp_parts_left(tiny_lm):
+    from unmemorize.targets import untouched, untouched_note
+
+    model, _ = tiny_lm("llama")
+    assert untouched(model, resolve_targets(model)) == {}
+    assert untouched_note(model, resolve_targets(model)) is None
+    left = untouched(model, resolve_targets(model, layers="1", projections="down"))
+    assert left == {"model.layers.*.mlp.gate_proj": "not a target", "model.layers.*.mlp.up_proj": "not a target"}

@@ -175,15 +175,15 @@ def test_tokenizer_is_trained_on_training_text_only(tmp_path, monkeypatch):
     assert not set(heldout_documents(world)) & set(seen[0])
 
 
-def _quick_testbed_with_factors(tmp_path, monkeypatch, factor_tokens: int):
-    """The quick testbed (cached under tmp_path), its model and tokenizer, mixture factors and their bases."""
+def _quick_testbed_with_factors(shared_testbed_cache, monkeypatch, factor_tokens: int):
+    """The quick testbed (trained once per session in shared_testbed_cache), its model and tokenizer, mixture factors and their bases."""
     from unmemorize.basis import decompose_factors
     from unmemorize.curvature import CollectConfig, collect_from_files
     from unmemorize.models import load_model
     from unmemorize.targets import preset_modules
     from unmemorize.testbed import load_or_train, quick_configs
 
-    monkeypatch.setenv("UNMEMORIZE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("UNMEMORIZE_CACHE", str(shared_testbed_cache))
     folder = load_or_train(*quick_configs(0), progress=False)
     model, tokenizer = load_model(str(folder / "model"))
     factors = collect_from_files(model, tokenizer, str(folder / "data" / "factors_mixture.txt"), preset_modules(model),
@@ -191,7 +191,7 @@ def _quick_testbed_with_factors(tmp_path, monkeypatch, factor_tokens: int):
     return folder, model, tokenizer, factors, decompose_factors(factors)
 
 
-def test_the_choices_never_read_the_validation_split(tmp_path, monkeypatch):
+def test_the_choices_never_read_the_validation_split(tmp_path, monkeypatch, shared_testbed_cache):
     """Scramble everything reported but never chosen on (validation sequences, the reported
     held-out text, the tasks, quotes and controls): every choice of the demo is identical. The
     negative control scrambles the tuning split, and the sweep's scores move."""
@@ -203,7 +203,7 @@ def test_the_choices_never_read_the_validation_split(tmp_path, monkeypatch):
     from unmemorize.testbed.demo import DemoConfig, tune
     from unmemorize.testbed.suite import TestbedSuite
 
-    folder, model, tokenizer, factors, bases = _quick_testbed_with_factors(tmp_path, monkeypatch, 2_000)
+    folder, model, tokenizer, factors, bases = _quick_testbed_with_factors(shared_testbed_cache, monkeypatch, 2_000)
     config = DemoConfig(quick=True, rhos="0.8,0.95,0.99")
 
     def choices(data_folder):
@@ -245,11 +245,11 @@ def test_the_choices_never_read_the_validation_split(tmp_path, monkeypatch):
     assert tuning["scores"] != original["scores"]  # the control: the choices do read the tuning files
 
 
-def test_quick_demo_writes_every_artefact(tmp_path, monkeypatch):
+def test_quick_demo_writes_every_artefact(tmp_path, monkeypatch, shared_testbed_cache):
     """The whole pipeline on the tiny world: structure, not the science."""
     from unmemorize.testbed.demo import DemoConfig, run_demo
 
-    monkeypatch.setenv("UNMEMORIZE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("UNMEMORIZE_CACHE", str(shared_testbed_cache))
     results = run_demo(DemoConfig(quick=True, out=str(tmp_path / "demo"), baselines=True))
     for name in ("report.md", "results.json", "retention.png", "sweep.png", "spectrum.png", "baselines/report.md", "baselines/pareto.png"):
         assert (tmp_path / "demo" / name).stat().st_size > 500, name
@@ -321,7 +321,7 @@ def test_memorization_rows_are_the_tokenized_item(mode):
         assert len(row["suffix_ids"]) == (8 if mode == "quote" else min(16, len(ids) - 7))
 
 
-def test_label_free_search_on_the_testbed_never_exceeds_its_budget(tmp_path, monkeypatch):
+def test_label_free_search_on_the_testbed_never_exceeds_its_budget(tmp_path, monkeypatch, shared_testbed_cache):
     """For several budgets: the chosen plan, re-applied from scratch and scored by an independent
     perplexity call, stays within budget; the budget binds (some candidates exceed it); and no
     fitting candidate removes more pairs."""
@@ -332,7 +332,7 @@ def test_label_free_search_on_the_testbed_never_exceeds_its_budget(tmp_path, mon
     from unmemorize.edit.search import search_plan
     from unmemorize.evaluate import perplexity
 
-    folder, model, tokenizer, factors, bases = _quick_testbed_with_factors(tmp_path, monkeypatch, 3_000)
+    folder, model, tokenizer, factors, bases = _quick_testbed_with_factors(shared_testbed_cache, monkeypatch, 3_000)
     windows = list(iter_windows(list_data_files(folder / "data" / "heldout.txt"), tokenizer, 64, 3_000))
     baseline = perplexity(model, windows).perplexity
     for budget in (1.02, 1.05, 1.10):

@@ -187,14 +187,17 @@ def _check_fused_qkv(placed: list[Slot], projections: list[str]) -> None:
 
 def preset_modules(model: nn.Module, layers: list[int] | None = None, projections: list[str] | None = None) -> list[str]:
     """Matrix names the preset selects: every MLP matrix but routers by default, in model order."""
-    placed = [s for s in slots(model).values() if s.block is not None]
+    every = slots(model)
+    placed = [s for s in every.values() if s.block is not None]
     if not placed:
+        names = list(every)
+        shown = ", ".join(names[:8]) + (f", ... ({len(names)} in all)" if len(names) > 8 else "")
         raise UnmemorizeError(f"{type(model).__name__} has no blocks named layers.N, layer.N, h.N or blocks.N to derive targets "
-                              "from; choose matrices with --targets GLOB")
+                              f"from; choose matrices with --targets GLOB; candidates: {shown or 'none (no linear module)'}")
     if projections:
         _check_fused_qkv([s for s in placed if s.kind == "attention"], projections)
         for projection in projections:
-            if not any(_matches_projection(s, projection) for s in placed):
+            if not any(_matches_projection(s, projection) or (s.role == "qkv" and projection in ("q", "k", "v")) for s in placed):
                 known = sorted({s.role for s in placed if s.role and s.role != "router"} | {s.short for s in placed})
                 raise UnmemorizeError(f"unknown projection {projection!r} for {type(model).__name__}; choose from {', '.join(known)}")
     chosen = []

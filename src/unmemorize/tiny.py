@@ -32,8 +32,8 @@ def make_tokenizer():
 
 
 def tiny_config(family: str = "llama", vocab_size: int = len(WORDS) + 3, hidden: int = 32, layers: int = 2):
-    """A transformers config for a tiny causal LM of the given family (llama, gpt2, gpt_neox)."""
-    from transformers import GPT2Config, GPTNeoXConfig, LlamaConfig
+    """A transformers config for a tiny causal LM of the given family (llama, gpt2, gpt_neox, olmoe: 4 experts, top-2)."""
+    from transformers import GPT2Config, GPTNeoXConfig, LlamaConfig, OlmoeConfig
 
     common = dict(vocab_size=vocab_size, bos_token_id=2, eos_token_id=2, pad_token_id=0)
     if family == "llama":
@@ -45,6 +45,9 @@ def tiny_config(family: str = "llama", vocab_size: int = len(WORDS) + 3, hidden:
     if family == "gpt_neox":
         return GPTNeoXConfig(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers, num_attention_heads=2,
                              max_position_embeddings=128, **common)
+    if family == "olmoe":
+        return OlmoeConfig(hidden_size=hidden, intermediate_size=hidden, num_hidden_layers=layers, num_attention_heads=2,
+                           num_key_value_heads=2, num_experts=4, num_experts_per_tok=2, max_position_embeddings=128, **common)
     raise ValueError(f"unknown tiny family {family!r}")
 
 
