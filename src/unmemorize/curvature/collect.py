@@ -153,11 +153,7 @@ class _PassRecorder:
         self.taps: list[ExpertTap] = []
         dense = {n: m for n, m in matrices.items() if m.kind != "expert"}
         self.activation_owner = self.find_owners(dense, dummy_batch) if dense else {}
-        for matrix in matrices.values():  # an expert's gate and up read the same rows: one A
-            if matrix.kind == "expert":
-                first = next(m for m in matrices.values() if m.kind == "expert" and m.owner == matrix.owner and
-                             m.parameter == matrix.parameter and m.expert == matrix.expert)
-                self.activation_owner[matrix.name] = first.name
+        self.activation_owner.update(expert_activation_owners(matrices))
         self.activation = {o: self._zeros(matrices[o], 1) for o in dict.fromkeys(self.activation_owner.values())}  # owner -> sum a a^T
         self.gradient = {n: self._zeros(m, 0) for n, m in matrices.items()}  # matrix -> sum g g^T
         self.expert_counts = {o: torch.zeros(1, dtype=torch.float64, device=matrices[o].weight().device)
@@ -284,6 +280,16 @@ class _PassRecorder:
             start, stop, step = matrix.rows
             rows = rows[:, start:stop:step]
         self.gradient[name].addmm_(rows.T, rows)
+
+
+def expert_activation_owners(matrices: dict[str, Matrix]) -> dict[str, str]:
+    """Expert matrix -> the first of the group that reads the same rows (an expert's gate and up: one A)."""
+    first: dict[tuple, str] = {}
+    owners = {}
+    for name, matrix in matrices.items():
+        if matrix.kind == "expert":
+            owners[name] = first.setdefault((matrix.owner, matrix.parameter, matrix.expert), name)
+    return owners
 
 
 def _token_mask(counted: torch.Tensor, tensor: torch.Tensor, name: str) -> torch.Tensor:

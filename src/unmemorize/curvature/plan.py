@@ -36,7 +36,7 @@ import torch
 from ..matrices import model_matrices
 from ..errors import UnmemorizeError
 from ..jsonio import strict_dumps
-from .collect import _PassRecorder, _dummy_batch, _module_groups, collect_factors
+from .collect import _PassRecorder, _dummy_batch, _module_groups, collect_factors, expert_activation_owners
 from .memory import reset_peak_resident, resident_bytes
 from .objectives import NextTokenObjective
 
@@ -64,11 +64,7 @@ def collection_plan(model, targets: list[str], config, objective=None) -> dict:
     accumulate = 8 if config.dtype == "float64" else 4
     dense = {n: modules[n] for n in targets if modules[n].kind != "expert"}
     owners = _PassRecorder.find_owners(dense, _dummy_batch(model, objective)) if dense else {}
-    for name in targets:  # an expert's gate and up read the same routed rows: one A
-        matrix = modules[name]
-        if matrix.kind == "expert":
-            owners[name] = next(n for n in targets if modules[n].owner == matrix.owner and modules[n].parameter == matrix.parameter
-                                and modules[n].expert == matrix.expert)
+    owners.update(expert_activation_owners({n: modules[n] for n in targets}))  # an expert's gate and up: one A
     groups = _module_groups(targets, config.modules_per_pass)
     factor_files = 0
     per_pass, sums_files = [], []

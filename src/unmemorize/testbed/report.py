@@ -420,3 +420,21 @@ def side_by_side_table(named: dict[str, dict]) -> str:
             lines.append(f"| {label} | {method} | {r.get('setting', '-')} | {_ci(val['strict'], val['n'])} (n={val['n']}) | "
                          f"{_ci(quotes['strict'], quotes['n'])} (n={quotes['n']}) | {r['perplexity']:.3f}{change} | {kept} |")
     return "\n".join(lines)
+
+
+def write_side_by_side_report(named: dict[str, Path], out: Path, command: str) -> str:
+    """``out/report.md``: the demo reports at ``named`` (label -> folder with results.json) side by side, with
+    the experts' table of any mixture-of-experts run; ``command`` is recorded as what made it."""
+    results = {label: json.loads((Path(folder) / "results.json").read_text()) for label, folder in named.items()}
+    lines = ["# Dense vs mixture-of-experts testbed, one seed", "", f"Made by `{command}` from "
+             + ", ".join(f"[{label}]({Path(folder).name}/report.md)" for label, folder in named.items()) + ".", "",
+             "Each model's edit was chosen by the demo's rule on its own tuning split (lowest tuning strict recitation within "
+             "+10% sweep perplexity); validation and quotes were never used for a choice. Percentages: 95% Wilson intervals "
+             "over items (one seed: no interval over seeds).", "", side_by_side_table(results), ""]
+    for label, result in results.items():
+        if result.get("experts"):
+            lines += [f"## {label}: the chosen edit per expert", "", *_expert_lines(result)[4:], ""]
+    text = "\n".join(lines)
+    Path(out).mkdir(parents=True, exist_ok=True)
+    (Path(out) / "report.md").write_text(text)
+    return text
