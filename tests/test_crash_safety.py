@@ -107,7 +107,8 @@ def test_sigkill_during_a_sharded_collect_then_a_rerun_succeeds_and_cleans_up(ws
     assert debris(out) == [] and load_factors(out).num_positions == load_factors(ws / "factors").num_positions
 
 
-@pytest.mark.parametrize("sig, code, word", [(signal.SIGTERM, 143, "terminated"), (signal.SIGINT, 130, "interrupted")])
+@pytest.mark.parametrize("sig, code, word", [(signal.SIGTERM, 143, "terminated"), (signal.SIGINT, 130, "interrupted"),
+                                             (signal.SIGHUP, 129, "hung up (SIGHUP)")])
 def test_sigterm_and_ctrl_c_print_one_line_exit_with_their_code_and_leave_nothing(ws, tmp_path, sig, code, word):
     out = tmp_path / "factors"
     child = start_paused(collect_argv(ws, out), "shard-written", tmp_path)
@@ -119,6 +120,26 @@ def test_sigterm_and_ctrl_c_print_one_line_exit_with_their_code_and_leave_nothin
     # the finished first pass is kept for --resume (and said so); nothing else is left
     assert f"checkpoint kept in {out.parent / ('.' + out.name + '.checkpoint')}: rerun with --resume" in err
     assert debris(out) == [f".{out.name}.checkpoint"]
+
+
+def test_a_hangup_that_nohup_ignores_stays_ignored():
+    """Under ``nohup`` SIGHUP is ignored and a run must survive the terminal closing: no handler replaces SIG_IGN."""
+    from unmemorize.cli import _install_handlers, _on_signal
+
+    before = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        previous = _install_handlers()
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN and signal.SIGHUP not in previous
+        assert signal.getsignal(signal.SIGTERM) is _on_signal
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
+        previous = _install_handlers()  # the negative control: with the default disposition the handler goes in
+        assert signal.getsignal(signal.SIGHUP) is _on_signal
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    finally:
+        signal.signal(signal.SIGHUP, before)
 
 
 def test_sigkill_during_an_edit_save_then_a_rerun_succeeds_and_cleans_up(ws, tmp_path):

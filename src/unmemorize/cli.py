@@ -38,21 +38,38 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 class Terminated(BaseException):
-    """SIGTERM, raised where the process is so that temporary outputs are removed on the way out."""
+    """SIGTERM or SIGHUP, raised where the process is so that temporary outputs are removed on the way out."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
 
 
-def _on_sigterm(signum, frame):  # noqa: ARG001 - signal handler signature
-    raise Terminated()
+def _on_signal(signum, frame):  # noqa: ARG001 - signal handler signature
+    raise Terminated(signum)
+
+
+def _install_handlers() -> dict:
+    """SIGTERM always; SIGHUP (the terminal closed) unless it is ignored, as ``nohup`` asks. Returns what to restore."""
+    import signal
+
+    if not _main_thread():
+        return {}
+    previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, _on_signal)}
+    if hasattr(signal, "SIGHUP") and signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
+        previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, _on_signal)
+    return previous
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run one command. Exit status: 0 done, 2 bad input (one ``unmemorize: error:`` line),
-    130 interrupted (Ctrl-C), 143 terminated (SIGTERM); an interrupted run leaves no partial output."""
+    130 interrupted (Ctrl-C), 143 terminated (SIGTERM), 129 hung up (SIGHUP, unless ignored as under ``nohup``);
+    an interrupted run leaves no partial output."""
     import signal
 
     parser = build_parser()
     args = parser.parse_args(argv)
-    previous = signal.signal(signal.SIGTERM, _on_sigterm) if _main_thread() else None
+    previous = _install_handlers()
     try:
         from transformers.utils import logging as hf_logging
 
@@ -64,17 +81,18 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("unmemorize: interrupted; no partial output was left", file=sys.stderr)
         return 130
-    except Terminated:
-        print("unmemorize: terminated; no partial output was left", file=sys.stderr)
-        return 143
+    except Terminated as stop:
+        hangup = stop.signum == getattr(signal, "SIGHUP", None)
+        print(f"unmemorize: {'hung up (SIGHUP)' if hangup else 'terminated'}; no partial output was left", file=sys.stderr)
+        return 128 + stop.signum
     except OSError as exc:  # full disk, read-only folder, permissions: the environment, not a bug
         from ._atomic import disk_error
 
         print(f"unmemorize: error: {disk_error(exc)}", file=sys.stderr)
         return 2
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     return 0
 
 

@@ -53,7 +53,8 @@ ATTENTION_ROLES = {
 }
 ROLE_SYNONYMS = {"fc": "up", "proj": "down"}
 _DOWN_NAMES = ("down", "fc2", "c_proj", "dense_4h_to_h", "fc_out", "w2", "output.dense", "wo")
-_UP_NAMES = ("up", "fc1", "c_fc", "dense_h_to_4h", "fc_in", "w1", "w3", "intermediate.dense", "wi")
+_UP_NAMES = ("up", "fc1", "c_fc", "dense_h_to_4h", "fc_in", "w3", "intermediate.dense", "wi")
+_GATE_NAMES = ("w1", "wi_0")  # Mixtral (transformers 4) and T5-style gated MLPs
 
 
 @dataclass(frozen=True)
@@ -98,7 +99,7 @@ def _mlp_role(short: str, matrix: Matrix, hidden: int | None, experts: set[int])
     d_out, d_in = matrix.shape
     if matrix.kind == "linear" and (d_out == 1 or d_out in experts) and not last.endswith("_proj"):
         return "router"  # the experts' logits (transformers 4's mlp.gate), or one gate scalar (shared_expert_gate)
-    if "gate" in last:
+    if "gate" in last or last in _GATE_NAMES:
         return "gate"
     if any(last == n or short.endswith(n) or last.startswith(n) for n in _DOWN_NAMES):
         return "down"
