@@ -426,7 +426,7 @@ def write_side_by_side_report(named: dict[str, Path], out: Path, command: str) -
     """``out/report.md``: the demo reports at ``named`` (label -> folder with results.json) side by side, with
     the experts' table of any mixture-of-experts run; ``command`` is recorded as what made it."""
     results = {label: json.loads((Path(folder) / "results.json").read_text()) for label, folder in named.items()}
-    lines = ["# Dense vs mixture-of-experts testbed, one seed", "", f"Made by `{command}` from "
+    lines = ["# Dense vs mixture-of-experts testbed, one seed", "", f"Made by {command} from "
              + ", ".join(f"[{label}]({Path(folder).name}/report.md)" for label, folder in named.items()) + ".", "",
              "Each model's edit was chosen by the demo's rule on its own tuning split (lowest tuning strict recitation within "
              "+10% sweep perplexity); validation and quotes were never used for a choice. Percentages: 95% Wilson intervals "
