@@ -72,7 +72,9 @@ def clean_venv(root: Path, wheel: Path, share_dependencies: bool) -> Path:
     return root / "bin"
 
 
-def check_installed_package(bin_dir: Path, work: Path) -> None:
+def check_installed_package(bin_dir: Path, work: Path, cache: Path | None = None) -> None:
+    """The installed copy runs from outside the source tree; its quick demo trains the testbed into ``cache``
+    (default: a fresh one) or reuses the session's (the installed code and the source have one cache key)."""
     located = run([bin_dir / "python", "-c", "import unmemorize; print(unmemorize.__file__)"], cwd=work)
     assert located.returncode == 0, located.stderr[-2000:]
     assert Path(located.stdout.strip()).is_relative_to(bin_dir.parent), located.stdout  # the wheel's copy, not src/
@@ -82,7 +84,7 @@ def check_installed_package(bin_dir: Path, work: Path) -> None:
     top = run([bin_dir / "unmemorize", "--help"], cwd=work)
     assert top.returncode == 0 and "collect" in top.stdout and "decompose" in top.stdout
 
-    cache = work / "cache"
+    cache = cache or work / "cache"
     demo = run([bin_dir / "unmemorize", "demo", "--quick", "--out", work / "demo"], cwd=work, env={"UNMEMORIZE_CACHE": str(cache)})
     assert demo.returncode == 0, demo.stderr[-3000:]
     results = json.loads((work / "demo" / "results.json").read_text())
@@ -90,11 +92,11 @@ def check_installed_package(bin_dir: Path, work: Path) -> None:
     assert (work / "demo" / "report.md").is_file() and any(cache.iterdir())
 
 
-def test_the_wheel_installs_into_a_clean_venv_and_runs_the_quick_demo_outside_the_source_tree(wheel, tmp_path):
+def test_the_wheel_installs_into_a_clean_venv_and_runs_the_quick_demo_outside_the_source_tree(wheel, tmp_path, shared_testbed_cache):
     bin_dir = clean_venv(tmp_path / "venv", wheel, share_dependencies=True)
     work = tmp_path / "elsewhere"
     work.mkdir()
-    check_installed_package(bin_dir, work)
+    check_installed_package(bin_dir, work, shared_testbed_cache)  # the slow variant below trains from scratch
 
 
 @pytest.mark.slow

@@ -250,8 +250,18 @@ def test_quick_demo_writes_every_artefact(tmp_path, monkeypatch, shared_testbed_
     from unmemorize.testbed.demo import DemoConfig, run_demo
 
     monkeypatch.setenv("UNMEMORIZE_CACHE", str(shared_testbed_cache))
+    calls = []
+
+    def comparison(config, folder):  # --baselines hands the comparison its settings (the comparison: test_compare.py)
+        calls.append(config)
+        folder.mkdir(parents=True)
+        (folder / "report.md").write_text("comparison")
+        return {"paper_claim": {"pooled": {"quotes_half_holds": False, "forget_half_holds": True}}, "survival": {}}
+
+    monkeypatch.setattr("unmemorize.testbed.compare.compare_into", comparison)
     results = run_demo(DemoConfig(quick=True, out=str(tmp_path / "demo"), baselines=True))
-    for name in ("report.md", "results.json", "retention.png", "sweep.png", "spectrum.png", "baselines/report.md", "baselines/pareto.png"):
+    assert [(c.quick, c.seeds, c.factor_data, c.rhos, c.ppl_budget) for c in calls] == [(True, "0", "mixture", DemoConfig.rhos, 0.10)]
+    for name in ("report.md", "results.json", "retention.png", "sweep.png", "spectrum.png"):
         assert (tmp_path / "demo" / name).stat().st_size > 500, name
     saved = strict_loads((tmp_path / "demo" / "results.json").read_text())  # strict JSON (NaN/Inf would fail)
     assert saved["rule_met"] in (True, False)
@@ -282,7 +292,8 @@ def test_quick_demo_writes_every_artefact(tmp_path, monkeypatch, shared_testbed_
         assert (tmp_path / "demo" / "analysis" / name).stat().st_size > 500, name
     assert "Figures 2 and 4" in report
     assert "[baselines/report.md](baselines/report.md)" in report  # --baselines: the comparison, linked from the report
-    assert set(strict_loads((tmp_path / "demo" / "baselines" / "results.json").read_text())["summary"]) == {"baseline", "kfac", "svd", "bsn"}
+    assert "K-FAC removes more quotes than BSN: not shown" in report and "than K-FAC: yes" in report
+    assert saved["baselines"]["paper_claim"]["pooled"]["forget_half_holds"] is True
     # several seeds: per-seed folders and a combined report whose cells are the per-seed mean and std;
     # seed 0's testbed is reused from the cache (it does not train again)
     combined = run_demo(DemoConfig(quick=True, seeds="0,1", out=str(tmp_path / "demo2"), factor_data="general"))
@@ -395,3 +406,14 @@ def test_quick_mixture_of_experts_demo_reports_the_edit_per_expert(tmp_path):
     assert set(per_block) == {"0", "1"} and all(len(experts) == 4 for experts in per_block.values())
     assert "## Experts: what the chosen edit kept" in (tmp_path / "moe" / "report.md").read_text()
     assert results["analysis"]["skipped"]
+
+
+@pytest.mark.slow
+def test_quick_demo_with_baselines_runs_the_real_comparison(tmp_path, monkeypatch, shared_testbed_cache):
+    from unmemorize.testbed.demo import DemoConfig, run_demo
+
+    monkeypatch.setenv("UNMEMORIZE_CACHE", str(shared_testbed_cache))
+    run_demo(DemoConfig(quick=True, out=str(tmp_path / "demo"), baselines=True))
+    for name in ("baselines/report.md", "baselines/pareto.png"):
+        assert (tmp_path / "demo" / name).stat().st_size > 500, name
+    assert set(strict_loads((tmp_path / "demo" / "baselines" / "results.json").read_text())["summary"]) == {"baseline", "kfac", "svd", "bsn"}
