@@ -47,8 +47,9 @@ def child_env(**extra):
     return {**os.environ, "OMP_NUM_THREADS": "1", **extra}
 
 
-@pytest.mark.parametrize("fisher, extra", [("true", []), ("empirical", []), ("true", ["--modules-per-pass", "2", "--checkpoint-every", "200"])],
-                         ids=["true", "empirical", "true-3-passes-checkpointed"])
+@pytest.mark.parametrize("fisher, extra", [("true", []), pytest.param("empirical", [], marks=pytest.mark.slow),
+                                           ("true", ["--modules-per-pass", "2", "--checkpoint-every", "200"])],
+                         ids=["true", "empirical", "true-3-passes-checkpointed"])  # make test-all runs the empirical case
 def test_two_gloo_processes_give_the_factors_of_one(ws, tmp_path, fisher, extra):
     """torchrun, 2 ranks of batch 3, vs one process of batch 8: labels are seeded per window, so the
     sampled labels (true Fisher) do not depend on how windows are shared or batched. The third case

@@ -294,8 +294,35 @@ def test_quick_demo_writes_every_artefact(tmp_path, monkeypatch, shared_testbed_
     assert "[baselines/report.md](baselines/report.md)" in report  # --baselines: the comparison, linked from the report
     assert "K-FAC removes more quotes than BSN: not shown" in report and "than K-FAC: yes" in report
     assert saved["baselines"]["paper_claim"]["pooled"]["forget_half_holds"] is True
-    # several seeds: per-seed folders and a combined report whose cells are the per-seed mean and std;
-    # seed 0's testbed is reused from the cache (it does not train again)
+    # the cross-seed summary's arithmetic on these results and a second run's (one cell changed): mean, sample
+    # std and the pooled Wilson interval, each computed here independently
+    import copy
+    import statistics
+
+    from unmemorize.testbed.report import seeds_summary
+
+    other = copy.deepcopy(saved)
+    n = other["methods"]["kfac"]["memorized_validation"]["n"]
+    other["methods"]["kfac"]["memorized_validation"]["strict"] = 3 / n
+    summary = seeds_summary({0: saved, 1: other})["kfac"]["cells"]["val strict"]
+    values = [saved["methods"]["kfac"]["memorized_validation"]["strict"], 3 / n]
+    assert summary["per_seed"] == {"0": values[0], "1": values[1]}
+    assert summary["mean"] == pytest.approx(statistics.mean(values)) and summary["std"] == pytest.approx(statistics.stdev(values))
+    correct, total, z = round(values[0] * n) + 3, 2 * n, 1.959963984540054
+    p = correct / total
+    centre, half = (p + z * z / (2 * total)) / (1 + z * z / total), z * (p * (1 - p) / total + z * z / (4 * total * total)) ** 0.5 / (1 + z * z / total)
+    assert summary["pooled"]["n"] == total
+    assert (summary["pooled"]["low"], summary["pooled"]["high"]) == pytest.approx((centre - half, centre + half))
+
+
+@pytest.mark.slow
+def test_quick_demo_over_two_seeds_writes_per_seed_folders_and_a_combined_report(tmp_path, monkeypatch, shared_testbed_cache):
+    """Several seeds: per-seed folders and a combined report whose cells are the per-seed mean and std;
+    seed 0's testbed is reused from the cache (it does not train again)."""
+    from unmemorize.testbed.demo import DemoConfig, run_demo
+
+    monkeypatch.setenv("UNMEMORIZE_CACHE", str(shared_testbed_cache))
+    run_demo(DemoConfig(quick=True, out=str(tmp_path / "demo")))
     combined = run_demo(DemoConfig(quick=True, seeds="0,1", out=str(tmp_path / "demo2"), factor_data="general"))
     assert combined["wall_seconds"]["0"]["testbed (train or load)"] < 2
     per_seed = {s: strict_loads((tmp_path / "demo2" / f"seed-{s}" / "results.json").read_text()) for s in (0, 1)}
