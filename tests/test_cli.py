@@ -145,15 +145,65 @@ def test_budget_below_one_is_an_error(workspace, tmp_path, capsys):
     assert "must be >= 1" in line and not (tmp_path / "o").exists()
 
 
-def test_help_explains_every_option(capsys):
-    for command in ("collect", "edit", "spectrum"):
-        with pytest.raises(SystemExit):
-            main([command, "--help"])
+def _command_parsers(parser, path=()):
+    """(path, parser) for every command and sub-command the parser has (read from it, not from a list)."""
+    import argparse
+
+    yield path, parser
+    for action in parser._actions:  # argparse keeps subparsers here; there is no public accessor
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _command_parsers(sub, (*path, name))
+
+
+def help_problems(parser, text: str) -> list[str]:
+    """What a --help text fails to explain: an option without a help string, or one the text never shows."""
+    import argparse
+
+    problems = []
+    for action in parser._actions:
+        if isinstance(action, (argparse._HelpAction, argparse._SubParsersAction)) or action.help == argparse.SUPPRESS:
+            continue
+        name = action.option_strings[0] if action.option_strings else action.dest
+        if not (action.help or "").strip():
+            problems.append(f"{name}: no help")
+        if action.option_strings and not any(option in text for option in action.option_strings):
+            problems.append(f"{name}: not in the help text")
+    return problems
+
+
+def test_every_commands_help_exits_0_and_explains_every_option(capsys):
+    """Every command and sub-command from the parser: --help prints its usage, exits 0 and explains every option;
+    the negative control (an option without help) is caught by the same check."""
+    import argparse
+
+    from unmemorize.cli import build_parser
+
+    seen = []
+    for path, parser in _command_parsers(build_parser()):
+        with pytest.raises(SystemExit) as stop:
+            main([*path, "--help"]) if path else build_parser().parse_args(["--help"])
         text = capsys.readouterr().out
-        for option in {"collect": ["--fisher", "--seq-len", "--max-tokens", "--batch-size", "--seed", "--targets", "--modules-per-pass"],
-                       "edit": ["--rho", "--plan", "--method", "--overwrite", "--targets", "--layers", "--proj"],
-                       "spectrum": ["--factors", "--rhos"]}[command]:
-            assert option in text
+        assert stop.value.code == 0 and text.startswith(f"usage: {' '.join(['unmemorize', *path])}"), (path, text[:200])
+        assert help_problems(parser, text) == [], path
+        seen.append(path)
+    assert ("collect",) in seen and ("unlearn", "bsn") in seen and len(seen) >= 13
+    control = argparse.ArgumentParser(prog="x")
+    control.add_argument("--documented", help="has help")
+    control.add_argument("--silent")
+    assert help_problems(control, control.format_help()) == ["--silent: no help"]
+
+
+def test_help_as_a_user_runs_it_prints_only_the_help():
+    """The installed command in a subprocess: exit 0, the usage on stdout, nothing on stderr (no warning, no log line)."""
+    import subprocess
+    import sys
+
+    for argv in ([], ["collect"], ["unlearn", "bsn"]):
+        result = subprocess.run([sys.executable, "-m", "unmemorize", *argv, "--help"], capture_output=True, text=True, timeout=120,
+                                stdin=subprocess.DEVNULL)
+        assert (result.returncode, result.stderr) == (0, ""), (argv, result.stderr[-2000:])
+        assert result.stdout.startswith(f"usage: {' '.join(['unmemorize', *argv])}"), result.stdout[:200]
 
 
 def test_rho_outside_unit_interval(workspace, capsys):
