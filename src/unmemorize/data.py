@@ -66,10 +66,13 @@ def iter_windows(files: list[Path], tokenizer, seq_len: int, max_tokens: int | N
         buffer.extend(tokenizer(record, add_special_tokens=False)["input_ids"])
         if eos is not None:
             buffer.append(eos)
-        while len(buffer) >= seq_len and emitted < budget:
-            window, buffer = take(buffer[:seq_len]), buffer[seq_len:]
+        start = 0  # windows are read at an offset: cutting each off the front would copy the rest of a long document
+        while len(buffer) - start >= seq_len and emitted < budget:
+            window = take(buffer[start:start + seq_len])
+            start += seq_len
             if len(window) >= 2:
                 yield checked(window)
+        del buffer[:start]  # once per document: linear in its length
     if len(buffer) >= 2 and emitted < budget:
         window = take(buffer)
         if len(window) >= 2:
