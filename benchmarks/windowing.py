@@ -58,6 +58,7 @@ def measure(source: Path, files: list[Path]) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--compare-source", type=Path, help="Another source tree (its src/ folder) to time the same way.")
+    parser.add_argument("--compare-label", help="How the table names it (default: its path), e.g. 'commit 645c5f8'.")
     args = parser.parse_args()
     from unmemorize.tiny import WORDS
 
@@ -68,7 +69,7 @@ def main() -> None:
             path = Path(folder) / f"book-{length}.txt"
             path.write_text(" ".join(rng.choice(WORDS) for _ in range(length)) + "\n")
             files.append(path)
-        trees = {"this checkout": ROOT / "src", **({str(args.compare_source): args.compare_source} if args.compare_source else {})}
+        trees = {"this checkout": ROOT / "src", **({args.compare_label or str(args.compare_source): args.compare_source} if args.compare_source else {})}
         timings = {name: measure(source, files) for name, source in trees.items()}
     rows, record = [], {}
     for name, seconds in timings.items():
