@@ -468,3 +468,69 @@ def test_every_json_file_and_json_print_of_the_commands_is_strict(workspace, tmp
         strict_loads(path.read_text())
     for text in prints:
         assert strict_loads(text), text
+
+
+def test_factors_of_other_weights_are_refused_unless_allowed_and_the_manifest_says_so(workspace, tmp_path, capsys):
+    """--allow-foreign-factors: the same architecture with other weights (seed 1) is refused by its fingerprints; with
+    the flag the edit runs and unmemorize_edit.json records that foreign factors were allowed."""
+    import json
+
+    save_tiny_lm(tmp_path / "other", "llama", seed=1)
+    argv = ["edit", "--model", str(tmp_path / "other"), "--factors", str(workspace / "factors"), "--rho", "0.9"]
+    line = error_of(capsys, [*argv, "--out", str(tmp_path / "refused")])
+    assert "collected on other weights than this model's" in line and "--allow-foreign-factors" in line
+    assert not (tmp_path / "refused").exists()
+    assert main([*argv, "--out", str(tmp_path / "allowed"), "--allow-foreign-factors"]) == 0
+    record = json.loads((tmp_path / "allowed" / "unmemorize_edit.json").read_text())
+    assert record["factors"]["foreign_factors_allowed"] is True
+    assert main(["edit", "--model", str(workspace / "llama"), "--factors", str(workspace / "factors"), "--rho", "0.9",
+                 "--out", str(tmp_path / "own")]) == 0  # the model the factors were collected on: no flag needed
+    assert json.loads((tmp_path / "own" / "unmemorize_edit.json").read_text())["factors"]["foreign_factors_allowed"] is False
+
+
+REMOTE_CONFIG = '''import os
+import pathlib
+
+pathlib.Path(os.environ["UNMEMORIZE_REMOTE_MARKER"]).write_text("the model's own code ran")
+from transformers import LlamaConfig
+
+
+class RemoteConfig(LlamaConfig):
+    model_type = "unmemorize-remote-test"
+'''
+REMOTE_MODEL = '''from transformers import LlamaForCausalLM
+
+from .configuration_remote import RemoteConfig
+
+
+class RemoteForCausalLM(LlamaForCausalLM):
+    config_class = RemoteConfig
+'''
+
+
+def test_a_models_own_code_runs_only_with_trust_remote_code(workspace, tmp_path, capsys, monkeypatch):
+    """A folder whose config names its own Python code (auto_map): without --trust-remote-code nothing of it runs
+    (a marker the code would write stays absent) and the run stops with one error; with the flag it loads and runs."""
+    import json
+    import shutil
+
+    import transformers.dynamic_module_utils as dynamic
+
+    monkeypatch.setattr(dynamic, "HF_MODULES_CACHE", str(tmp_path / "modules"))  # the copied code stays in this test
+    folder = tmp_path / "remote"
+    shutil.copytree(workspace / "llama", folder)
+    (folder / "configuration_remote.py").write_text(REMOTE_CONFIG)
+    (folder / "modeling_remote.py").write_text(REMOTE_MODEL)
+    config = json.loads((folder / "config.json").read_text())
+    config.update(model_type="unmemorize-remote-test", architectures=["RemoteForCausalLM"],
+                  auto_map={"AutoConfig": "configuration_remote.RemoteConfig", "AutoModelForCausalLM": "modeling_remote.RemoteForCausalLM"})
+    (folder / "config.json").write_text(json.dumps(config))
+    marker = tmp_path / "marker"
+    monkeypatch.setenv("UNMEMORIZE_REMOTE_MARKER", str(marker))
+    argv = ["collect", "--model", str(folder), "--data", str(workspace / "clean.txt"), "--seq-len", "32", "--max-tokens", "500",
+            "--no-progress"]
+    line = error_of(capsys, [*argv, "--out", str(tmp_path / "refused")])
+    assert "pass --trust-remote-code to run it" in line and not marker.exists() and not (tmp_path / "refused").exists()
+    assert main([*argv, "--out", str(tmp_path / "trusted"), "--trust-remote-code"]) == 0
+    assert marker.read_text() == "the model's own code ran"
+    assert json.loads((tmp_path / "trusted" / "factors.json").read_text())["architecture"] == "RemoteForCausalLM"

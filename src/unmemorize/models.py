@@ -163,7 +163,10 @@ def load_model(model: str, dtype: str = "float32", device: str = "cpu", trust_re
     try:
         config = AutoConfig.from_pretrained(model, trust_remote_code=trust_remote_code)
     except Exception as exc:  # noqa: BLE001 - transformers raises many types here
-        raise UnmemorizeError(f"cannot load a model config from {model!r}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+        remote = not trust_remote_code and ("custom code" in str(exc) or "trust_remote_code" in str(exc))
+        hint = "; the model ships its own Python code: pass --trust-remote-code to run it (only for code you trust)" if remote else ""
+        raise UnmemorizeError(f"cannot load a model config from {model!r}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+                              f"{hint}") from None
     kwargs = dict(dtype=torch_dtype, trust_remote_code=trust_remote_code, output_loading_info=True)
     if device_map:
         try:
@@ -180,7 +183,8 @@ def load_model(model: str, dtype: str = "float32", device: str = "cpu", trust_re
     loaders = [AutoModelForCausalLM, AutoModelForImageClassification]
     errors = []
     for loader in loaders:
-        if type(config) not in loader._model_mapping:  # noqa: SLF001 - public enough, stable for years
+        remote = trust_remote_code and loader.__name__ in (getattr(config, "auto_map", None) or {})  # the model's own class
+        if type(config) not in loader._model_mapping and not remote:  # noqa: SLF001 - public enough, stable for years
             continue
         try:
             net, info = loader.from_pretrained(model, **kwargs)
