@@ -122,22 +122,10 @@ def update(part: str, markdown: str, data: dict, quick: bool = False) -> None:
 
 
 def provenance() -> dict:
-    """What made a results file: commit (and whether the tree had changes), command line, machine, package versions."""
-    import subprocess
+    """What made a results file (``unmemorize.provenance``), with this benchmark's command line."""
+    from unmemorize.provenance import provenance as record
 
-    import transformers
-
-    from unmemorize._version import __version__
-
-    def git(*args: str) -> str:
-        try:
-            return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=30).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            return ""
-
-    return {"commit": git("rev-parse", "HEAD") or None, "uncommitted_changes": bool(git("status", "--porcelain", "--", "src", "benchmarks")),
-            "command": command_line(), "machine": machine(), "versions": {"unmemorize": __version__, "transformers": transformers.__version__},
-            "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+    return record(command_line())
 
 
 def write_results(stem: str, lines: list[str], record) -> None:

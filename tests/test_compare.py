@@ -90,6 +90,8 @@ def test_quick_comparison_writes_tables_plot_and_consistent_verdicts(tmp_path, m
         assert (out / name).stat().st_size > 500, name
     saved = strict_loads((out / "results.json").read_text())
     seed = strict_loads((out / "seed-0" / "results.json").read_text())
+    assert saved["provenance"]["commit"] == seed["provenance"]["commit"] and len(saved["provenance"]["commit"]) == 40
+    assert saved["provenance"]["versions"]["unmemorize"] and saved["provenance"]["machine"]["logical_cpus"] >= 1
     budget = 1 + seed["config"]["ppl_budget"]
     for method in ("kfac", "svd", "bsn"):
         chosen, met = seed["chosen"][method], seed["rule_met"][method]

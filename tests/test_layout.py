@@ -149,7 +149,7 @@ def test_the_stages_are_folders_and_the_root_holds_only_cross_cutting_modules():
     assert stages <= {p.name for p in PACKAGE.iterdir() if (p / "__init__.py").is_file()}
     root_modules = {p.stem for p in PACKAGE.glob("*.py")}
     assert root_modules == {"__init__", "__main__", "_atomic", "_timing", "_version", "cli", "corpus", "data", "errors", "jsonio", "matrices",
-                            "models", "paths", "targets", "tiny"}
+                            "models", "paths", "provenance", "targets", "tiny"}
 
 
 @pytest.mark.parametrize("name", sorted(unmemorize.__all__))

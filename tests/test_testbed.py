@@ -267,6 +267,15 @@ def test_quick_demo_writes_every_artefact(tmp_path, monkeypatch, shared_testbed_
     assert saved["rule_met"] in (True, False)
     assert ("selection rule was not met" in (tmp_path / "demo" / "report.md").read_text()) == (not saved["rule_met"])
     assert set(saved["methods"]) >= {"baseline", "kfac", "svd", "random"}
+    made = saved["provenance"]  # what made the file: this checkout's commit, versions, machine, command
+    import subprocess
+    from pathlib import Path
+
+    import torch
+
+    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent).stdout.strip()
+    assert re.fullmatch(r"[0-9a-f]{40}", made["commit"]) and made["commit"] == head and isinstance(made["uncommitted_changes"], bool)
+    assert made["versions"]["torch"] == torch.__version__ and made["machine"]["logical_cpus"] >= 1 and made["command"]
     label_free, chosen = saved["label_free"], saved["label_free"]["chosen"]
     assert label_free["candidates"]
     assert chosen is None or chosen["perplexity_ratio"] <= label_free["budget"]  # never above its budget

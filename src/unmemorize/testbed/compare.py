@@ -380,6 +380,7 @@ def compare_into(config: CompareConfig, folder: Path) -> dict:
     """Run every seed of ``config`` and write seed-<k>/results.json, report.md, results.json and
     pareto.png into ``folder`` (an already claimed temporary folder; ``demo --baselines`` uses it)."""
     from ..jsonio import write_json
+    from ..provenance import provenance
     from .compare_report import write_compare_report
 
     config.validate()
@@ -396,7 +397,7 @@ def compare_into(config: CompareConfig, folder: Path) -> dict:
     for seed in config.seed_list():
         earlier = reusable(config, seed)
         print(f"compare: seed {seed}" + (f" (reused from {earlier})" if earlier else ""), flush=True)
-        per_seed[seed] = strict_loads(earlier.read_text()) if earlier else compare_seed(config, seed)
+        per_seed[seed] = strict_loads(earlier.read_text()) if earlier else {**compare_seed(config, seed), "provenance": provenance()}
         (folder / f"seed-{seed}").mkdir(exist_ok=True)
         write_json(folder / f"seed-{seed}" / "results.json", per_seed[seed])
     return write_compare_report(per_seed, folder, config)

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from ..evaluate.intervals import mean_std, wilson
 from ..jsonio import write_json
+from ..provenance import provenance
 
 METHOD_ORDER = ("baseline", "kfac", "svd", "bsn")
 MIN_REMOVED = 5  # items an edit must remove at a seed for a survival ratio there
@@ -351,7 +352,7 @@ def write_compare_report(per_seed: dict[int, dict], out: Path, config) -> dict:
     (out / "report.md").write_text(text)
     record = {"seeds": seeds, "config": {k: v for k, v in vars(config).items()}, "summary": summary, "paper_claim": claim,
               "matched_perplexity": matched,
-              "survival": survives, "timing": {str(s): t for s, t in zip(seeds, timing)}}
+              "survival": survives, "timing": {str(s): t for s, t in zip(seeds, timing)}, "provenance": provenance()}
     write_json(out / "results.json", record)
     print(text)
     return record

@@ -220,7 +220,10 @@ def _analysis_lines(results: dict) -> list[str]:
 
 def write_report(results: dict, out: Path) -> str:
     """Write results.json, report.md, retention.png, sweep.png into ``out``; return the main table."""
+    from ..provenance import provenance
+
     out.mkdir(parents=True, exist_ok=True)
+    results.setdefault("provenance", provenance())
     write_json(out / "results.json", results)
     plot_retention(results, out / "retention.png")
     plot_sweep(results, out / "sweep.png")
@@ -355,6 +358,8 @@ def per_seed_table(per_seed: dict[int, dict], method: str, cells: list[str]) -> 
 
 def write_seeds_report(per_seed: dict[int, dict], out: Path, config) -> dict:
     """results.json and report.md over several seeds: mean ± std per cell, each seed's row; returns the results."""
+    from ..provenance import provenance
+
     summary = seeds_summary(per_seed)
     seeds = sorted(per_seed)
     first = per_seed[seeds[0]]
@@ -367,6 +372,7 @@ def write_seeds_report(per_seed: dict[int, dict], out: Path, config) -> dict:
         "rule_met": {str(s): per_seed[s]["rule_met"] for s in seeds},
         "per_seed": {str(s): f"seed-{s}/results.json" for s in seeds},
         "wall_seconds": {str(s): per_seed[s]["wall_seconds"] for s in seeds},
+        "provenance": provenance(),
     }
     write_json(out / "results.json", results)
     unmet = [s for s in seeds if not per_seed[s]["rule_met"]]
