@@ -46,13 +46,9 @@ def machine() -> dict:
     import numpy as np
     import torch
 
-    cpu = platform.processor() or "unknown"
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {"cpu": cpu, "logical_cpus": os.cpu_count(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+    from unmemorize.provenance import cpu_name
+
+    return {"cpu": cpu_name(), "logical_cpus": os.cpu_count(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
             "numpy": np.__version__, "python": platform.python_version()}
 
 

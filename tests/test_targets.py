@@ -76,6 +76,6 @@ def test_the_untouched_report_names_routers_and_the_mlp_parts_left(tiny_lm):
 
     model, _ = tiny_lm("llama")
     assert untouched(model, resolve_targets(model)) == {}
-    assert untouched_note(model, resolve_targets(model)) is None
+    assert untouched_note(untouched(model, resolve_targets(model))) is None
     left = untouched(model, resolve_targets(model, layers="1", projections="down"))
     assert left == {"model.layers.*.mlp.gate_proj": "not a target", "model.layers.*.mlp.up_proj": "not a target"}

@@ -46,12 +46,6 @@ def get_weight(module: nn.Module) -> torch.Tensor:
     raise TypeError(f"{type(module).__name__} is not a linear-like module")
 
 
-@torch.no_grad()
-def set_weight(module: nn.Module, weight: torch.Tensor) -> None:
-    """Write a (d_out, d_in) weight into the module, in place, cast to the module's dtype."""
-    get_weight(module).copy_(weight.to(device=module.weight.device, dtype=module.weight.dtype))
-
-
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 

@@ -35,7 +35,8 @@ def command_line(argv: list[str] | None = None) -> str:
     return shlex.join(argv)
 
 
-def _cpu() -> str:
+def cpu_name() -> str:
+    """The CPU's model name (/proc/cpuinfo), else what platform knows."""
     try:
         return next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                     if line.startswith("model name"))
@@ -56,7 +57,7 @@ def provenance(command: str | None = None) -> dict:
         "uncommitted_changes": bool(_git("status", "--porcelain", "--", ".")) if commit else None,
         "versions": {"unmemorize": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
                      "python": platform.python_version()},
-        "machine": {"cpu": _cpu(), "logical_cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+        "machine": {"cpu": cpu_name(), "logical_cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                     "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
         "command": command or command_line(),
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),

@@ -167,7 +167,10 @@ def parse_projections(spec: str | None) -> list[str] | None:
 
 
 def _matches_projection(slot: Slot, projection: str) -> bool:
+    """Whether ``--proj projection`` names this matrix (a fused qkv is named by each of q, k, v: see ``_check_fused_qkv``)."""
     projection = ROLE_SYNONYMS.get(projection, projection) if slot.kind == "mlp" else projection
+    if slot.role == "qkv" and projection in ("q", "k", "v"):
+        return True
     if slot.role == "router":
         return slot.short == projection or slot.short.endswith("." + projection)
     return slot.role == projection or slot.short == projection or slot.short.endswith("." + projection) or \
@@ -198,7 +201,7 @@ def preset_modules(model: nn.Module, layers: list[int] | None = None, projection
     if projections:
         _check_fused_qkv([s for s in placed if s.kind == "attention"], projections)
         for projection in projections:
-            if not any(_matches_projection(s, projection) or (s.role == "qkv" and projection in ("q", "k", "v")) for s in placed):
+            if not any(_matches_projection(s, projection) for s in placed):
                 known = sorted({s.role for s in placed if s.role and s.role != "router"} | {s.short for s in placed})
                 raise UnmemorizeError(f"unknown projection {projection!r} for {type(model).__name__}; choose from {', '.join(known)}")
     chosen = []
@@ -208,7 +211,7 @@ def preset_modules(model: nn.Module, layers: list[int] | None = None, projection
         if projections is None:
             if slot.kind == "mlp" and slot.role != "router":
                 chosen.append(slot.name)
-        elif any(_matches_projection(slot, p) or (slot.role == "qkv" and p in ("q", "k", "v")) for p in projections):
+        elif any(_matches_projection(slot, p) for p in projections):
             chosen.append(slot.name)
     if not chosen:
         blocks = sorted({s.block for s in placed})
@@ -313,9 +316,8 @@ def untouched(model: nn.Module, targets: list[str]) -> dict[str, str]:
     return dict(sorted(left.items()))
 
 
-def untouched_note(model: nn.Module, targets: list[str]) -> str | None:
-    """One line for the user when the targets leave part of an MLP untouched (None when they do not)."""
-    left = untouched(model, targets)
+def untouched_note(left: dict[str, str]) -> str | None:
+    """One line for the user from ``untouched``'s answer (None when the targets leave nothing of an MLP)."""
     if not left:
         return None
     return "note: the targets leave untouched in the MLP of the blocks they edit: " + "; ".join(f"{k} ({v})" for k, v in left.items())

@@ -91,9 +91,10 @@ def run(args) -> None:
         if args.factors and factors is None:
             factors = load_factors(args.factors, model=model, modules=list(plan), allow_foreign=args.allow_foreign_factors)
         edit = apply_edit(model, plan, factors, config)
-        if note := untouched_note(model, list(plan)):
+        left = untouched(model, list(plan))
+        if note := untouched_note(left):
             print(note, file=sys.stderr)
-        extra = {"model": args.model, "untouched": untouched(model, list(plan)),
+        extra = {"model": args.model, "untouched": left,
                  **({"label_free_search": search_record} if search_record else {})}
         save_edited_model(edit, out, tokenizer, overwrite=args.overwrite, extra=extra)
     for name, stats in edit.modules.items():

@@ -158,14 +158,16 @@ def _collect(job: CollectJob, group: ProcessGroup, out: Path | None) -> dict | N
 
     device = str(group.device) if group.distributed else job.device
     pixels = read_job_images(job) if job.images else None  # every image read before the model loads
+    pixels_sha256 = _pixels_sha256(pixels) if pixels is not None else None  # the checkpoint's and the factors' record
     model, tokenizer = load_model(job.model, job.model_dtype, device, job.trust_remote_code, job.device_map, job.max_memory)
     targets = resolve_targets(model, job.targets, job.layers, job.projections)
     refuse_offloaded_targets(model, targets)
+    left = untouched(model, targets)  # what the targets leave of each MLP: said, and recorded in factors.json
     config = job.config
     checkpoint = None
     if config.checkpoint_every != 0:
         if pixels is not None:
-            settings = collection_settings(model, targets, [], config, "image_classification", _pixels_sha256(pixels)) if group.is_main else {}
+            settings = collection_settings(model, targets, [], config, "image_classification", pixels_sha256) if group.is_main else {}
         else:
             settings = collection_settings(model, targets, list_data_files(job.data), config, NextTokenObjective.name) if group.is_main else {}
         checkpoint = Checkpoint(checkpoint_folder(out) if out is not None else Path("."), settings)
@@ -177,13 +179,13 @@ def _collect(job: CollectJob, group: ProcessGroup, out: Path | None) -> dict | N
     if group.is_main:
         ranks = f" on {group.world_size} processes" if group.distributed else ""
         print(f"collecting {config.fisher} Fisher factors for {len(targets)} modules of {type(model).__name__}{ranks}", file=sys.stderr)
-        if note := untouched_note(model, targets):
+        if note := untouched_note(left):
             print(note, file=sys.stderr)
     sharded = 0 < config.modules_per_pass < len(targets)
     resident_before = resident_bytes("VmRSS") if reset_peak_resident() else None  # each rank's growth, recorded in factors.json
     def gather(on_pass=None):
         if pixels is not None:
-            return collect_images(model, pixels, targets, job, on_pass=on_pass, group=group, checkpoint=checkpoint)
+            return collect_images(model, pixels, pixels_sha256, targets, job, on_pass=on_pass, group=group, checkpoint=checkpoint)
         return collect_from_files(model, tokenizer, job.data, targets, config, on_pass=on_pass, group=group, checkpoint=checkpoint)
 
     if not group.is_main:
@@ -194,12 +196,12 @@ def _collect(job: CollectJob, group: ProcessGroup, out: Path | None) -> dict | N
         with ShardedFactorWriter(out, model, job.overwrite) as writer:
             factors = gather(on_pass=writer.write_pass)
             factors.metadata["peak_resident_growth_bytes_per_rank"] = _growth_per_rank(group, resident_before)
-            factors.metadata["untouched"] = untouched(model, targets)
+            factors.metadata["untouched"] = left
             writer.finish(factors)
     else:
         factors = gather()
         factors.metadata["peak_resident_growth_bytes_per_rank"] = _growth_per_rank(group, resident_before)
-        factors.metadata["untouched"] = untouched(model, targets)
+        factors.metadata["untouched"] = left
         save_factors(factors, out, model=model, overwrite=job.overwrite)
     if checkpoint is not None:
         checkpoint.remove()
@@ -220,8 +222,8 @@ def _pixels_sha256(pixels: torch.Tensor) -> str:
     return hashlib.sha256(pixels.detach().float().contiguous().cpu().numpy().tobytes()).hexdigest()
 
 
-def collect_images(model, pixels: torch.Tensor, targets: list[str], job: CollectJob, on_pass=None, group: ProcessGroup | None = None,
-                   checkpoint: Checkpoint | None = None):
+def collect_images(model, pixels: torch.Tensor, pixels_sha256: str, targets: list[str], job: CollectJob, on_pass=None,
+                   group: ProcessGroup | None = None, checkpoint: Checkpoint | None = None):
     """Factors of an image classifier over ``pixels``: batches of ``batch_size`` images, shared between torchrun
     ranks as text windows are, labels sampled per image (seeded by its index), resumable from a checkpoint."""
     from .collect import Step, collect_factors
@@ -245,5 +247,5 @@ def collect_images(model, pixels: torch.Tensor, targets: list[str], job: Collect
     factors = collect_factors(model, steps, targets, job.config, objective, total_tokens=int(pixels.shape[0]), on_pass=on_pass,
                               group=group, checkpoint=checkpoint)
     factors.metadata["data"] = {"images": str(job.images), "count": int(pixels.shape[0]), "positions": job.image_positions,
-                                "fingerprint": _pixels_sha256(pixels), "fingerprint_of": "the processed pixel_values (float32)"}
+                                "fingerprint": pixels_sha256, "fingerprint_of": "the processed pixel_values (float32)"}
     return factors

@@ -20,8 +20,6 @@
 
 from __future__ import annotations
 
-import shlex
-import sys
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -171,12 +169,9 @@ def _band_analysis(model, testbed, modules, bases, out: Path, positions: str) ->
 
 
 def _command(config: VisionDemoConfig) -> str:
-    if config.command:
-        return config.command
-    argv = list(sys.argv)
-    if argv and Path(argv[0]).name == "unmemorize":
-        argv[0] = "unmemorize"
-    return shlex.join(argv)
+    from ..provenance import command_line
+
+    return config.command or command_line()
 
 
 def run_vision_demo(config: VisionDemoConfig | None = None) -> dict:
