@@ -323,6 +323,11 @@ CASES = [
 ]
 
 
+# collect's data errors are found by reading ahead, before the model's weights load (curvature/job.py read_job_data)
+BEFORE_LOADING = {name for name, argv, _ in CASES if argv[0] == "collect" and any(
+    part in name for part in ("-data-", "-ids-", "-txt-", "-jsonl-", "-text-field-", "-parquet-", "-gz-", "-datasets-", "-seq-len-"))}
+
+
 @pytest.mark.parametrize("name, argv, message", CASES, ids=[c[0] for c in CASES])
 def test_bad_input_gives_one_clean_error_and_changes_nothing(ws, capsys, monkeypatch, name, argv, message):
     out = ws / "out" / name
@@ -333,16 +338,27 @@ def test_bad_input_gives_one_clean_error_and_changes_nothing(ws, capsys, monkeyp
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # a closed port: the hub is unreachable, at once
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the '--device cuda' cases mean a machine without CUDA
     before = tree_digest(ws)
+    import unmemorize.models
+
+    loads = []
+    real_load = unmemorize.models.load_model
+    monkeypatch.setattr(unmemorize.models, "load_model", lambda *a, **k: loads.append(a) or real_load(*a, **k))
     code, lines = run_cli(argv, capsys)
+    if name in BEFORE_LOADING:
+        assert not loads, f"{name}: the model was loaded before the data error was found"
     assert code == 2, (code, lines)
     errors = [line for line in lines if ": error: " in line]
     assert len(errors) == 1 and errors[0].startswith("unmemorize"), lines  # ours, or argparse's "unmemorize collect: error:"
     others = [line for line in lines if line not in errors]
-    assert all(line.startswith(("usage:", " ", "collecting ")) for line in others), others  # argparse usage, progress
+    assert all(line.startswith(("usage:", " ")) for line in others), others  # argparse usage: no work began (no "collecting" line)
     assert message in errors[0], errors[0]
     assert tree_digest(ws) == before  # every input byte-identical, nothing written anywhere under the workspace
     assert not any(p.name.startswith((name, f".{name}.")) for p in (ws / "out").iterdir())  # no partial output, no temp, no lock
     assert not any(cwd.iterdir())
+
+
+def test_data_errors_are_found_before_the_model_loads_in_at_least_17_cases():
+    assert len(BEFORE_LOADING) >= 17, sorted(BEFORE_LOADING)
 
 
 def test_the_matrix_covers_every_command_and_at_least_80_cases():

@@ -167,3 +167,63 @@ def test_a_datasets_dict_folder_asks_for_one_split(tmp_path):
                           "test": datasets.Dataset.from_dict({"text": ["b"]})}).save_to_disk(str(tmp_path / "dd"))
     with pytest.raises(UnmemorizeError, match="DatasetDict with splits .*give one split's folder"):
         list_data_files(tmp_path / "dd")
+
+
+def _trained_bpe(kind: str, text: str):
+    """A BPE tokenizer trained here on ``text``: byte-level with GPT-2's pre-tokenizer, or SentencePiece-style
+    (Llama 2's tokenizer.json: spaces replaced by '▁', no pre-tokenizer, so a whole line is one 'word')."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    core = Tokenizer(models.BPE(unk_token="<unk>"))
+    if kind == "byte-level":
+        core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        core.decoder = decoders.ByteLevel()
+        alphabet = pre_tokenizers.ByteLevel.alphabet()
+    else:
+        core.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+        alphabet = []
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<unk>", "<eos>"], initial_alphabet=alphabet)
+    core.train_from_iterator(text.splitlines(), trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=core, unk_token="<unk>", eos_token="<eos>")
+
+
+@pytest.mark.parametrize("kind", ["byte-level", "sentencepiece-style"])
+def test_a_long_document_is_tokenized_only_as_far_as_the_budget_reads_and_gives_the_same_tokens(tmp_path, kind):
+    """tokenize_prefix against whole-text tokenization (the oracle) at many cuts, on a 60k-character
+    document; iter_windows under a budget gives the windows of the whole document's tokens."""
+    import random
+
+    from unmemorize.data import tokenize_prefix
+    from unmemorize.tiny import WORDS
+
+    rng = random.Random(7)
+    training = "\n".join(" ".join(rng.choice(WORDS) for _ in range(40)) for _ in range(200))
+    tokenizer = _trained_bpe(kind, training)
+    document = " ".join(rng.choice(WORDS) + rng.choice(["", "s", "ing", ",", "!!"]) for _ in range(12_000))
+    whole = tokenizer(document, add_special_tokens=False)["input_ids"]
+    assert len(whole) > 4000
+    for need in (0, 1, 17, 255, 1000, 2048, 3000):
+        ids, complete = tokenize_prefix(tokenizer, document, need)
+        assert not complete and ids == whole[:need], (kind, need)
+    assert tokenize_prefix(tokenizer, document, len(whole) + 10) == (whole, True)  # more than there is: the whole text
+    assert tokenize_prefix(tokenizer, document, None) == (whole, True)
+
+    seen: list[int] = []
+
+    class Counting:  # the tokenizer, recording how many characters each call reads
+        eos_token_id = tokenizer.eos_token_id
+
+        def __call__(self, text, **kwargs):
+            seen.append(len(text))
+            return tokenizer(text, **kwargs)
+
+    (tmp_path / "book.txt").write_text(document + "\nthe cat\n")
+    files = list_data_files(tmp_path / "book.txt")
+    windows = list(iter_windows(files, Counting(), seq_len=64, max_tokens=400))
+    assert windows == [whole[k:k + 64] for k in range(0, 384, 64)] + [whole[384:400]]
+    assert max(seen) < len(document) / 4 and len(seen) <= 2, seen  # a prefix, never the whole line or the next one
+    seen.clear()
+    unbounded = list(iter_windows(files, Counting(), seq_len=64))  # no budget: the whole document, then the next
+    stream = whole + [tokenizer.eos_token_id] + tokenizer("the cat", add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    assert sum(unbounded, []) == stream and seen == [len(document), len("the cat")]

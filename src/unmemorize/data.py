@@ -8,6 +8,11 @@ to the next row (so a row of a whole book costs one window's memory, not the boo
 most ``seq_len`` tokens is one window, as is: the paper's evaluation sets are ids). Documents are tokenized without special tokens, joined with the tokenizer's EOS token and cut
 into consecutive windows of ``seq_len`` tokens (the last, shorter window is kept). The budget
 ``max_tokens`` counts window tokens and cuts the last window to fit it exactly.
+
+Cost is linear in what the budget reads: windows are taken at an offset (never by cutting the front
+off the rest of a document), and a document longer than the budget still needs is tokenized only
+as far as it must be (``tokenize_prefix``): a book stored as one 50 MB line costs the tokens read,
+not the book.
 Batches are right-padded: padding never changes what a causal model computes at real positions.
 """
 
@@ -20,6 +25,29 @@ import torch
 
 from .corpus import check_token_ids, data_fingerprint, iter_records, list_data_files, listing_fingerprint, text_lines  # noqa: F401 - re-exported
 from .errors import UnmemorizeError
+
+PREFIX_MARGIN_TOKENS = 256  # tokens beyond the cut that a prefix's tokenization must reach past
+
+
+def tokenize_prefix(tokenizer, text: str, need: int | None) -> tuple[list[int], bool]:
+    """(ids, complete): the tokens of ``text`` (no special tokens), or only its first ``need`` of them.
+
+    A prefix of ``text`` is tokenized, growing 4x until it yields ``need + PREFIX_MARGIN_TOKENS``
+    tokens; its first ``need`` are returned (``complete`` False). They equal the first ``need``
+    tokens of the whole text for every tokenizer whose token at position i does not depend on text
+    more than 256 tokens further on: BPE, WordPiece and Unigram tokenizers, with or without a
+    pre-tokenizer (``tests/test_data.py`` compares against whole-text tokenization at random cuts
+    for byte-level BPE and for SentencePiece-style BPE without pre-tokenization). ``need`` None, or a
+    text that the prefix reaches the end of, gives the whole text's tokens (``complete`` True)."""
+    if need is not None:
+        chars = max(4096, 8 * (need + PREFIX_MARGIN_TOKENS))
+        while chars < len(text):
+            ids = tokenizer(text[:chars], add_special_tokens=False)["input_ids"]
+            if len(ids) >= need + PREFIX_MARGIN_TOKENS:
+                return list(ids[:need]), False
+            chars *= 4
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"]), True
+
 
 def iter_windows(files: list[Path], tokenizer, seq_len: int, max_tokens: int | None = None, vocab_size: int | None = None,
                  max_length: int | None = None, text_field: str = "text") -> Iterator[list[int]]:
@@ -63,8 +91,10 @@ def iter_windows(files: list[Path], tokenizer, seq_len: int, max_tokens: int | N
             continue
         if tokenizer is None:
             raise UnmemorizeError("text data needs a tokenizer, and this model has none; give pre-tokenized input_ids")
-        buffer.extend(tokenizer(record, add_special_tokens=False)["input_ids"])
-        if eos is not None:
+        need = None if max_tokens is None else max(0, int(budget - emitted) - len(buffer))  # tokens the budget still reads
+        ids, complete = tokenize_prefix(tokenizer, record, need)
+        buffer.extend(ids)
+        if eos is not None and complete:
             buffer.append(eos)
         start = 0  # windows are read at an offset: cutting each off the front would copy the rest of a long document
         while len(buffer) - start >= seq_len and emitted < budget:
@@ -73,10 +103,31 @@ def iter_windows(files: list[Path], tokenizer, seq_len: int, max_tokens: int | N
             if len(window) >= 2:
                 yield checked(window)
         del buffer[:start]  # once per document: linear in its length
+        if not complete:  # the budget ends inside this document: its last, shorter window
+            break
     if len(buffer) >= 2 and emitted < budget:
         window = take(buffer)
         if len(window) >= 2:
             yield checked(window)
+
+
+def read_ahead(files: list[Path], tokenizer, seq_len: int, max_tokens: int | None = None, vocab_size: int | None = None,
+               max_length: int | None = None, text_field: str = "text") -> dict:
+    """Read every window a run will read (``iter_windows``, same arguments) and keep none of them:
+    {"windows", "tokens", "seconds"}. Every data error (a bad token id, non-UTF-8 bytes, malformed
+    JSON, a corrupt parquet, gzip or zstandard file, a row without text) surfaces here, so a command
+    can run this before it loads a model, and a corpus holding no window of two tokens is refused."""
+    import time
+
+    start = time.perf_counter()
+    windows = tokens = 0
+    for window in iter_windows(files, tokenizer, seq_len, max_tokens, vocab_size, max_length, text_field):
+        windows += 1
+        tokens += len(window)
+    if windows == 0:
+        where = str(files[0]) if len(files) == 1 else f"{len(files)} files ({files[0]}, ...)"
+        raise UnmemorizeError(f"the data ({where}) holds no window of at least 2 tokens")
+    return {"windows": windows, "tokens": tokens, "seconds": round(time.perf_counter() - start, 3)}
 
 
 def pad_batch(windows: list[list[int]], pad_id: int = 0) -> dict[str, torch.Tensor]:

@@ -123,23 +123,12 @@ def parse_max_memory(spec: str | None) -> dict | None:
     return limits
 
 
-def load_model(model: str, dtype: str = "float32", device: str = "cpu", trust_remote_code: bool = False, device_map: str | None = None,
-               max_memory: dict | None = None, offload_folder: str | None = None):
-    """Load a Hugging Face model and its tokenizer (if any) from a local directory or a hub id.
+def load_config(model: str, trust_remote_code: bool = False):
+    """The transformers config of a model folder or hub id, after the checks every command makes of
+    ``--model`` (exists, is a folder with config.json, or a hub id that is cached or reachable).
+    Reads no weights: what a command checks before the minutes a large model takes to load."""
+    from transformers import AutoConfig
 
-    Causal LMs are tried first, then image classifiers. Weights are read with safetensors when
-    the checkpoint has them; remote code runs only when ``trust_remote_code`` is set. A
-    checkpoint that lacks weights of its own config (transformers would initialise them at
-    random) is refused, naming them. ``device_map`` ('auto', 'balanced', ...) loads a model larger
-    than one device across the visible GPUs and the CPU with accelerate's big-model dispatch
-    (``device`` is then ignored), within ``max_memory`` per device when given (accelerate's
-    ``max_memory``; ``offload_folder`` for weights placed on disk). Returns
-    ``(model, tokenizer_or_None)``; the model is in eval mode.
-    """
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageClassification
-
-    torch_dtype = parse_dtype(dtype)
-    check_device(device)
     local = Path(model).expanduser()
     if not str(model).strip():
         raise UnmemorizeError("--model is empty")
@@ -161,6 +150,40 @@ def load_model(model: str, dtype: str = "float32", device: str = "cpu", trust_re
         hint = "; the model ships its own Python code: pass --trust-remote-code to run it (only for code you trust)" if remote else ""
         raise UnmemorizeError(f"cannot load a model config from {model!r}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
                               f"{hint}") from None
+    return config
+
+
+def config_limits(config) -> tuple[int | None, int | None]:
+    """(vocabulary size, maximum positions) from a config (its text config, for multimodal ones)."""
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    vocab = getattr(text, "vocab_size", None)
+    positions = None
+    for name in ("max_position_embeddings", "n_positions", "n_ctx", "seq_length"):
+        value = getattr(text, name, None)
+        if isinstance(value, int) and value > 0:
+            positions = value
+            break
+    return (int(vocab) if isinstance(vocab, int) and vocab > 0 else None), positions
+
+
+def load_model(model: str, dtype: str = "float32", device: str = "cpu", trust_remote_code: bool = False, device_map: str | None = None,
+               max_memory: dict | None = None, offload_folder: str | None = None):
+    """Load a Hugging Face model and its tokenizer (if any) from a local directory or a hub id.
+
+    Causal LMs are tried first, then image classifiers. Weights are read with safetensors when
+    the checkpoint has them; remote code runs only when ``trust_remote_code`` is set. A
+    checkpoint that lacks weights of its own config (transformers would initialise them at
+    random) is refused, naming them. ``device_map`` ('auto', 'balanced', ...) loads a model larger
+    than one device across the visible GPUs and the CPU with accelerate's big-model dispatch
+    (``device`` is then ignored), within ``max_memory`` per device when given (accelerate's
+    ``max_memory``; ``offload_folder`` for weights placed on disk). Returns
+    ``(model, tokenizer_or_None)``; the model is in eval mode.
+    """
+    from transformers import AutoModelForCausalLM, AutoModelForImageClassification
+
+    torch_dtype = parse_dtype(dtype)
+    check_device(device)
+    config = load_config(model, trust_remote_code)
     kwargs = dict(dtype=torch_dtype, trust_remote_code=trust_remote_code, output_loading_info=True)
     if device_map:
         try:
@@ -229,13 +252,7 @@ def model_limits(model: nn.Module) -> tuple[int | None, int | None]:
         vocab = int(embeddings.num_embeddings) if embeddings is not None else None
     except (AttributeError, NotImplementedError):
         pass
-    positions = None
-    for name in ("max_position_embeddings", "n_positions", "n_ctx", "seq_length"):
-        value = getattr(model.config, name, None)
-        if isinstance(value, int) and value > 0:
-            positions = value
-            break
-    return vocab, positions
+    return vocab, config_limits(model.config)[1]
 
 
 def model_source(model: nn.Module) -> str:

@@ -59,13 +59,25 @@ class Checkpoint:
             state = json.loads((self.folder / "state.json").read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
             raise UnmemorizeError(f"checkpoint {self.folder} is unreadable ({exc}); delete it to start over") from None
+        if not isinstance(state, dict):
+            raise UnmemorizeError(f"checkpoint {self.folder}/state.json is not a JSON object; delete the checkpoint to start over")
         if state.get("version") != CHECKPOINT_VERSION:
             raise UnmemorizeError(f"checkpoint {self.folder} has version {state.get('version')!r}; delete it to start over")
-        saved = state.get("settings", {})
+        saved = state.get("settings")
+        if not isinstance(saved, dict):
+            raise UnmemorizeError(f"checkpoint {self.folder}/state.json has no settings object; delete the checkpoint to start over")
         for key, value in self.settings.items():
             if saved.get(key) != value:
                 raise UnmemorizeError(f"checkpoint {self.folder} was made with other settings: its {key} ({_short(saved.get(key))}) "
                                       f"differs from this run's ({_short(value)}); rerun with the same settings, or delete it to start over")
+        for key in ("serial", "pass", "passes_done", "windows", "positions", "tokens", "num_positions", "pass_tokens"):
+            if key in state and not (isinstance(state[key], int) and not isinstance(state[key], bool) and state[key] >= 0):
+                raise UnmemorizeError(f"checkpoint {self.folder}/state.json: {key!r} is {state[key]!r}, not a count; "
+                                      "delete the checkpoint to start over")
+        if state.get("sums") is not None and not (isinstance(state["sums"], str) and Path(state["sums"]).name == state["sums"]
+                                                   and (self.folder / state["sums"]).is_file()):
+            raise UnmemorizeError(f"checkpoint {self.folder}/state.json names sums {state['sums']!r}, which is not a file of it; "
+                                  "delete the checkpoint to start over")
         self.state = state
         return state
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import sys
 import time
 from array import array
 from collections.abc import Callable, Iterable, Iterator
@@ -403,6 +404,10 @@ def collect_factors(
     start = time.perf_counter()
     run.bar = tqdm(total=None if total_tokens is None else total_tokens * len(groups), unit=run.objective.unit, unit_scale=True,
                    desc="collect K-FAC", disable=not config.progress or not group.is_main, dynamic_ncols=True)
+    if group.is_main and (run.skipped["passes"] or run.skipped["windows"]):
+        print(f"resuming from the checkpoint: {run.skipped['passes']} of {len(groups)} pass(es) done, then "
+              f"{run.skipped['windows']} windows ({run.skipped['tokens']} tokens) of pass {run.skipped['passes'] + 1} already counted "
+              "and skipped", file=sys.stderr)
     with _frozen(model), eager_experts(model), run.bar:
         for index, names in enumerate(groups):
             if index < run.passes_done:  # finished before the run was interrupted: rank 0 has its factors
@@ -445,7 +450,8 @@ def collect_factors(
             "weight_fingerprints": fingerprints,
             "passes": len(groups),
             "processes": group.world_size,
-            "resumed": bool(run.state),
+            "resumed": bool(run.skipped["passes"] or run.skipped["windows"]),
+            "resume_skipped": run.skipped,  # passes finished before, then windows and tokens of the next pass counted before
             "tokens": run.tokens or int(run.state.get("pass_tokens", 0)),
             "seconds": round(time.perf_counter() - start, 3),
         },
@@ -466,6 +472,9 @@ class _Collection:
         self.unrouted: list[str] = list(self.state.get("unrouted", []))
         self.passes_done = int(self.state.get("passes_done", 0))
         self.num_positions = int(self.state.get("num_positions", 0))
+        partial = bool(self.state.get("sums"))  # the checkpoint is inside a pass: its windows so far are skipped
+        self.skipped = {"passes": self.passes_done, "windows": int(self.state.get("windows") or 0) if partial else 0,
+                        "tokens": int(self.state.get("tokens") or 0) if partial else 0}
         self.shared: dict[str, str] = {}
         self.tokens = 0
         self.cadence = _Cadence(config, group, group.world_size * config.batch_size * config.seq_len)
@@ -682,7 +691,6 @@ def collection_settings(model: nn.Module, targets: list[str], files, config: Col
         "weights": {n: matrices[n].fingerprint() for n in targets},  # rounded to bfloat16: dtype is its own setting
         "model_dtype": ",".join(sorted({str(w.dtype).replace("torch.", "") for w in weights})),
         "device_type": ",".join(sorted({w.device.type for w in weights})),
-        "data": data_fingerprint or listing_fingerprint(files, config.seq_len, config.max_tokens or None, config.text_field),
         "text_field": config.text_field,
         "fisher": config.fisher,
         "seed": config.seed,
@@ -691,27 +699,33 @@ def collection_settings(model: nn.Module, targets: list[str], files, config: Col
         "accumulation_dtype": config.dtype,
         "modules_per_pass": config.modules_per_pass,
         "objective": objective_name,
+        # last: it also covers windowing and text field, which a refusal should name themselves
+        "data": data_fingerprint or listing_fingerprint(files, config.seq_len, config.max_tokens or None, config.text_field),
     }
 
 
 def collect_from_files(model: nn.Module, tokenizer, data: str, targets: list[str], config: CollectConfig | None = None,
-                       on_pass=None, group: ProcessGroup = SINGLE_PROCESS, checkpoint: Checkpoint | None = None) -> KFACFactors:
+                       on_pass=None, group: ProcessGroup = SINGLE_PROCESS, checkpoint: Checkpoint | None = None,
+                       ahead: dict | None = None) -> KFACFactors:
     """Collect factors from corpus files (see ``unmemorize.corpus``); ``on_pass``, ``group`` and
-    ``checkpoint`` as in ``collect_factors``."""
+    ``checkpoint`` as in ``collect_factors``; ``ahead``: ``data.read_ahead``'s counts when the data
+    were read before the model loaded (else the first window is looked for here)."""
     config = config or CollectConfig()
     config.validate()
     files = list_data_files(data)
     budget = config.max_tokens or None
     pad_id = pad_token_id(tokenizer) if tokenizer is not None else 0
     steps = WindowSteps(files, tokenizer, config, pad_id, group, *model_limits(model))
-    if next(iter_windows(files, tokenizer, config.seq_len, budget, *model_limits(model), config.text_field), None) is None:
+    if ahead is None and next(iter_windows(files, tokenizer, config.seq_len, budget, *model_limits(model), config.text_field), None) is None:
         raise UnmemorizeError(f"data path {data!r} holds no window of at least 2 tokens")
-    factors = collect_factors(model, steps, targets, config, total_tokens=budget, on_pass=on_pass, group=group, checkpoint=checkpoint)
+    total = ahead["tokens"] if ahead else budget
+    factors = collect_factors(model, steps, targets, config, total_tokens=total, on_pass=on_pass, group=group, checkpoint=checkpoint)
     factors.metadata["data"] = {
         "path": str(data),
         "files": [str(f) for f in files],
         "fingerprint": steps.digest,  # sha256 of the windows read, in order (the last pass's read)
         "fingerprint_of": "the token windows read (length + int64 ids each, in stream order)",
         "listing": listing_fingerprint(files, config.seq_len, budget, config.text_field),
+        **({"read_ahead": ahead} if ahead else {}),
     }
     return factors

@@ -56,6 +56,8 @@ def run_collect_job(job: CollectJob) -> dict | None:
     if launched_by_torchrun() and job.device_map:
         raise UnmemorizeError("--device-map splits one model over devices; it does not combine with torchrun's data "
                               "parallel ranks (use one or the other, see README 'Running on a 7B model')")
+    if job.resume and job.config.checkpoint_every == 0:
+        raise UnmemorizeError("--resume continues from a checkpoint, and --checkpoint-every 0 turns checkpoints off; drop one of them")
     if job.model_dtype == "float16":  # before any loading
         raise UnmemorizeError(f"--model-dtype float16: {FLOAT16_REFUSAL}")
     if not job.process_group_timeout > 0:
@@ -76,11 +78,12 @@ def run_collect_job(job: CollectJob) -> dict | None:
             if (folder / "state.json").is_file() and not job.resume:
                 raise UnmemorizeError(f"{folder} holds the checkpoint of an interrupted collection of {job.out}: pass --resume to "
                                       "continue it, or delete it to start over")
+            ahead = read_job_data(job) if not job.images else None  # data errors before the model loads
             released = True
             group.broadcast_text("")
             check_shared_output(group, out)
             try:
-                return _collect(job, group, out)
+                return _collect(job, group, out, ahead)
             except BaseException:
                 if (folder / "state.json").is_file():
                     print(f"checkpoint kept in {folder}: rerun with --resume to continue", file=sys.stderr)
@@ -150,7 +153,24 @@ def _release_peers(group: ProcessGroup, message: str) -> None:
         pass
 
 
-def _collect(job: CollectJob, group: ProcessGroup, out: Path | None) -> dict | None:
+def read_job_data(job: CollectJob) -> dict:
+    """Before the model loads: its config and tokenizer (no weights), then every window the run will
+    read, read once and dropped (``data.read_ahead``: bounded by ``--max-tokens``). A data error
+    (bad ids, non-UTF-8, malformed JSON, corrupt parquet/gzip/zstandard, no text field, no window)
+    stops the run here, before minutes of loading and GPU time; the counts set the progress bar and
+    are recorded. Costs one extra tokenization of what the run reads (README, "What is checked
+    before any work": measured in docs/results/benchmarks/results-read-ahead.md)."""
+    from ..data import list_data_files, read_ahead
+    from ..models import config_limits, load_config, load_tokenizer
+
+    vocab_size, max_length = config_limits(load_config(job.model, job.trust_remote_code))
+    tokenizer = load_tokenizer(job.model, job.trust_remote_code)
+    config = job.config
+    return read_ahead(list_data_files(job.data), tokenizer, config.seq_len, config.max_tokens or None, vocab_size, max_length,
+                      config.text_field)
+
+
+def _collect(job: CollectJob, group: ProcessGroup, out: Path | None, ahead: dict | None = None) -> dict | None:
     from ..data import list_data_files
     from ..models import load_model
     from ..targets import resolve_targets, untouched, untouched_note
@@ -178,7 +198,9 @@ def _collect(job: CollectJob, group: ProcessGroup, out: Path | None) -> dict | N
               "hundreds of times slower (docs/results/benchmarks/results-collect.md); --model-dtype float32 is faster there", file=sys.stderr)
     if group.is_main:
         ranks = f" on {group.world_size} processes" if group.distributed else ""
-        print(f"collecting {config.fisher} Fisher factors for {len(targets)} modules of {type(model).__name__}{ranks}", file=sys.stderr)
+        over = f" over {ahead['tokens']} tokens ({ahead['windows']} windows, read ahead in {ahead['seconds']:.1f} s)" if ahead else ""
+        print(f"collecting {config.fisher} Fisher factors for {len(targets)} modules of {type(model).__name__}{ranks}{over}",
+              file=sys.stderr)
         if note := untouched_note(left):
             print(note, file=sys.stderr)
     sharded = 0 < config.modules_per_pass < len(targets)
@@ -186,7 +208,8 @@ def _collect(job: CollectJob, group: ProcessGroup, out: Path | None) -> dict | N
     def gather(on_pass=None):
         if pixels is not None:
             return collect_images(model, pixels, pixels_sha256, targets, job, on_pass=on_pass, group=group, checkpoint=checkpoint)
-        return collect_from_files(model, tokenizer, job.data, targets, config, on_pass=on_pass, group=group, checkpoint=checkpoint)
+        return collect_from_files(model, tokenizer, job.data, targets, config, on_pass=on_pass, group=group, checkpoint=checkpoint,
+                                  ahead=ahead)
 
     if not group.is_main:
         gather(on_pass=(lambda *a: None) if sharded else None)
