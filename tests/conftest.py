@@ -7,7 +7,9 @@ environment has UNMEMORIZE_SLOW=1, as ``make test-all`` sets it.
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -53,6 +55,22 @@ def tiny_lm():
         return build_tiny_lm(family, seed=seed, dtype=dtype, **kwargs)
 
     return build
+
+
+def start_paused(argv, point, at, tmp_path):
+    """``unmemorize ARGV`` in a child paused at the ``at``-th passage of fault point ``point`` (``_atomic._fault_point``).
+    The child keeps this process's thread count: its partial sums must be bitwise what this process would add."""
+    reached = tmp_path / f"reached-{point}"
+    env = {**os.environ, "UNMEMORIZE_FAULT_PAUSE": point, "UNMEMORIZE_FAULT_FILE": str(reached), "UNMEMORIZE_FAULT_AT": str(at),
+           "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    child = subprocess.Popen([sys.executable, "-m", "unmemorize", *argv], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 180
+    while not reached.exists():
+        if child.poll() is not None or time.monotonic() > deadline:
+            child.kill()
+            raise AssertionError(f"child never reached {point} #{at}: {child.stderr.read()[-2000:]}")
+        time.sleep(0.05)
+    return child
 
 
 def random_sequences(lengths, vocab: int, seed: int = 0) -> list[list[int]]:

@@ -105,10 +105,12 @@ class Checkpoint:
         if sums:
             save_file({k: v.detach().cpu().contiguous() for k, v in sums.items()}, str(self.folder / name))
             fsync_path(self.folder / name)
+            _fault_point("checkpoint-sums-written")  # crash tests: killed before state.json names the new sums
         record = {**(self.state or {}), **state, "version": CHECKPOINT_VERSION, "settings": self.settings, "serial": serial, "sums": name}
         tmp = self.folder / "state.json.tmp"
         write_json(tmp, record, indent=1)
         fsync_path(tmp)
+        _fault_point("checkpoint-state-written")  # and with the new state written, before the rename publishes it
         os.replace(tmp, self.folder / "state.json")
         fsync_path(self.folder)  # the rename itself
         self.state = record
