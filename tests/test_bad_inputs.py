@@ -118,6 +118,28 @@ def ws(tmp_path_factory):
     jsonl(bad / "mem-float.jsonl", [{"prefix_ids": [3, 4.0, 5], "suffix_ids": [6, 7]}])
     jsonl(bad / "mem-good.jsonl", [{"text": "the red cat sees a lazy dog near the old river"}] * 3)
     jsonl(bad / "tasks.jsonl", [{"task": "animals", "category": "closed_book_qa", "prompt": "the king likes the", "answer": "cat"}])
+    # links that reach into an output, a FIFO, a loop, a cut .zst
+    shutil.copytree(root / "factors", bad / "prev-out")  # an output unmemorize wrote: --overwrite may replace it
+    shutil.copy(root / "clean.txt", bad / "prev-out" / "notes.txt")
+    shutil.copy(root / "llama" / "model.safetensors", bad / "prev-out" / "model.safetensors")
+    (bad / "linked-data").mkdir()
+    (bad / "linked-data" / "a.txt").symlink_to(bad / "prev-out" / "notes.txt")
+    shutil.copytree(root / "llama", bad / "model-linked")
+    (bad / "model-linked" / "model.safetensors").unlink()
+    (bad / "model-linked" / "model.safetensors").symlink_to(bad / "prev-out" / "model.safetensors")
+    (bad / "fifo-data").mkdir()
+    shutil.copy(root / "clean.txt", bad / "fifo-data" / "a.txt")
+    os.mkfifo(bad / "fifo-data" / "b.txt")
+    (bad / "loop-data" / "sub").mkdir(parents=True)
+    shutil.copy(root / "clean.txt", bad / "loop-data" / "a.txt")
+    (bad / "loop-data" / "sub" / "up").symlink_to(bad / "loop-data", target_is_directory=True)
+    import zstandard
+
+    packed = zstandard.ZstdCompressor().compress((root / "clean.txt").read_bytes())
+    (bad / "cut.txt.zst").write_bytes(packed[: len(packed) // 2])
+    (bad / ".ckpt-out.checkpoint").symlink_to(bad / "user-folder", target_is_directory=True)
+    (bad / ".prev-out-2.checkpoint").mkdir()  # an interrupted collection's checkpoint
+    (bad / ".prev-out-2.checkpoint" / "state.json").write_text('{"version": 1}')
     # user folders and files that must survive
     (bad / "user-folder").mkdir()
     (bad / "user-folder" / "report.md").write_text("my notes\n")
@@ -179,7 +201,7 @@ CASES = [
     # --- collect: data ---
     ("collect-data-missing", C(data="{bad}/nope.txt"), "does not exist"),
     ("collect-data-empty", C(data="{bad}/empty.txt"), "is empty"),
-    ("collect-data-suffix", C(data="{bad}/data.csv"), "must be .txt, .jsonl, .jsonl.gz, .jsonl.zst, .parquet or a datasets folder"),
+    ("collect-data-suffix", C(data="{bad}/data.csv"), "must be .txt[.gz|.zst], .jsonl[.gz|.zst], .parquet or a datasets folder"),
     ("collect-ids-float", C(data="{bad}/ids-float.jsonl"), "input_ids[1] is 4.5 (float)"),
     ("collect-ids-bool", C(data="{bad}/ids-bool.jsonl"), "input_ids[1] is True (bool)"),
     ("collect-ids-string", C(data="{bad}/ids-string.jsonl"), "input_ids[1] is '7' (str)"),
@@ -205,6 +227,18 @@ CASES = [
     ("collect-gz-not-compressed", C(data="{bad}/plain.jsonl.gz"), "cannot be decompressed"),
     ("collect-datasets-dict", C(data="{bad}/dataset-dict"), "give one split's folder"),
     ("collect-checkpoint-every-negative", C("--checkpoint-every", "-1"), "--checkpoint-every must be >= 0"),
+    ("collect-data-fifo", C(data="{bad}/fifo-data"), "b.txt is not a regular file (a FIFO, socket or device)"),
+    ("collect-data-link-loop", C(data="{bad}/loop-data"), "(its files would be read twice, or a loop forever)"),
+    ("collect-data-zst-cut", C(data="{bad}/cut.txt.zst"), "cut.txt.zst: cannot be decompressed (the file ends inside a zstandard frame"),
+    ("collect-out-holds-a-linked-data-file", C("--overwrite", data="{bad}/linked-data", out="{bad}/prev-out"),
+     "contains the input --data (through its link"),
+    ("collect-out-holds-the-linked-weights", C("--overwrite", model="{bad}/model-linked", out="{bad}/prev-out"),
+     "contains the input --model (through its link"),
+    ("collect-checkpoint-is-a-link", C("--checkpoint-every", "100", out="{bad}/ckpt-out"), "is a symbolic link or a file: a checkpoint"),
+    ("collect-resume-without-checkpoints", C("--resume", "--checkpoint-every", "0"), "--checkpoint-every 0 turns checkpoints off"),
+    ("collect-dry-run-out-user-folder", C("--dry-run", out="{bad}/user-folder"), "already exists; pass --overwrite"),
+    ("collect-dry-run-ids-vocab", C("--dry-run", data="{bad}/ids-vocab.jsonl"), "outside the model's vocabulary"),
+    ("collect-dry-run-checkpoint-not-resumed", C("--dry-run", out="{bad}/prev-out-2"), "holds the checkpoint of an interrupted"),
     # --- collect: model, device, options ---
     ("collect-device-cuda", C("--device", "cuda"), "CUDA is not available"),
     ("collect-device-unknown", C("--device", "gpu7"), "is not a torch device"),
@@ -230,6 +264,8 @@ CASES = [
     ("edit-out-inside-factors", E(out="{root}/factors/edited"), "is inside the input --factors"),
     ("edit-out-is-plan", E("--overwrite", out="{bad}/plan-empty.json", amount=("--plan", "{bad}/plan-empty.json")), "is the input --plan"),
     ("edit-out-user-folder", E("--overwrite", out="{bad}/user-folder"), "only replaces outputs unmemorize wrote"),
+    ("edit-out-holds-the-linked-weights", E("--overwrite", model="{bad}/model-linked", out="{bad}/prev-out"),
+     "contains the input --model (through its link"),
     # --- edit: amounts and plans ---
     ("edit-rho-above-one", E(amount=("--rho", "1.5")), "rho must be a number in [0, 1]"),
     ("edit-rho-nan", E(amount=("--rho", "nan")), "rho must be a number in [0, 1]"),
@@ -325,7 +361,8 @@ CASES = [
 
 # collect's data errors are found by reading ahead, before the model's weights load (curvature/job.py read_job_data)
 BEFORE_LOADING = {name for name, argv, _ in CASES if argv[0] == "collect" and any(
-    part in name for part in ("-data-", "-ids-", "-txt-", "-jsonl-", "-text-field-", "-parquet-", "-gz-", "-datasets-", "-seq-len-"))}
+    part in name for part in ("-data-", "-ids-", "-txt-", "-jsonl-", "-text-field-", "-parquet-", "-gz-", "-datasets-", "-seq-len-",
+                              "-dry-run-"))}
 
 
 @pytest.mark.parametrize("name, argv, message", CASES, ids=[c[0] for c in CASES])

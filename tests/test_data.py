@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 
 import pytest
 
@@ -85,7 +87,7 @@ def test_bad_data_gives_clear_errors(tmp_path, tokenizer):
     with pytest.raises(UnmemorizeError, match="bad.jsonl:1"):
         list(iter_windows(list_data_files(tmp_path / "bad.jsonl"), tokenizer, 8))
     (tmp_path / "x.csv").write_text("a")
-    with pytest.raises(UnmemorizeError, match="must be .txt, .jsonl, .jsonl.gz, .jsonl.zst, .parquet or a datasets folder"):
+    with pytest.raises(UnmemorizeError, match=re.escape("must be .txt[.gz|.zst], .jsonl[.gz|.zst], .parquet or a datasets folder")):
         list_data_files(tmp_path / "x.csv")
 
 
@@ -105,9 +107,13 @@ def write_every_format(folder, documents, field="text"):
     with gzip.open(folder / "c.jsonl.gz", "wt", encoding="utf-8") as handle:
         handle.write(rows)
     (folder / "c.jsonl.zst").write_bytes(zstandard.ZstdCompressor().compress(rows.encode()))
+    text = ("\n".join(documents) + "\n").encode()
+    with gzip.open(folder / "c.txt.gz", "wb") as handle:
+        handle.write(text)
+    (folder / "c.txt.zst").write_bytes(zstandard.ZstdCompressor().compress(text[:50]) + zstandard.ZstdCompressor().compress(text[50:]))
     pq.write_table(pa.table({"id": list(range(len(documents))), field: documents}), folder / "c.parquet", row_group_size=7)
     datasets.Dataset.from_dict({field: documents, "id": list(range(len(documents)))}).save_to_disk(str(folder / "c-dataset"))
-    return {name: folder / name for name in ("c.txt", "c.jsonl", "c.jsonl.gz", "c.jsonl.zst", "c.parquet", "c-dataset")}
+    return {name: folder / name for name in ("c.txt", "c.txt.gz", "c.txt.zst", "c.jsonl", "c.jsonl.gz", "c.jsonl.zst", "c.parquet", "c-dataset")}
 
 
 def test_every_corpus_format_gives_the_windows_of_the_same_text_in_txt(tmp_path, tokenizer):
@@ -126,7 +132,7 @@ def test_every_corpus_format_gives_the_windows_of_the_same_text_in_txt(tmp_path,
         list(iter_windows(list_data_files(paths["c.parquet"]), tokenizer, seq_len=16))
     # a folder holding all of them: the datasets folder is one source, the files are read in sorted order
     assert [p.name for p in list_data_files(tmp_path / "formats")] == ["c-dataset", "c.jsonl", "c.jsonl.gz", "c.jsonl.zst",
-                                                                       "c.parquet", "c.txt"]
+                                                                       "c.parquet", "c.txt", "c.txt.gz", "c.txt.zst"]
 
 
 def test_pretokenized_rows_in_parquet_and_datasets_are_used_as_is(tmp_path, tokenizer):
@@ -227,3 +233,54 @@ def test_a_long_document_is_tokenized_only_as_far_as_the_budget_reads_and_gives_
     unbounded = list(iter_windows(files, Counting(), seq_len=64))  # no budget: the whole document, then the next
     stream = whole + [tokenizer.eos_token_id] + tokenizer("the cat", add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
     assert sum(unbounded, []) == stream and seen == [len(document), len("the cat")]
+
+
+def test_a_truncated_or_garbage_zstandard_file_is_an_error_never_read_as_empty(tmp_path, tokenizer):
+    """zstandard's own ``open`` reads a frame cut short as nothing, without an error; ours reads every frame
+    (a file appended to) and names a cut or garbage file."""
+    import zstandard
+
+    rows = "".join(json.dumps({"text": f"the cat {k}"}) + "\n" for k in range(400)).encode()
+    whole = zstandard.ZstdCompressor().compress(rows[:1000]) + zstandard.ZstdCompressor().compress(rows[1000:])
+    (tmp_path / "whole.jsonl.zst").write_bytes(whole)
+    (tmp_path / "cut.jsonl.zst").write_bytes(whole[: len(whole) - 20])
+    (tmp_path / "garbage.jsonl.zst").write_bytes(b"not zstandard at all")
+    from unmemorize.corpus import iter_records
+
+    assert list(iter_records([tmp_path / "whole.jsonl.zst"])) == [f"the cat {k}" for k in range(400)]
+    with zstandard.open(tmp_path / "cut.jsonl.zst", "rt") as handle:  # the silence we replace: the cut frame read as nothing
+        assert handle.read() == rows[:1000].decode()
+    with pytest.raises(UnmemorizeError, match="cut.jsonl.zst: cannot be decompressed .the file ends inside a zstandard frame"):
+        list(iter_records([tmp_path / "cut.jsonl.zst"]))
+    with pytest.raises(UnmemorizeError, match="garbage.jsonl.zst: cannot be decompressed .not zstandard data"):
+        list(iter_records([tmp_path / "garbage.jsonl.zst"]))
+
+
+def test_fifos_links_and_loops_in_a_data_folder(tmp_path):
+    """A FIFO is refused (reading it would block forever); a linked subfolder is read; a folder or file reached
+    twice through a link (its rows would count twice) and a link loop are refused by name."""
+    corpus = tmp_path / "corpus"
+    (corpus / "own").mkdir(parents=True)
+    (corpus / "own" / "a.txt").write_text("the cat\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "b.txt").write_text("the dog\n")
+    (corpus / "linked").symlink_to(elsewhere, target_is_directory=True)
+    assert [p.name for p in list_data_files(corpus)] == ["b.txt", "a.txt"]  # linked/b.txt, own/a.txt: sorted by path
+    (corpus / "again").symlink_to(corpus / "own", target_is_directory=True)
+    with pytest.raises(UnmemorizeError, match="is .* again, through a symbolic link"):
+        list_data_files(corpus)
+    (corpus / "again").unlink()
+    (corpus / "own" / "loop").symlink_to(corpus, target_is_directory=True)
+    with pytest.raises(UnmemorizeError, match="loop"):
+        list_data_files(corpus)
+    (corpus / "own" / "loop").unlink()
+    (corpus / "own" / "a2.txt").symlink_to(corpus / "own" / "a.txt")
+    with pytest.raises(UnmemorizeError, match="a2.txt is .*a.txt again"):
+        list_data_files(corpus)
+    (corpus / "own" / "a2.txt").unlink()
+    os.mkfifo(corpus / "own" / "pipe.txt")
+    with pytest.raises(UnmemorizeError, match="pipe.txt is not a regular file"):
+        list_data_files(corpus)
+    with pytest.raises(UnmemorizeError, match="is not a regular file or folder"):
+        list_data_files(corpus / "own" / "pipe.txt")

@@ -199,7 +199,7 @@ def _recover(path: Path) -> None:
             leftover.unlink(missing_ok=True)
 
 
-def _check_existing(path: Path, overwrite: bool, kind: str) -> None:
+def check_existing(path: Path, overwrite: bool, kind: str) -> None:
     """Step 4."""
     if not path.exists():
         return
@@ -235,7 +235,7 @@ def claim_output(out: str | Path, overwrite: bool = False, kind: str = "dir", op
     _HELD[key] = [fd, 1]
     try:
         _recover(path)
-        _check_existing(path, overwrite, kind)
+        check_existing(path, overwrite, kind)
         yield path
     finally:
         del _HELD[key]
@@ -266,7 +266,7 @@ def atomic_dir(out: str | Path, overwrite: bool = False, kind: str = "output"):
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        _check_existing(path, overwrite, "dir")  # nothing new appeared while we worked (we hold the claim)
+        check_existing(path, overwrite, "dir")  # nothing new appeared while we worked (we hold the claim)
         if path.exists():
             old = path.with_name(f".{path.name}.old-{os.getpid()}-{tmp.name.rsplit('-', 1)[-1]}")
             path.rename(old)

@@ -2,7 +2,7 @@
 
 Accepted inputs (a file, or a folder searched recursively in sorted order):
 
-* ``.txt``                        -- one document per non-empty line;
+* ``.txt``, ``.txt.gz``, ``.txt.zst`` -- one document per non-empty line;
 * ``.jsonl``, ``.jsonl.gz``, ``.jsonl.zst`` -- one JSON object per line with a text field
   (``text_field``, default ``text``: a document) or an ``input_ids`` list (a pre-tokenized
   row; ``data.iter_windows`` cuts it into ``seq_len`` windows); read line by line through
@@ -20,14 +20,15 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import io
 import json
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from .errors import UnmemorizeError
 
-FILE_SUFFIXES = (".txt", ".jsonl", ".jsonl.gz", ".jsonl.zst", ".parquet")
-FORMATS = ".txt, .jsonl, .jsonl.gz, .jsonl.zst, .parquet or a datasets folder (save_to_disk)"
+FILE_SUFFIXES = (".txt", ".txt.gz", ".txt.zst", ".jsonl", ".jsonl.gz", ".jsonl.zst", ".parquet")
+FORMATS = ".txt[.gz|.zst], .jsonl[.gz|.zst], .parquet or a datasets folder (save_to_disk)"
 
 
 def corpus_format(path: Path) -> str | None:
@@ -50,6 +51,8 @@ def list_data_files(path: str | Path) -> list[Path]:
         splits = json.loads((root / "dataset_dict.json").read_text()).get("splits", [])
         raise UnmemorizeError(f"{str(root)!r} is a datasets DatasetDict with splits {', '.join(splits)}; give one split's folder, "
                               f"e.g. {root / (splits[0] if splits else 'train')}")
+    if root.exists() and not (root.is_file() or root.is_dir()):
+        raise UnmemorizeError(f"data path {str(root)!r} is not a regular file or folder (a FIFO, socket or device): it could block forever")
     if root.is_file() or corpus_format(root) == "datasets":
         if corpus_format(root) is None:
             raise UnmemorizeError(f"data file {str(root)!r} must be {FORMATS}")
@@ -65,16 +68,38 @@ def list_data_files(path: str | Path) -> list[Path]:
         if not files:
             raise UnmemorizeError(f"data folder {str(root)!r} holds no {FORMATS}")
         files.sort()
+        for file in files:
+            if not (file.is_file() or file.is_dir()):
+                raise UnmemorizeError(f"data folder {str(root)!r}: {file} is not a regular file (a FIFO, socket or device): "
+                                      "reading it could block forever; remove it")
+        real: dict[Path, Path] = {}
+        for file in files:
+            if file.resolve() in real:
+                raise UnmemorizeError(f"data folder {str(root)!r}: {file} is {real[file.resolve()]} again, through a symbolic link "
+                                      "(it would be read twice); remove the link")
+            real[file.resolve()] = file
     if all(p.is_file() and p.stat().st_size == 0 for p in files):
         raise UnmemorizeError(f"data path {str(root)!r} is empty")
     return files
 
 
 def sorted_walk(root: Path):
-    """``os.walk`` in sorted order (so the window stream never depends on the file system)."""
+    """``os.walk`` in sorted order (so the window stream never depends on the file system), into linked
+    subfolders too (a corpus assembled from links is read whole). A folder reached twice (a link to a
+    folder already read, or back into one that holds it: a loop) is refused by name: its files would
+    be read twice, or forever."""
     import os
 
-    for folder, subfolders, names in os.walk(root):
+    def errors(exc: OSError):
+        raise UnmemorizeError(f"data folder {str(root)!r}: {exc.filename or ''} cannot be read ({exc.strerror or exc})")
+
+    seen: dict[Path, Path] = {}
+    for folder, subfolders, names in os.walk(root, followlinks=True, onerror=errors):
+        real = Path(folder).resolve()
+        if real in seen:
+            raise UnmemorizeError(f"data folder {str(root)!r}: {folder} is {seen[real]} again, through a symbolic link "
+                                  "(its files would be read twice, or a loop forever); remove the link")
+        seen[real] = Path(folder)
         subfolders.sort()
         yield Path(folder), subfolders, sorted(names)
 
@@ -100,15 +125,53 @@ def check_token_ids(value, where: str, vocab_size: int | None = None, max_length
 
 def _open_text(path: Path):
     kind = corpus_format(path)
-    if kind == "jsonl.gz":
+    if kind.endswith(".gz"):
         return gzip.open(path, "rt", encoding="utf-8")
-    if kind == "jsonl.zst":
+    if kind.endswith(".zst"):
+        return io.TextIOWrapper(io.BufferedReader(ZstdFrames(path)), encoding="utf-8")
+    return open(path, encoding="utf-8")
+
+
+class ZstdFrames(io.RawIOBase):
+    """A .zst file's frames, decompressed in order as a binary stream. A file that ends inside a frame
+    (truncated) or is not zstandard raises EOFError: zstandard's own ``open`` reads a truncated file as
+    empty, in silence."""
+
+    def __init__(self, path: Path):
         try:
             import zstandard
         except ImportError:
             raise UnmemorizeError(f"{path}: reading .zst needs the zstandard package (pip install 'unmemorize[corpora]')") from None
-        return zstandard.open(path, "rt", encoding="utf-8")
-    return open(path, encoding="utf-8")
+        self._zstd, self._error = zstandard.ZstdDecompressor(), zstandard.ZstdError
+        self._file = open(path, "rb")
+        self._frame = None  # the frame being decompressed (None between frames)
+        self._pending = self._leftover = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, target) -> int:
+        while not self._pending:
+            data, self._leftover = (self._leftover or self._file.read(1 << 20)), b""
+            if not data:
+                if self._frame is not None:
+                    raise EOFError("the file ends inside a zstandard frame (truncated)")
+                return 0
+            self._frame = self._frame or self._zstd.decompressobj()
+            try:
+                self._pending = self._frame.decompress(data)
+            except self._error as exc:
+                raise EOFError(f"not zstandard data ({exc})") from None
+            if self._frame.eof:
+                self._leftover, self._frame = self._frame.unused_data, None
+        size = min(len(target), len(self._pending))
+        target[:size] = self._pending[:size]
+        self._pending = self._pending[size:]
+        return size
+
+    def close(self) -> None:
+        self._file.close()
+        super().close()
 
 
 def text_lines(path: Path) -> Iterator[tuple[int, str]]:
@@ -180,7 +243,7 @@ def iter_records(files: Iterable[Path], vocab_size: int | None = None, max_lengt
             line = line.strip()
             if not line:
                 continue
-            if kind == "txt":
+            if kind.startswith("txt"):
                 yield line
                 continue
             try:

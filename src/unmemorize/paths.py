@@ -15,7 +15,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
-from ._atomic import claim_output, output_path
+from ._atomic import check_existing, claim_output, output_path
 from .errors import UnmemorizeError
 
 
@@ -36,7 +36,27 @@ def local_inputs(inputs: Mapping[str, str | Path | None]) -> dict[str, Path]:
         if not os.access(path, os.R_OK):
             raise UnmemorizeError(f"{option} {text!r} is not readable")
         found[option] = path.resolve()
+        for link, target in linked_targets(path):  # what the input's links point to is input too
+            found[f"{option} (through its link {str(link)!r})"] = target
     return found
+
+
+def linked_targets(path: Path) -> list[tuple[Path, Path]]:
+    """(link, real path) for every symbolic link inside a folder input (a model whose weights link into
+    a cache, a data folder with a member linked from elsewhere): an output may overlap none of those
+    either, or --overwrite could delete them through the link. Broken links point to nothing to protect."""
+    if not path.is_dir():
+        return []
+    links = []
+    for folder, subfolders, names in os.walk(path):  # links are reported, not entered (no loops)
+        for name in [*subfolders, *names]:
+            entry = Path(folder) / name
+            if entry.is_symlink():
+                try:
+                    links.append((entry, entry.resolve(strict=True)))
+                except (OSError, RuntimeError):
+                    continue
+    return links
 
 
 def check_no_overlap(out: Path, inputs: Mapping[str, Path], option: str = "--out") -> None:
@@ -65,3 +85,12 @@ def command_output(out: str | Path, overwrite: bool, inputs: Mapping[str, str | 
     path = check_output(out, inputs, option)
     with claim_output(path, overwrite, kind, option) as claimed:
         yield claimed
+
+
+def check_planned_output(out: str | Path, overwrite: bool, inputs: Mapping[str, str | Path | None], kind: str = "dir",
+                         option: str = "--out") -> Path:
+    """Every refusal ``command_output`` would make, checked without claiming or writing anything: a dry
+    run never plans a run that would be refused."""
+    path = check_output(out, inputs, option)
+    check_existing(path, overwrite, kind)
+    return path

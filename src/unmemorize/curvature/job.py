@@ -72,12 +72,8 @@ def run_collect_job(job: CollectJob) -> dict | None:
             check_shared_output(group, None)
             _collect(job, group, None)
             return None
-        inputs = {"--model": job.model, **({"--images": job.images} if job.images else {"--data": job.data})}
-        with command_output(job.out, job.overwrite, inputs) as out:
-            folder = checkpoint_folder(out)
-            if (folder / "state.json").is_file() and not job.resume:
-                raise UnmemorizeError(f"{folder} holds the checkpoint of an interrupted collection of {job.out}: pass --resume to "
-                                      "continue it, or delete it to start over")
+        with command_output(job.out, job.overwrite, job_inputs(job)) as out:
+            refuse_unresumed_checkpoint(job, out)
             ahead = read_job_data(job) if not job.images else None  # data errors before the model loads
             released = True
             group.broadcast_text("")
@@ -85,7 +81,7 @@ def run_collect_job(job: CollectJob) -> dict | None:
             try:
                 return _collect(job, group, out, ahead)
             except BaseException:
-                if (folder / "state.json").is_file():
+                if ((folder := checkpoint_folder(out)) / "state.json").is_file():
                     print(f"checkpoint kept in {folder}: rerun with --resume to continue", file=sys.stderr)
                 raise
     except UnmemorizeError as exc:
@@ -94,6 +90,23 @@ def run_collect_job(job: CollectJob) -> dict | None:
         raise
     finally:
         shutdown()
+
+
+def refuse_unresumed_checkpoint(job: CollectJob, out: Path) -> None:
+    """A checkpoint of an interrupted collection of ``out`` is continued with --resume or deleted, never overwritten;
+    a link planted at its name is refused (its files would be written, and later removed, elsewhere)."""
+    folder = checkpoint_folder(out)
+    if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
+        raise UnmemorizeError(f"{folder}, where the checkpoint of {job.out} goes, is a symbolic link or a file: a checkpoint is "
+                              "never written through it into another folder; remove it")
+    if (folder / "state.json").is_file() and not job.resume:
+        raise UnmemorizeError(f"{folder} holds the checkpoint of an interrupted collection of {job.out}: pass --resume to "
+                              "continue it, or delete it to start over")
+
+
+def job_inputs(job: CollectJob) -> dict:
+    """The job's input paths, by option (what its output may never overlap)."""
+    return {"--model": job.model, **({"--images": job.images} if job.images else {"--data": job.data})}
 
 
 def check_shared_output(group: ProcessGroup, out: Path | None) -> None:

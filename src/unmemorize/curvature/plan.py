@@ -163,21 +163,26 @@ def print_collect_plan(job) -> dict:
     from ..models import load_model
     from ..targets import resolve_targets
     from .distributed import launched_by_torchrun
-    from .job import refuse_offloaded_targets
+    from ..paths import check_planned_output
+    from .job import job_inputs, read_job_data, refuse_offloaded_targets, refuse_unresumed_checkpoint
 
     if launched_by_torchrun():
         raise UnmemorizeError("collect --dry-run plans one process; run it without torchrun (one rank holds the same model, "
                               "batch and pass on its device)")
     config = job.config
+    out = check_planned_output(job.out, job.overwrite, job_inputs(job))  # the run this plans would not be refused
+    refuse_unresumed_checkpoint(job, out)
+    ahead = read_job_data(job)  # what the run reads ahead: its data errors, and the exact tokens the estimate is for
     model, tokenizer = load_model(job.model, job.model_dtype, job.device, job.trust_remote_code, job.device_map, job.max_memory)
     targets = resolve_targets(model, job.targets, job.layers, job.projections)
     refuse_offloaded_targets(model, targets)
     plan = collection_plan(model, targets, config)
     speed = warmup(model, tokenizer, job.data, targets, config)
-    tokens = config.max_tokens or None
+    tokens = ahead["tokens"]  # exactly what the run reads (the budget, or the whole corpus without one)
     plan["warmup"] = speed
-    # three significant digits: a fast run's estimate stays positive (0.04 s, not 0.0)
-    plan["estimated_seconds"] = float(f"{tokens * plan['passes'] / speed['tokens_per_second']:.3g}") if tokens else None
+    plan["read_ahead"] = ahead
+    # three significant digits: a fast run's estimate stays positive (0.04 s, not 0.0); the read ahead included
+    plan["estimated_seconds"] = float(f"{tokens * plan['passes'] / speed['tokens_per_second'] + ahead['seconds']:.3g}")
     growth = speed["growth_bytes_per_device"]
     held = {d: b for d, b in plan["weight_bytes_per_device"].items() if d.startswith("cuda")}
     held["cpu"] = speed["resident_bytes_before"] if speed["resident_bytes_before"] is not None else plan["weight_bytes_per_device"].get("cpu", 0)
@@ -194,9 +199,10 @@ def print_collect_plan(job) -> dict:
         lines.append(f"  peak memory {device:<6} {_size(plan['peak_bytes_per_device'][device])} ({what} {_size(held.get(device, 0))}, "
                      f"+ {_size(growth.get(device, 0))} while the largest pass runs: accumulators "
                      f"{_size(plan['accumulator_bytes_per_device'].get(device, 0))} and a batch's work)")
-    eta = f"{plan['estimated_seconds']:.0f} s" if plan["estimated_seconds"] is not None else "unknown (no --max-tokens budget)"
+    lines.append(f"  data               {tokens} tokens in {ahead['windows']} windows (read ahead in {ahead['seconds']:.1f} s)")
     lines.append(f"  speed              {speed['tokens_per_second']:.0f} tokens/s (warm-up: {speed['warmup_tokens']} tokens)")
-    lines.append(f"  estimated time     {eta} for {tokens or '?'} tokens x {plan['passes']} pass(es), one process")
+    lines.append(f"  estimated time     {plan['estimated_seconds']:.0f} s for {tokens} tokens x {plan['passes']} pass(es), one process "
+                 "(the read ahead included)")
     print("\n".join(lines))
     print(strict_dumps(plan, indent=None))  # the same, for scripts: the last line (strict JSON)
     return plan
