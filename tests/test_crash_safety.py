@@ -167,6 +167,19 @@ def test_an_overwrite_killed_between_its_two_renames_is_finished_by_the_next_cla
     assert {m["rho"] for m in record["modules"].values()} == {0.5} and debris(out) == []
 
 
+def test_sigterm_between_an_overwrites_two_renames_finishes_the_swap_so_its_message_is_true(ws, tmp_path):
+    """SIGTERM (or Ctrl-C) is a Python exception, raised where the run is: between the renames it used to leave
+    --out missing while saying 'no partial output was left'. The swap is finished first."""
+    out = tmp_path / "edited"
+    assert main(edit_argv(ws, out, "0.9")) == 0
+    child = start_paused(edit_argv(ws, out, "0.5", "--overwrite"), "between-renames", tmp_path)
+    child.send_signal(signal.SIGTERM)
+    _, err = child.communicate(timeout=60)
+    assert child.returncode == 143 and err.strip().splitlines()[-1] == "unmemorize: terminated; no partial output was left", err
+    record = json.loads((out / "unmemorize_edit.json").read_text())
+    assert {m["rho"] for m in record["modules"].values()} == {0.5} and debris(out) == []
+
+
 def test_an_interrupted_overwrite_without_a_complete_new_copy_is_rolled_back(tmp_path):
     out = tmp_path / "result"
     out.mkdir()

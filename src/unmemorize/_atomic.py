@@ -270,9 +270,11 @@ def atomic_dir(out: str | Path, overwrite: bool = False, kind: str = "output"):
         if path.exists():
             old = path.with_name(f".{path.name}.old-{os.getpid()}-{tmp.name.rsplit('-', 1)[-1]}")
             path.rename(old)
-            _fault_point("between-renames")
-            tmp.rename(path)
-            shutil.rmtree(old, ignore_errors=True)
+            try:
+                _fault_point("between-renames")
+            finally:  # a signal arriving here (SIGTERM, Ctrl-C) still finds the swap finished, never --out missing
+                tmp.rename(path)
+                shutil.rmtree(old, ignore_errors=True)
         else:
             tmp.rename(path)
 
