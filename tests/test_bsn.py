@@ -308,6 +308,8 @@ def test_cli_writes_a_loadable_model_and_strict_manifest_identical_to_the_api(wo
     ("empty forget file", "holds no"),
     ("blank forget text", "the set is empty"),
     ("out exists", "already exists"),
+    ("forget is retain", "every forget sequence is also a retain sequence"),
+    ("ratio rounds to zero", "removes no weight at all: round(ratio x 2048) = 0"),
 ])
 def test_cli_bad_input_gives_one_clear_error_and_no_output(workspace, tmp_path, capsys, case, message):
     out = tmp_path / "bsn"
@@ -320,13 +322,16 @@ def test_cli_bad_input_gives_one_clear_error_and_no_output(workspace, tmp_path, 
     if case == "blank forget text":
         forget = tmp_path / "blank.txt"
         forget.write_text("\n \n")
-    extra = {"ratio zero": ["--ratio", "0"], "ratio above one": ["--ratio", "1.5"], "alpha negative": ["--alpha", "-0.1"],
+    retain = workspace / "retain.txt"
+    if case == "forget is retain":
+        forget = retain
+    extra = {"ratio rounds to zero": ["--ratio", "0.0002"], "ratio zero": ["--ratio", "0"], "ratio above one": ["--ratio", "1.5"], "alpha negative": ["--alpha", "-0.1"],
              "alpha above one": ["--alpha", "2"]}.get(case, [])
     if case == "out exists":
         out.mkdir()
         (out / "mine.txt").write_text("keep me")
     before = sha256s(workspace)
-    argv = ["unlearn", "bsn", "--model", str(workspace / "llama"), "--forget", str(forget), "--retain", str(workspace / "retain.txt"),
+    argv = ["unlearn", "bsn", "--model", str(workspace / "llama"), "--forget", str(forget), "--retain", str(retain),
             "--out", str(out), "--batch-size", "4", "--no-progress", *extra]
     assert main(argv) == 2  # the CLI's status for bad input (unmemorize.errors)
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]

@@ -238,6 +238,14 @@ def balanced_subnet(model: nn.Module, forget, retain, config: BSNConfig | None =
         if name not in modules or not is_linear_like(modules[name]):
             raise UnmemorizeError(f"{name!r} is not a linear module of {type(model).__name__}; choose targets with "
                                   "unmemorize.targets.resolve_targets")
+    largest = max(modules[name].weight.numel() for name in names)
+    if removed_count(config.ratio, largest) == 0:
+        raise UnmemorizeError(f"--ratio {config.ratio:g} removes no weight at all: round(ratio x {largest}) = 0 for the largest target "
+                              f"matrix ({largest} weights); the edit would save an unchanged copy. Use --ratio >= {0.5 / largest:.3g}")
+    if set(map(tuple, forget_seqs)) <= set(map(tuple, retain_seqs)):
+        raise UnmemorizeError("every forget sequence is also a retain sequence (the same set given twice?): the objective "
+                              "-(1-alpha) CE(forget) + alpha CE(retain) then pulls each of them both ways; give a retain set "
+                              "without the sequences to forget")
     start = time.perf_counter()
     flags = {p: p.requires_grad for p in model.parameters()}
     was_training = model.training

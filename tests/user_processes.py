@@ -1,0 +1,71 @@
+"""Commands run in processes of their own, as a user runs them, at a fraction of the start-up cost.
+
+A server process (``python -c SERVER``) imports ``unmemorize.cli`` once, then forks one child per
+command: the child gets stdin from /dev/null, stdout and stderr into files (file descriptors 1 and
+2, so C-level and library output is caught as a terminal would show it), default signal handlers,
+the case's folder and environment, and, for ``unprivileged`` cases started as root, the user and
+group ``nobody`` (so a read-only folder is really read-only), then runs ``main(argv)`` and exits
+with its status. What the fork skips is the interpreter's start and the imports, whose own output
+``tests/test_as_a_user.py`` checks once with plain ``python -m unmemorize`` processes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+NOBODY = 65534  # uid and gid of nobody / nogroup
+
+SERVER = r"""
+import json, os, signal, sys
+cases, folder = json.load(open(sys.argv[1])), sys.argv[2]
+from unmemorize.cli import main
+codes = []
+for k, case in enumerate(cases):
+    pid = os.fork()
+    if pid == 0:
+        code = 70
+        try:
+            stdin = os.open(os.devnull, os.O_RDONLY)
+            out = os.open(f"{folder}/{k}.out", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            err = os.open(f"{folder}/{k}.err", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            for source, target in ((stdin, 0), (out, 1), (err, 2)):
+                os.dup2(source, target)
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            for sig in (signal.SIGTERM, signal.SIGHUP):
+                signal.signal(sig, signal.SIG_DFL)
+            os.environ.update(case["env"])
+            os.chdir(case["cwd"])
+            if case["unprivileged"] and os.geteuid() == 0:
+                os.setgroups([])
+                os.setgid(%(nobody)d)
+                os.setuid(%(nobody)d)
+            try:
+                code = main(case["argv"])
+            except SystemExit as stop:
+                code = stop.code if isinstance(stop.code, int) else 1
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    codes.append(os.waitstatus_to_exitcode(status))
+print(json.dumps(codes))
+""" % {"nobody": NOBODY}
+
+
+def run_as_user(cases: list[dict], folder: Path, env: dict | None = None, timeout: float = 600) -> list[dict]:
+    """Run each case ({"argv", "cwd", "env", "unprivileged"}) in its own forked process; returns
+    [{"code", "stdout", "stderr"}] in order. ``folder`` receives the cases file and the outputs."""
+    folder.mkdir(parents=True, exist_ok=True)
+    listing = folder / "cases.json"
+    listing.write_text(json.dumps([{"env": {}, "unprivileged": False, **case} for case in cases]))
+    server = subprocess.run([sys.executable, "-c", SERVER, str(listing), str(folder)], capture_output=True, text=True, timeout=timeout,
+                            stdin=subprocess.DEVNULL, env={**os.environ, **(env or {})})
+    assert server.returncode == 0, server.stderr[-3000:]
+    codes = json.loads(server.stdout.strip().splitlines()[-1])
+    return [{"code": code, "stdout": (folder / f"{k}.out").read_text(), "stderr": (folder / f"{k}.err").read_text()}
+            for k, code in enumerate(codes)]
