@@ -99,7 +99,8 @@ def run_stress_job(job: StressJob) -> tuple[dict, Path]:
     if Path(job.out).suffix.lower() != ".json":
         raise UnmemorizeError(f"--out {job.out!r} must be a .json file")
     inputs = {"--model": job.model, "--baseline": job.baseline, "--ndcg-data": job.ndcg_data, "--relearn-items": job.relearn_items,
-              "--relearn-text": job.relearn_text, **{f"--set {name}": path for name, path in job.sets.items()}}
+              "--relearn-text": job.relearn_text,
+              **{f"--{name}" if name in ("items", "controls") else f"--set {name}": path for name, path in job.sets.items()}}
     with command_output(job.out, job.overwrite, inputs, kind="file") as out:
         model, tokenizer = load_model(job.model, job.model_dtype, job.device, job.trust_remote_code)
         sets = {name: load_memorization_set(path, tokenizer) for name, path in job.sets.items()}
