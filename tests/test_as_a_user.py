@@ -208,7 +208,7 @@ def test_every_command_of_the_parser_has_cases_here_and_in_the_matrix():
 
 def test_a_plain_process_prints_what_the_forked_one_does(ws, results):
     """The fork skips the interpreter's start and the imports: a plain ``python -m unmemorize`` shows their output too."""
-    for name in ("collect-data-missing", "edit-rho-above-one"):
+    for name in ("collect-data-missing",):
         argv = next(argv for case, argv, _, _ in CASES if case == name)
         plain = subprocess.run([sys.executable, "-m", "unmemorize", *[a.format(ws=ws) for a in argv]], capture_output=True, text=True,
                                cwd=ws / "cwd", stdin=subprocess.DEVNULL, timeout=120,

@@ -96,6 +96,11 @@ def ws(tmp_path_factory):
     (bad / "plan-empty.json").write_text("{}")
     (bad / "plan-unknown.json").write_text(json.dumps({"model.layers.9.mlp.up_proj": 0.5}))
     (bad / "plan-rho-string.json").write_text(json.dumps({"0": {"gate": "high"}}))
+    (bad / "plan-nothing.json").write_text(json.dumps({"0": {}}))
+    (bad / "plan-good.json").write_text(json.dumps({"0": {"gate": 0.5}}))
+    (bad / "data-with-dict").mkdir()
+    shutil.copy(root / "clean.txt", bad / "data-with-dict" / "a.txt")
+    shutil.copytree(bad / "dataset-dict", bad / "data-with-dict" / "dd")
     # factor folders
     broken_factors(root, "f-version", lambda info, t: info.update(format_version=99))
     broken_factors(root, "f-no-modules", lambda info, t: info.update(modules={}))
@@ -253,6 +258,8 @@ CASES = [
      "tokenizer cannot be loaded (JSONDecodeError"),
     ("collect-hub-unreachable", C(model="someone/not-cached-anywhere"), "cannot be reached"),
     ("collect-glob-matches-nothing", C("--targets", "mlp.c_fc"), "no linear module matches 'mlp.c_fc'"),
+    ("collect-targets-tied-lm-head", C("--targets", "lm_head", model="{root}/gpt2"), "lm_head.weight is tied to transformer.wte.weight"),
+    ("collect-data-holds-a-datasets-dict", C(data="{bad}/data-with-dict"), "holds a datasets DatasetDict"),
     ("collect-batch-size-zero", C("--batch-size", "0"), "--batch-size must be positive"),
     ("collect-max-tokens-negative", C("--max-tokens", "-5"), "--max-tokens must be >= 0"),
     ("collect-modules-per-pass-negative", C("--modules-per-pass", "-1"), "--modules-per-pass must be >= 0"),
@@ -275,6 +282,11 @@ CASES = [
     ("edit-plan-empty", E(amount=("--plan", "{bad}/plan-empty.json")), "a plan must be a non-empty JSON object"),
     ("edit-plan-unknown-module", E(amount=("--plan", "{bad}/plan-unknown.json")), "which is not a weight matrix"),
     ("edit-plan-rho-string", E(amount=("--plan", "{bad}/plan-rho-string.json")), "rho must be a number in [0, 1]"),
+    ("edit-plan-selects-nothing", E(amount=("--plan", "{bad}/plan-nothing.json")), "the plan selects no matrix"),
+    ("edit-layers-beside-plan", E("--layers", "0", amount=("--plan", "{bad}/plan-good.json")),
+     "--layers would be ignored: --plan names its own matrices"),
+    ("edit-layers-beside-ppl-budget", E("--layers", "0", "--heldout", "{root}/clean.txt", amount=("--ppl-budget", "1.1")),
+     "--layers would be ignored: --ppl-budget searches the layers and projections itself"),
     ("edit-ppl-budget-below-one", E("--heldout", "{root}/clean.txt", amount=("--ppl-budget", "0.9")), "must be >= 1"),
     ("edit-ppl-budget-no-heldout", E(amount=("--ppl-budget", "1.1")), "needs --method kfac, --factors DIR and --heldout FILE"),
     ("edit-heldout-bad-ids", E("--heldout", "{bad}/ids-vocab.jsonl", amount=("--ppl-budget", "1.1")), "outside the model's vocabulary"),

@@ -221,3 +221,20 @@ def test_matched_points_pick_by_sweep_perplexity_only_and_skip_non_finite():
     assert matched["svd"]["3"]["sweep_perplexity"] == 10.4  # nearest in |log ratio|; the null (non-finite) one is skipped
     assert matched["bsn"]["3"]["setting"] == "b1"  # the closest perplexity, though another has lower recitation
     assert matched["kfac"]["3"]["sweep_perplexity_ratio"] == pytest.approx(1.05)
+
+
+@pytest.mark.parametrize("content, why", [("{not json", "not strict JSON"), ("[1, 2]", "needs 'config' and 'methods' objects"),
+                                          ('{"config": "x", "methods": {}}', "needs 'config' and 'methods' objects"),
+                                          ('{"config": {}}', "needs 'config' and 'methods' objects"),
+                                          ('{"config": {}, "methods": "oops"}', "needs 'config' and 'methods' objects"),
+                                          ('{"config": {}, "methods": {"baseline": {"quotes": 3}}}', "lack the baseline's measured sets")])
+def test_a_reused_results_file_that_is_not_one_is_named_not_a_traceback(tmp_path, content, why):
+    import re
+
+    from unmemorize.errors import UnmemorizeError
+    from unmemorize.testbed.compare import CompareConfig, reusable
+
+    (tmp_path / "earlier" / "seed-0").mkdir(parents=True)
+    (tmp_path / "earlier" / "seed-0" / "results.json").write_text(content)
+    with pytest.raises(UnmemorizeError, match=f"--reuse: .*seed-0/results.json is not the results.json of a seed .*{re.escape(why)}"):
+        reusable(CompareConfig(quick=True, seeds="0", reuse=str(tmp_path / "earlier")), 0)

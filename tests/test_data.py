@@ -284,3 +284,18 @@ def test_fifos_links_and_loops_in_a_data_folder(tmp_path):
         list_data_files(corpus)
     with pytest.raises(UnmemorizeError, match="is not a regular file or folder"):
         list_data_files(corpus / "own" / "pipe.txt")
+
+
+def test_a_file_name_that_is_not_utf8_is_read_and_fingerprinted(tmp_path, tokenizer):
+    """A Latin-1 file name (bytes b'caf\\xe9.txt', as an old archive unpacks) made a traceback in the listing's hash."""
+    from unmemorize.corpus import listing_fingerprint
+
+    folder = tmp_path / "data"
+    folder.mkdir()
+    os.close(os.open(os.fsencode(folder) + b"/caf\xe9.txt", os.O_WRONLY | os.O_CREAT))
+    (folder / os.fsdecode(b"caf\xe9.txt")).write_text("the cat sees the dog\n")
+    files = list_data_files(folder)
+    assert [os.fsencode(f.name) for f in files] == [b"caf\xe9.txt"]
+    assert len(listing_fingerprint(files, 8, None)) == 64 and len(data_fingerprint(files, 8, None)) == 64
+    assert sum(iter_windows(files, tokenizer, 8), []) == tokenizer("the cat sees the dog", add_special_tokens=False)["input_ids"] + [
+        tokenizer.eos_token_id]

@@ -262,3 +262,29 @@ def test_stress_command_bad_item_row_names_file_and_line(cli_workspace, tmp_path
     bad.write_text('{"prefix_ids": [3, 4], "suffix_ids": [5]}\n{"prefix_ids": [3], "suffix_ids": "x"}\n')
     assert main(["stress", "--model", str(cli_workspace / "model"), "--items", str(bad), "--out", str(tmp_path / "o.json")]) == 2
     assert f"{bad}:2" in capsys.readouterr().err and not (tmp_path / "o.json").exists()
+
+
+def test_sequences_longer_than_the_models_positions_are_refused_by_every_check(tiny_lm):
+    """GPT-2 (128 learned positions) failed with an IndexError, a rotary model scored unseen positions in silence."""
+    from unmemorize.errors import UnmemorizeError
+    from unmemorize.evaluate.attacks import RelearnConfig, relearn, sampled_extraction
+    from unmemorize.evaluate.coherence import top_k_ids
+    from unmemorize.evaluate.memorization import MemorizationItem, evaluate_memorization
+    from unmemorize.evaluate.perplexity import perplexity
+
+    for family in ("gpt2", "llama"):
+        model, _ = tiny_lm(family, dtype=torch.float32)
+        long_item = MemorizationItem("long", [5] * 100, [6] * 40)  # 100 + 40 - 1 = 139 positions to recite it
+        fits = MemorizationItem("fits", [5] * 100, [6] * 29)  # 128: the control, scored
+        assert evaluate_memorization(model, [fits], pad_id=0).strict == 0.0
+        checks = {
+            "recitation": lambda: evaluate_memorization(model, [fits, long_item], pad_id=0),
+            "stress": lambda: stress_test(model, [long_item], pad_id=0, config=StressConfig(t=1)),
+            "nDCG": lambda: top_k_ids(model, [[5] * 129]),
+            "relearning": lambda: relearn(model, [[5] * 129], RelearnConfig(steps=(1,)), pad_id=0),
+            "perplexity": lambda: perplexity(model, [[5] * 129]),
+            "extraction": lambda: sampled_extraction(model, [long_item]),
+        }
+        for name, check in checks.items():
+            with pytest.raises(UnmemorizeError, match="more than the model's 128 positions"):
+                check()

@@ -22,6 +22,7 @@ import gzip
 import hashlib
 import io
 import json
+import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -60,6 +61,9 @@ def list_data_files(path: str | Path) -> list[Path]:
     else:
         files = []
         for folder, subfolders, names in sorted_walk(root):
+            if (folder / "dataset_dict.json").is_file():
+                raise UnmemorizeError(f"data folder {str(root)!r} holds a datasets DatasetDict, {folder}: all its splits (a test "
+                                      "split too) would be read; put one split's folder there instead")
             if corpus_format(folder) == "datasets":
                 files.append(folder)
                 subfolders.clear()
@@ -69,6 +73,8 @@ def list_data_files(path: str | Path) -> list[Path]:
             raise UnmemorizeError(f"data folder {str(root)!r} holds no {FORMATS}")
         files.sort()
         for file in files:
+            if file.is_symlink() and not file.exists():
+                raise UnmemorizeError(f"data folder {str(root)!r}: {file} is a broken symbolic link or a link loop; remove it")
             if not (file.is_file() or file.is_dir()):
                 raise UnmemorizeError(f"data folder {str(root)!r}: {file} is not a regular file (a FIFO, socket or device): "
                                       "reading it could block forever; remove it")
@@ -88,8 +94,6 @@ def sorted_walk(root: Path):
     subfolders too (a corpus assembled from links is read whole). A folder reached twice (a link to a
     folder already read, or back into one that holds it: a loop) is refused by name: its files would
     be read twice, or forever."""
-    import os
-
     def errors(exc: OSError):
         raise UnmemorizeError(f"data folder {str(root)!r}: {exc.filename or ''} cannot be read ({exc.strerror or exc})")
 
@@ -261,7 +265,7 @@ def listing_fingerprint(files: list[Path], seq_len: int, max_tokens: int | None,
     for source in files:
         members = [source] if source.is_file() else [p for folder, _, names in sorted_walk(source) for p in (folder / n for n in names)]
         for path in members:
-            digest.update(str(path.relative_to(source.parent)).encode() + b"\0" + str(path.stat().st_size).encode() + b"\0")
+            digest.update(os.fsencode(path.relative_to(source.parent)) + b"\0" + str(path.stat().st_size).encode() + b"\0")
     digest.update(f"seq_len={seq_len};max_tokens={max_tokens};text_field={text_field}".encode())
     return digest.hexdigest()
 
@@ -272,7 +276,7 @@ def data_fingerprint(files: list[Path], seq_len: int, max_tokens: int | None) ->
     for source in files:
         members = [source] if source.is_file() else [p for folder, _, names in sorted_walk(source) for p in (folder / n for n in names)]
         for path in members:
-            digest.update(str(path.relative_to(source.parent)).encode() + b"\0")
+            digest.update(os.fsencode(path.relative_to(source.parent)) + b"\0")  # any file name, UTF-8 or not
             with open(path, "rb") as handle:
                 for block in iter(lambda: handle.read(1 << 20), b""):
                     digest.update(block)

@@ -258,14 +258,30 @@ def resolve_targets(
     proj_list = parse_projections(projections) if isinstance(projections, (str, type(None))) else list(projections)
     if patterns:
         names = match_globs(model, list(patterns))
-        if layer_list is None and proj_list is None:
-            return names
-        allowed = set(preset_modules(model, layer_list, proj_list))
-        both = [n for n in names if n in allowed]
-        if not both:
-            raise UnmemorizeError(f"no module matches both the globs {patterns} and layers={layers} projections={projections}")
-        return both
-    return preset_modules(model, layer_list, proj_list)
+        if layer_list is not None or proj_list is not None:
+            allowed = set(preset_modules(model, layer_list, proj_list))
+            names = [n for n in names if n in allowed]
+            if not names:
+                raise UnmemorizeError(f"no module matches both the globs {patterns} and layers={layers} projections={projections}")
+    else:
+        names = preset_modules(model, layer_list, proj_list)
+    refuse_tied(model, names)
+    return names
+
+
+def refuse_tied(model: nn.Module, targets: list[str]) -> None:
+    """A target whose weight is also another module's (GPT-2's lm_head is its input embedding, tied) cannot be
+    edited alone: the edit would change the other in silence. Refused, naming both."""
+    holders: dict[int, list[str]] = {}
+    for name, parameter in model.named_parameters(remove_duplicate=False):
+        holders.setdefault(id(parameter), []).append(name)
+    modules = dict(model.named_modules())
+    for target in targets:
+        weight = getattr(modules.get(target), "weight", None)
+        others = [n for n in holders.get(id(weight), []) if n != f"{target}.weight"] if weight is not None else []
+        if others:
+            raise UnmemorizeError(f"{target}.weight is tied to {', '.join(others)} (one tensor): editing it would edit that too; "
+                                  "untie the weights (config tie_word_embeddings=false, then save) or leave it out of the targets")
 
 
 def untouched(model: nn.Module, targets: list[str]) -> dict[str, str]:

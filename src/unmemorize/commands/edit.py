@@ -56,6 +56,10 @@ def run(args) -> None:
         uniform_plan([], args.rho)  # validates rho before any loading
     if args.ppl_budget is not None and not args.ppl_budget >= 1:
         raise UnmemorizeError(f"--ppl-budget must be >= 1 (a perplexity ratio, e.g. 1.10), got {args.ppl_budget}")
+    chosen = [option for option, value in (("--targets", args.targets), ("--layers", args.layers), ("--proj", args.proj)) if value]
+    if chosen and (args.plan or args.ppl_budget is not None):
+        by = "--plan names its own matrices" if args.plan else "--ppl-budget searches the layers and projections itself"
+        raise UnmemorizeError(f"{', '.join(chosen)} would be ignored: {by}; drop {'them' if len(chosen) > 1 else 'it'}, or use --rho")
     if args.ppl_budget is not None:
         from ..edit.search import SearchConfig
 

@@ -64,6 +64,9 @@ def parse_plan(model: nn.Module, spec: dict) -> dict[str, float]:
                 raise UnmemorizeError(f"plan names {key!r}, which is not a weight matrix of {type(model).__name__} (a linear module, "
                                       "a half of a fused gate_up_proj, or an expert's matrix like mlp.experts.0.down_proj)")
             plan[key] = check_rho(value, f"plan entry {key}")
+    if not plan:
+        raise UnmemorizeError(f"the plan selects no matrix ({json.dumps(spec)[:80]}): an edit of it would save an unchanged copy; "
+                              "name projections, e.g. {\"0\": {\"gate\": 0.6}}")
     order = {name: i for i, name in enumerate(linear_module_names(model))}
     return dict(sorted(plan.items(), key=lambda item: order[item[0]]))
 

@@ -57,12 +57,14 @@ def ndcg_windows(path: str | Path, tokenizer, seq_len: int, max_tokens: int) -> 
         raise UnmemorizeError(f"--ndcg-data {str(path)!r} must be an existing .txt file (a document per line)")
     if tokenizer is None:
         raise UnmemorizeError("nDCG data is text and the model has no tokenizer")
+    from ..corpus import text_lines
+    from ..data import tokenize_prefix
+
     tokens: list[int] = []
-    with path.open("r", encoding="utf-8", errors="ignore") as handle:
-        for line in handle:
-            tokens.extend(tokenizer(line, add_special_tokens=False)["input_ids"])
-            if len(tokens) >= max_tokens:
-                break
+    for _, line in text_lines(path):  # UTF-8 or an error naming the file, as every other reader
+        tokens.extend(tokenize_prefix(tokenizer, line, max_tokens - len(tokens))[0])
+        if len(tokens) >= max_tokens:
+            break
     tokens = tokens[:max_tokens]
     count = len(tokens) // seq_len
     if count == 0:

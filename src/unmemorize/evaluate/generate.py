@@ -33,10 +33,13 @@ def model_device(model) -> torch.device:
     return next(model.parameters()).device
 
 
-def check_token_ids(model, sequences: list[list[int]], what: str = "prompt") -> None:
-    """Every id must index the model's input embedding; errors name the first bad sequence."""
-    embeddings = model.get_input_embeddings()
-    vocab = getattr(embeddings, "num_embeddings", None)
+def check_token_ids(model, sequences: list[list[int]], what: str = "prompt", new_tokens: int = 0) -> None:
+    """Every id must index the model's input embedding, and every sequence (with the ``new_tokens``
+    generated after it) fit the model's positions: past them GPT-2 fails with an IndexError and a
+    rotary model scores positions it never saw, in silence. Errors name the first bad sequence."""
+    from ..models import model_limits
+
+    vocab, positions = model_limits(model)
     for k, sequence in enumerate(sequences):
         if not sequence:
             raise UnmemorizeError(f"{what} {k} is empty; every {what} needs at least one token")
@@ -44,6 +47,10 @@ def check_token_ids(model, sequences: list[list[int]], what: str = "prompt") -> 
         if low < 0 or (vocab is not None and high >= vocab):
             raise UnmemorizeError(f"{what} {k} holds token id {low if low < 0 else high}, outside the model's "
                                   f"vocabulary of {vocab}; were these ids made with another tokenizer?")
+        if positions is not None and len(sequence) + new_tokens > positions:
+            after = f" and the {new_tokens} tokens generated after it" if new_tokens else ""
+            raise UnmemorizeError(f"{what} {k} has {len(sequence)} tokens{after}: more than the model's {positions} positions; "
+                                  "shorten it (or the window length)")
 
 
 def _forward_keywords(model) -> tuple[str, dict]:
@@ -125,7 +132,7 @@ def greedy_continuations(model, prompts: list[list[int]], max_new_tokens: int, p
     if batch_size < 1:
         raise UnmemorizeError(f"--batch-size must be at least 1, got {batch_size}")
     prompts = [list(p) for p in prompts]
-    check_token_ids(model, prompts)
+    check_token_ids(model, prompts, new_tokens=max(0, max_new_tokens - 1))  # the last new token is never read back
     vocab = getattr(model.get_input_embeddings(), "num_embeddings", None)
     if pad_id < 0 or (vocab is not None and pad_id >= vocab):
         raise UnmemorizeError(f"pad_id {pad_id} is outside the model's vocabulary of {vocab}")

@@ -366,7 +366,7 @@ def reusable(config: CompareConfig, seed: int) -> Path | None:
     for folder in filter(None, (part.strip() for part in config.reuse.split(","))):
         path = Path(folder) / f"seed-{seed}" / "results.json"
         if path.is_file():
-            saved = strict_loads(path.read_text())["config"]
+            saved = read_reusable(path)["config"]
             defaults = asdict(CompareConfig())  # a setting added after that run takes its default
             compared = dict(wanted)
             if "factor_tokens_collected" not in saved:  # runs before it was recorded apart stored the collected count here
@@ -374,6 +374,26 @@ def reusable(config: CompareConfig, seed: int) -> Path | None:
             if {k: saved.get(k, defaults[k]) for k in compared} == compared:
                 return path
     return None
+
+
+def read_reusable(path: Path) -> dict:
+    """A seed's results.json from an earlier run, checked to be one (its config and methods are objects, the
+    baseline's counts present), or an error naming the file."""
+    def refuse(why: str):
+        raise UnmemorizeError(f"--reuse: {path} is not the results.json of a seed of unmemorize compare ({why}); rerun that "
+                              "seed without --reuse")
+
+    try:
+        record = strict_loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        refuse(f"not strict JSON: {exc}")
+    if not isinstance(record, dict) or not isinstance(record.get("config"), dict) or not isinstance(record.get("methods"), dict):
+        refuse("it needs 'config' and 'methods' objects")
+    baseline = record["methods"].get("baseline")
+    if not all(isinstance(m, dict) for m in record["methods"].values()) or not isinstance(baseline, dict) or not all(
+            isinstance(baseline.get(k), dict) and "n" in baseline[k] for k in ("memorized_validation", "quotes", "memorized_tuning")):
+        refuse("its methods lack the baseline's measured sets")
+    return record
 
 
 def compare_into(config: CompareConfig, folder: Path) -> dict:
@@ -394,10 +414,17 @@ def compare_into(config: CompareConfig, folder: Path) -> dict:
                 setattr(config, name, value)
     folder.mkdir(parents=True, exist_ok=True)
     per_seed = {}
+    earlier = {seed: reusable(config, seed) for seed in config.seed_list()}  # every reused file read and checked first
     for seed in config.seed_list():
-        earlier = reusable(config, seed)
-        print(f"compare: seed {seed}" + (f" (reused from {earlier})" if earlier else ""), flush=True)
-        per_seed[seed] = strict_loads(earlier.read_text()) if earlier else {**compare_seed(config, seed), "provenance": provenance()}
+        print(f"compare: seed {seed}" + (f" (reused from {earlier[seed]})" if earlier[seed] else ""), flush=True)
+        per_seed[seed] = read_reusable(earlier[seed]) if earlier[seed] else {**compare_seed(config, seed), "provenance": provenance()}
         (folder / f"seed-{seed}").mkdir(exist_ok=True)
         write_json(folder / f"seed-{seed}" / "results.json", per_seed[seed])
-    return write_compare_report(per_seed, folder, config)
+    reused = [str(path) for path in earlier.values() if path]
+    try:
+        return write_compare_report(per_seed, folder, config)
+    except (KeyError, TypeError, AttributeError, IndexError, ValueError) as exc:
+        if not reused:
+            raise
+        raise UnmemorizeError(f"--reuse: {', '.join(reused)} do not hold what this unmemorize's report reads ({type(exc).__name__}: "
+                              f"{exc}); rerun those seeds without --reuse") from None
