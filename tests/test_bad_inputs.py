@@ -145,6 +145,8 @@ def ws(tmp_path_factory):
     (bad / ".ckpt-out.checkpoint").symlink_to(bad / "user-folder", target_is_directory=True)
     (bad / ".prev-out-2.checkpoint").mkdir()  # an interrupted collection's checkpoint
     (bad / ".prev-out-2.checkpoint" / "state.json").write_text('{"version": 1}')
+    (bad / ".corrupt-checkpoint.checkpoint").mkdir()  # valid JSON, wrong types
+    (bad / ".corrupt-checkpoint.checkpoint" / "state.json").write_text('{"version": 1, "settings": {}, "windows": "x"}')
     # user folders and files that must survive
     (bad / "user-folder").mkdir()
     (bad / "user-folder" / "report.md").write_text("my notes\n")
@@ -241,6 +243,7 @@ CASES = [
      "contains the input --model (through its link"),
     ("collect-checkpoint-is-a-link", C("--checkpoint-every", "100", out="{bad}/ckpt-out"), "is a symbolic link or a file: a checkpoint"),
     ("collect-resume-without-checkpoints", C("--resume", "--checkpoint-every", "0"), "--checkpoint-every 0 turns checkpoints off"),
+    ("collect-resume-corrupt-checkpoint", C("--resume", out="{bad}/corrupt-checkpoint"), "state.json: 'windows' is 'x', not a count"),
     ("collect-dry-run-out-user-folder", C("--dry-run", out="{bad}/user-folder"), "already exists; pass --overwrite"),
     ("collect-dry-run-ids-vocab", C("--dry-run", data="{bad}/ids-vocab.jsonl"), "outside the model's vocabulary"),
     ("collect-dry-run-checkpoint-not-resumed", C("--dry-run", out="{bad}/prev-out-2"), "holds the checkpoint of an interrupted"),
@@ -389,7 +392,7 @@ CASES = [
 # collect's data errors are found by reading ahead, before the model's weights load (curvature/job.py read_job_data)
 BEFORE_LOADING = {name for name, argv, _ in CASES if argv[0] == "collect" and any(
     part in name for part in ("-data-", "-ids-", "-txt-", "-jsonl-", "-text-field-", "-parquet-", "-gz-", "-datasets-", "-seq-len-",
-                              "-dry-run-"))}
+                              "-dry-run-", "-checkpoint"))}
 
 
 @pytest.mark.parametrize("name, argv, message", CASES, ids=[c[0] for c in CASES])

@@ -247,6 +247,9 @@ def test_stress_command_writes_strict_json_with_every_check(cli_workspace, tmp_p
     (["--temperature", "0", "--checks", "sample"], "--temperature must be"),
     (["--set", "missing={root}/nope.jsonl"], "does not exist"),
     (["--out", "{root}/results.txt"], "must be a .json file"),
+    (["--checks", "stress", "--relearn-text", "{root}/clean.txt"], "--relearn-text would be ignored: only the relearn check reads it"),
+    (["--checks", "stress", "--baseline", "{root}/model"], "--baseline would be ignored: only the ndcg check reads it"),
+    (["--checks", "relearn", "--relearn-text", "{root}/clean.txt", "--relearn-seq-len", "4096"], "longer than the model's"),
 ])
 def test_stress_command_bad_inputs_exit_2_with_one_clear_line(cli_workspace, tmp_path, capsys, extra, message):
     out = tmp_path / "results.json"

@@ -252,7 +252,8 @@ def model_limits(model: nn.Module) -> tuple[int | None, int | None]:
         vocab = int(embeddings.num_embeddings) if embeddings is not None else None
     except (AttributeError, NotImplementedError):
         pass
-    return vocab, config_limits(model.config)[1]
+    config = getattr(model, "config", None)  # a hand-made module (a test's bigram model) has none: no position limit
+    return vocab, config_limits(config)[1] if config is not None else None
 
 
 def model_source(model: nn.Module) -> str:

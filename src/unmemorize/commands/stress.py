@@ -63,7 +63,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--ndcg-data", help="Clean .txt (a document per line) for nDCG (check 'ndcg').")
     relearn_data = parser.add_mutually_exclusive_group()
     relearn_data.add_argument("--relearn-items", help="Relearning set: memorized items (.jsonl), trained on as prefix + suffix.")
-    relearn_data.add_argument("--relearn-text", help="Relearning set: clean text (.txt/.jsonl/...), cut into --relearn-seq-len windows.")
+    relearn_data.add_argument("--relearn-text", help="Relearning set: clean text (.txt/.jsonl/...), cut into --relearn-seq-len "
+                              "windows; only the first (largest --relearn-steps x --relearn-batch-size) windows are read, as many "
+                              "as the steps can use.")
     _add_options(parser, StressConfig, "stress_", {"batch_size": "--batch-size"})
     _add_options(parser, NDCGConfig, "ndcg_")
     _add_options(parser, RelearnConfig, "relearn_", {"learning_rate": "--relearn-lr"})
@@ -101,6 +103,11 @@ def _request(args) -> CheckRequest:
         raise UnmemorizeError("--checks ndcg needs --baseline DIR (the unedited model) and --ndcg-data FILE.txt")
     if "relearn" in checks and not (args.relearn_items or args.relearn_text):
         raise UnmemorizeError("--checks relearn needs --relearn-items FILE.jsonl or --relearn-text PATH")
+    for check, options in (("relearn", ("relearn_items", "relearn_text")), ("ndcg", ("baseline", "ndcg_data"))):
+        given = [f"--{o.replace('_', '-')}" for o in options if getattr(args, o)]
+        if given and check not in checks:
+            raise UnmemorizeError(f"{' and '.join(given)} would be ignored: only the {check} check reads "
+                                  f"{'them' if len(given) > 1 else 'it'}; add {check} to --checks, or drop {'them' if len(given) > 1 else 'it'}")
     return request
 
 

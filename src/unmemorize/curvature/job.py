@@ -80,8 +80,8 @@ def run_collect_job(job: CollectJob) -> dict | None:
             check_shared_output(group, out)
             try:
                 return _collect(job, group, out, ahead)
-            except BaseException:
-                if ((folder := checkpoint_folder(out)) / "state.json").is_file():
+            except BaseException as exc:  # an interrupt or a crash keeps the checkpoint; a refusal says itself what to do
+                if not isinstance(exc, UnmemorizeError) and ((folder := checkpoint_folder(out)) / "state.json").is_file():
                     print(f"checkpoint kept in {folder}: rerun with --resume to continue", file=sys.stderr)
                 raise
     except UnmemorizeError as exc:
@@ -102,6 +102,8 @@ def refuse_unresumed_checkpoint(job: CollectJob, out: Path) -> None:
     if (folder / "state.json").is_file() and not job.resume:
         raise UnmemorizeError(f"{folder} holds the checkpoint of an interrupted collection of {job.out}: pass --resume to "
                               "continue it, or delete it to start over")
+    if (folder / "state.json").is_file():
+        Checkpoint(folder, {}).load()  # a corrupt state.json is refused before the model loads (its settings are checked after)
 
 
 def job_inputs(job: CollectJob) -> dict:

@@ -90,7 +90,7 @@ def run_stress_job(job: StressJob) -> tuple[dict, Path]:
     from .._version import __version__
     from ..data import iter_windows, list_data_files, pad_token_id
     from ..jsonio import write_json
-    from ..models import load_model
+    from ..models import load_model, model_limits
     from ..paths import command_output
     from .attacks import item_sequences
     from .coherence import ndcg_windows, top_k_ids
@@ -118,7 +118,9 @@ def run_stress_job(job: StressJob) -> tuple[dict, Path]:
             if job.relearn_items:
                 sequences = item_sequences(load_memorization_set(job.relearn_items, tokenizer))
             else:
-                sequences = list(iter_windows(list_data_files(job.relearn_text), tokenizer, job.request.relearn.seq_len))
+                relearn = job.request.relearn  # as many windows as the steps can use, each at most once: never the whole corpus
+                budget = max(1, max(relearn.steps)) * relearn.batch_size * relearn.seq_len
+                sequences = list(iter_windows(list_data_files(job.relearn_text), tokenizer, relearn.seq_len, budget, *model_limits(model)))
         result = run_checks(model, sets, pad_id, job.request, reference, windows, sequences)
         record = {"unmemorize_version": __version__, "model": job.model, "model_dtype": job.model_dtype, "checks": list(job.request.checks),
                   "inputs": {k: str(v) for k, v in inputs.items() if v},
