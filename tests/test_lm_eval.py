@@ -114,7 +114,7 @@ def test_eval_command_prints_a_table_and_writes_strict_json(bench, capsys):
 def test_bad_requests_are_named_before_any_model_is_loaded(bench):
     tasks = str(bench["tasks"])
     with pytest.raises(UnmemorizeError, match="unknown lm-eval task.*no_such_task"):
-        run_lm_eval(EvalRequest(model=str(bench["root"] / "model"), lm_eval=LMEvalConfig(tasks="no_such_task", include_path=tasks)))
+        run_lm_eval(EvalRequest(model="unused", lm_eval=LMEvalConfig(tasks="no_such_task", include_path=tasks)))
     with pytest.raises(UnmemorizeError, match="needs at least one task"):
         run_lm_eval(EvalRequest(model="unused", lm_eval=LMEvalConfig(tasks=" , ")))
     with pytest.raises(UnmemorizeError, match="needs --factors"):
@@ -123,3 +123,20 @@ def test_bad_requests_are_named_before_any_model_is_loaded(bench):
         run_lm_eval(EvalRequest(model="unused", lm_eval=LMEvalConfig(tasks="tiny_mc", include_path=tasks), edit_rho=1.5, factors="f"))
     with pytest.raises(UnmemorizeError, match="is not a folder of lm-eval task YAML files"):
         run_lm_eval(EvalRequest(model="unused", lm_eval=LMEvalConfig(tasks="tiny_mc", include_path=str(bench["root"] / "nope"))))
+
+
+def test_a_local_task_whose_rows_lack_a_field_its_template_reads_is_refused_before_the_model_loads(bench, tmp_path):
+    """datasets gives the missing column None and lm-eval scored the text 'None' in silence."""
+    folder = _task_files(tmp_path / "tasks")
+    rows = [json.loads(line) for line in (folder / "mc.jsonl").read_text().splitlines()]
+    template = (folder / "tiny_mc.yaml").read_text()
+    field = next(name for name in rows[0] if name in template and "{{" + name in template.replace(" ", ""))
+    del rows[2][field]
+    (folder / "mc.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    with pytest.raises(UnmemorizeError, match=f"lm-eval task tiny_mc: row 3 of its evaluation split has no '{field}' .null."):
+        run_lm_eval(EvalRequest(model="unused", lm_eval=LMEvalConfig(tasks="tiny_mc", include_path=str(folder))))
+    for row in rows:  # no row has it: lm-eval's own build fails, named
+        row.pop(field, None)
+    (folder / "mc.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    with pytest.raises(UnmemorizeError, match=f"lm-eval cannot build the task.s. tiny_mc of .*UndefinedError: '{field}' is undefined"):
+        run_lm_eval(EvalRequest(model="unused", lm_eval=LMEvalConfig(tasks="tiny_mc", include_path=str(folder))))

@@ -98,17 +98,10 @@ def score_rows(results: dict) -> list[dict]:
     return rows
 
 
-def evaluate_with_lm_eval(model, tokenizer, config: LMEvalConfig, device: str = "cpu") -> dict:
-    """Score a causal LM object (edited or not) on ``config.tasks`` with lm-eval.
-
-    Returns ``{"results": {task: {metric,filter: value}}, "rows": [...], "n_samples": ...,
-    "lm_eval_version": ..., "seconds": ...}`` (strict JSON).
-    """
-    config.validate()
-    lm_eval, HFLM, TaskManager = _import_lm_eval()
-    if tokenizer is None:
-        raise UnmemorizeError("lm-eval needs the model's tokenizer, and none was found in the model folder")
-    start = time.perf_counter()
+def checked_task_manager(config: LMEvalConfig):
+    """lm-eval's TaskManager for ``config``, after checking every task exists and the local tasks' rows
+    (``check_local_task_rows``): what ``unmemorize eval`` does before it loads the model."""
+    _, _, TaskManager = _import_lm_eval()
     include_defaults = config.builtin_tasks or config.include_path is None
     task_manager = TaskManager(include_path=config.include_path, include_defaults=include_defaults)
     unknown = [t for t in config.task_list() if t not in task_manager.all_tasks]
@@ -117,12 +110,59 @@ def evaluate_with_lm_eval(model, tokenizer, config: LMEvalConfig, device: str = 
         if config.include_path:
             where = f" in {config.include_path}" + ("" if include_defaults else " (add --builtin-tasks for lm-eval's own tasks)")
         raise UnmemorizeError(f"unknown lm-eval task(s) {', '.join(unknown)}{where}")
+    check_local_task_rows(task_manager, config)
+    return task_manager
+
+
+def evaluate_with_lm_eval(model, tokenizer, config: LMEvalConfig, device: str = "cpu", task_manager=None) -> dict:
+    """Score a causal LM object (edited or not) on ``config.tasks`` with lm-eval.
+
+    Returns ``{"results": {task: {metric,filter: value}}, "rows": [...], "n_samples": ...,
+    "lm_eval_version": ..., "seconds": ...}`` (strict JSON).
+    """
+    config.validate()
+    lm_eval, HFLM, _ = _import_lm_eval()
+    if tokenizer is None:
+        raise UnmemorizeError("lm-eval needs the model's tokenizer, and none was found in the model folder")
+    start = time.perf_counter()
+    task_manager = task_manager or checked_task_manager(config)
     lm = HFLM(pretrained=model, tokenizer=tokenizer, device=device, batch_size=config.batch_size)
     output = lm_eval.simple_evaluate(model=lm, tasks=config.task_list(), num_fewshot=config.num_fewshot, limit=config.limit,
                                      bootstrap_iters=config.bootstrap_iters, task_manager=task_manager, log_samples=False)
     results = _json_safe(output["results"])
     return {"results": results, "rows": score_rows(results), "n_samples": _json_safe(output.get("n-samples", {})),
             "lm_eval_version": _lm_eval_version(), "seconds": round(time.perf_counter() - start, 3)}
+
+
+def check_local_task_rows(task_manager, config: LMEvalConfig) -> None:
+    """The tasks of ``--include-path`` (the user's own YAML and rows): every field their doc_to_text,
+    doc_to_target and doc_to_choice read is in every evaluated row and not null. datasets gives a
+    row that lacks a column None, and lm-eval would then score the text 'None' without a word."""
+    if not config.include_path:
+        return
+    from jinja2 import Environment, meta
+
+    root = Path(config.include_path).resolve()
+    local = [t for t in config.task_list() if root in Path(getattr(task_manager.task_index.get(t), "yaml_path", "/") or "/").resolve().parents]
+    if not local:
+        return
+    try:
+        tasks = task_manager.load(local)["tasks"]
+    except Exception as exc:  # noqa: BLE001 - lm-eval and jinja raise many types for a broken task
+        raise UnmemorizeError(f"lm-eval cannot build the task(s) {', '.join(local)} of {config.include_path}: "
+                              f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}") from None
+    for name, task in tasks.items():
+        templated, plain = set(), set()
+        for spec in (task.config.doc_to_text, task.config.doc_to_target, task.config.doc_to_choice):
+            if isinstance(spec, str) and ("{{" in spec or "{%" in spec):
+                templated |= meta.find_undeclared_variables(Environment().parse(spec))
+            elif isinstance(spec, str):
+                plain.add(spec)  # a column's name, or a literal lm-eval evaluates
+        for row, doc in enumerate(task.eval_docs, 1):
+            null = sorted(f for f in templated | plain if f in doc and doc[f] is None)
+            if null:
+                raise UnmemorizeError(f"lm-eval task {name}: row {row} of its evaluation split has no {', '.join(map(repr, null))} "
+                                      "(null), which its templates read: lm-eval would score the text 'None'; fix the rows")
 
 
 def _lm_eval_version() -> str:
@@ -167,7 +207,7 @@ def run_lm_eval(request: EvalRequest) -> dict:
             raise UnmemorizeError(f"an in-memory edit with --method {request.method} needs --factors DIR")
         if request.edit_rho is not None and not request.factors:
             raise UnmemorizeError("--edit-rho edits every module of --factors DIR; give --factors or use --edit-plan")
-    _import_lm_eval()  # fail before loading a large model
+    task_manager = checked_task_manager(request.lm_eval)  # lm-eval, the tasks and local rows checked before a large model loads
     model, tokenizer = load_model(request.model, request.model_dtype, request.device, request.trust_remote_code)
     edit = None
     if editing:
@@ -178,7 +218,7 @@ def run_lm_eval(request: EvalRequest) -> dict:
         factors = load_factors(request.factors, model=model, modules=list(plan)) if request.factors else None
         edit = apply_edit(model, plan, factors, edit_config)
     try:
-        scores = evaluate_with_lm_eval(model, tokenizer, request.lm_eval, request.device)
+        scores = evaluate_with_lm_eval(model, tokenizer, request.lm_eval, request.device, task_manager)
     finally:
         if edit is not None:
             edit.restore()
