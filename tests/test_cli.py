@@ -215,7 +215,7 @@ def test_rho_outside_unit_interval(workspace, capsys):
 def test_glob_matching_nothing(workspace, capsys):
     out = workspace / "no-match"
     line = error_of(capsys, ["collect", "--model", str(workspace / "llama"), "--data", str(workspace / "clean.txt"), "--out", str(out),
-                             "--targets", "mlp.c_fc"])
+                             "--targets", "mlp.c_fc", "--seq-len", "64"])
     assert "no linear module matches 'mlp.c_fc'" in line and "candidates" in line and not out.exists()
 
 

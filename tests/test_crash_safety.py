@@ -90,6 +90,20 @@ def debris(out):
     return sorted(p.name for p in out.parent.iterdir() if p.name.startswith(f".{out.name}."))
 
 
+def test_decompose_waits_for_no_one_and_cannot_race_a_collect_replacing_its_factor_folder(ws, tmp_path, capsys):
+    """decompose writes its cache inside the factor folder: while a collect --overwrite of that folder runs, it is
+    refused at once (it used to read the old files as they were replaced, a traceback, or cache the wrong factors)."""
+    out = tmp_path / "factors"
+    assert main(collect_argv(ws, out)) == 0
+    child = start_paused([*collect_argv(ws, out), "--overwrite"], "shard-written", tmp_path)
+    capsys.readouterr()
+    assert main(["decompose", "--factors", str(out)]) == 2
+    assert f"another unmemorize run (pid {child.pid} on " in capsys.readouterr().err and not any(p.name.startswith("eigen") for p in out.iterdir())
+    child.send_signal(signal.SIGKILL)
+    child.wait(timeout=60)
+    assert main(["decompose", "--factors", str(out)]) == 0  # control: once the writer is gone, it runs
+
+
 def test_sigkill_during_a_sharded_collect_then_a_rerun_succeeds_and_cleans_up(ws, tmp_path, capsys):
     out = tmp_path / "factors"
     child = start_paused(collect_argv(ws, out), "shard-written", tmp_path)

@@ -1,7 +1,7 @@
 """Commands run in processes of their own, as a user runs them, at a fraction of the start-up cost.
 
-A server process (``python -c SERVER``) imports ``unmemorize.cli`` once, then forks one child per
-command: the child gets stdin from /dev/null, stdout and stderr into files (file descriptors 1 and
+A server process (``python -c SERVER``) imports ``unmemorize.cli`` and the libraries most commands
+load (``WARM``) once, then forks one child per command, two at a time: the child gets stdin from /dev/null, stdout and stderr into files (file descriptors 1 and
 2, so C-level and library output is caught as a terminal would show it), default signal handlers,
 the case's folder and environment, and, for ``unprivileged`` cases started as root, the user and
 group ``nobody`` (so a read-only folder is really read-only), then runs ``main(argv)`` and exits
@@ -18,43 +18,59 @@ import sys
 from pathlib import Path
 
 NOBODY = 65534  # uid and gid of nobody / nogroup
+PARALLEL = 2  # children at once: the machines the suite must pass on have 2 cores
+WARM = ("transformers", "transformers.models.llama.modeling_llama", "transformers.models.auto.tokenization_auto", "datasets",
+        "matplotlib.pyplot", "safetensors.torch")
 
 SERVER = r"""
-import json, os, signal, sys
-cases, folder = json.load(open(sys.argv[1])), sys.argv[2]
+import importlib, json, os, signal, sys
+cases, folder, warm = json.load(open(sys.argv[1])), sys.argv[2], sys.argv[3].split(",")
 from unmemorize.cli import main
-codes = []
+for name in filter(None, warm):  # what most children would import again, each on its own, imported once here
+    importlib.import_module(name)
+codes, running = [None] * len(cases), {}
+
+
+def child(k, case):
+    code = 70
+    try:
+        stdin = os.open(os.devnull, os.O_RDONLY)
+        out = os.open(f"{folder}/{k}.out", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        err = os.open(f"{folder}/{k}.err", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        for source, target in ((stdin, 0), (out, 1), (err, 2)):
+            os.dup2(source, target)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_DFL)
+        os.environ.update(case["env"])
+        os.chdir(case["cwd"])
+        if case["unprivileged"] and os.geteuid() == 0:
+            os.setgroups([])
+            os.setgid(%(nobody)d)
+            os.setuid(%(nobody)d)
+        try:
+            code = main(case["argv"])
+        except SystemExit as stop:
+            code = stop.code if isinstance(stop.code, int) else 1
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
 for k, case in enumerate(cases):
+    if len(running) == %(parallel)d:  # one child per core, each on one thread
+        pid, status = os.wait()
+        codes[running.pop(pid)] = os.waitstatus_to_exitcode(status)
     pid = os.fork()
     if pid == 0:
-        code = 70
-        try:
-            stdin = os.open(os.devnull, os.O_RDONLY)
-            out = os.open(f"{folder}/{k}.out", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-            err = os.open(f"{folder}/{k}.err", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-            for source, target in ((stdin, 0), (out, 1), (err, 2)):
-                os.dup2(source, target)
-            signal.signal(signal.SIGINT, signal.default_int_handler)
-            for sig in (signal.SIGTERM, signal.SIGHUP):
-                signal.signal(sig, signal.SIG_DFL)
-            os.environ.update(case["env"])
-            os.chdir(case["cwd"])
-            if case["unprivileged"] and os.geteuid() == 0:
-                os.setgroups([])
-                os.setgid(%(nobody)d)
-                os.setuid(%(nobody)d)
-            try:
-                code = main(case["argv"])
-            except SystemExit as stop:
-                code = stop.code if isinstance(stop.code, int) else 1
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    codes.append(os.waitstatus_to_exitcode(status))
+        child(k, case)
+    running[pid] = k
+while running:
+    pid, status = os.wait()
+    codes[running.pop(pid)] = os.waitstatus_to_exitcode(status)
 print(json.dumps(codes))
-""" % {"nobody": NOBODY}
+""" % {"nobody": NOBODY, "parallel": PARALLEL}
 
 
 def run_as_user(cases: list[dict], folder: Path, env: dict | None = None, timeout: float = 600) -> list[dict]:
@@ -63,7 +79,8 @@ def run_as_user(cases: list[dict], folder: Path, env: dict | None = None, timeou
     folder.mkdir(parents=True, exist_ok=True)
     listing = folder / "cases.json"
     listing.write_text(json.dumps([{"env": {}, "unprivileged": False, **case} for case in cases]))
-    server = subprocess.run([sys.executable, "-c", SERVER, str(listing), str(folder)], capture_output=True, text=True, timeout=timeout,
+    server = subprocess.run([sys.executable, "-c", SERVER, str(listing), str(folder), ",".join(WARM)], capture_output=True, text=True,
+                            timeout=timeout,
                             stdin=subprocess.DEVNULL, env={**os.environ, **(env or {})})
     assert server.returncode == 0, server.stderr[-3000:]
     codes = json.loads(server.stdout.strip().splitlines()[-1])

@@ -248,6 +248,29 @@ def claim_output(out: str | Path, overwrite: bool = False, kind: str = "dir", op
                     break
 
 
+@contextmanager
+def hold_claim(path: str | Path):
+    """Hold the claim of an existing output without its checks: a run that writes inside it (decompose's
+    cache in a factor folder) keeps a concurrent ``--overwrite`` of that folder from replacing it meanwhile,
+    and waits for no one (a run writing it already makes this one fail at once, naming it)."""
+    path = Path(os.path.abspath(path))
+    key = str(path)
+    if key in _HELD:
+        _HELD[key][1] += 1
+        try:
+            yield path
+        finally:
+            _HELD[key][1] -= 1
+        return
+    fd = _lock(path)
+    _HELD[key] = [fd, 1]
+    try:
+        yield path
+    finally:
+        del _HELD[key]
+        _unlock(path, fd)
+
+
 def _marker(kind: str) -> str:
     from ._version import __version__
 

@@ -19,13 +19,14 @@ import json
 import os
 import sys
 import time
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import torch
 
-from .._atomic import atomic_dir
+from .._atomic import atomic_dir, hold_claim
 from .._version import __version__
 from ..curvature.distributed import broadcast_utf8
 from ..curvature.factors import KFACFactors, load_factors
@@ -186,6 +187,12 @@ def decompose_to_cache(factors_path: str | Path, config: DecomposeConfig | None 
 
 
 def _decompose_on_ranks(factors_path: Path, config: DecomposeConfig, overwrite: bool, progress: bool, ranks: _Ranks) -> Path:
+    with ExitStack() as held:  # rank 0 holds the factor folder's claim until the cache is in place
+        return _decompose_held(factors_path, config, overwrite, progress, ranks, held)
+
+
+def _decompose_held(factors_path: Path, config: DecomposeConfig, overwrite: bool, progress: bool, ranks: _Ranks,
+                    held: ExitStack) -> Path:
     dtype = parse_dtype(config.dtype)
     device = resolve_device(config.device)
     if device.type == "cuda" and ranks.world > 1 and device.index is None:
@@ -197,6 +204,7 @@ def _decompose_on_ranks(factors_path: Path, config: DecomposeConfig, overwrite: 
     try:
         names, shared = _listed_modules(factors_path)
         if ranks.rank == 0:
+            held.enter_context(hold_claim(factors_path))  # a collect --overwrite of the folder cannot replace it meanwhile
             context = atomic_dir(out, overwrite)
             tmp = context.__enter__()
     except UnmemorizeError as exc:
