@@ -194,16 +194,24 @@ def test_every_commands_help_exits_0_and_explains_every_option(capsys):
     assert help_problems(control, control.format_help()) == ["--silent: no help"]
 
 
-def test_help_as_a_user_runs_it_prints_only_the_help():
-    """The installed command in a subprocess: exit 0, the usage on stdout, nothing on stderr (no warning, no log line)."""
+def test_help_as_a_user_runs_it_prints_only_the_help(tmp_path):
+    """Every command of the parser in a process of its own (``user_processes``), and the top level in a plain
+    ``python -m unmemorize`` (the imports' own output included): exit 0, the usage on stdout, nothing on stderr."""
     import subprocess
     import sys
 
-    for argv in ([], ["collect"], ["unlearn", "bsn"]):
-        result = subprocess.run([sys.executable, "-m", "unmemorize", *argv, "--help"], capture_output=True, text=True, timeout=120,
-                                stdin=subprocess.DEVNULL)
-        assert (result.returncode, result.stderr) == (0, ""), (argv, result.stderr[-2000:])
-        assert result.stdout.startswith(f"usage: {' '.join(['unmemorize', *argv])}"), result.stdout[:200]
+    from test_as_a_user import commands_of_the_parser
+    from user_processes import run_as_user
+
+    commands = sorted(commands_of_the_parser())
+    outcomes = run_as_user([{"argv": [*command.split(), "--help"], "cwd": str(tmp_path)} for command in commands], tmp_path / "runs",
+                           env={"COLUMNS": "80", "OMP_NUM_THREADS": "1"}, warm=())
+    for command, outcome in zip(commands, outcomes):
+        assert (outcome["code"], outcome["stderr"]) == (0, ""), (command, outcome["stderr"][-2000:])
+        assert outcome["stdout"].startswith(f"usage: unmemorize {command}"), outcome["stdout"][:200]
+    result = subprocess.run([sys.executable, "-m", "unmemorize", "--help"], capture_output=True, text=True, timeout=120,
+                            stdin=subprocess.DEVNULL)
+    assert (result.returncode, result.stderr) == (0, "") and result.stdout.startswith("usage: unmemorize "), result.stderr[-2000:]
 
 
 def test_rho_outside_unit_interval(workspace, capsys):

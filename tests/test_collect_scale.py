@@ -416,8 +416,8 @@ def _torchrun(argv: list[str], timeout: float = 240) -> subprocess.CompletedProc
 
 
 def test_when_rank_0_refuses_every_rank_stops_with_its_message(ws, tmp_path):
-    """Rank 0 refuses an output it may not replace, and a checkpoint made with another seed: rank 1 stops at
-    once with rank 0's reason (it used to wait at a collective until the timeout, whose traceback hid it)."""
+    """Rank 0 refuses an output it may not replace: rank 1 stops at once with rank 0's reason (it used to wait
+    at a collective until the timeout, whose traceback hid it)."""
     user = tmp_path / "user-folder"
     user.mkdir()
     (user / "notes.txt").write_text("mine")
@@ -427,6 +427,10 @@ def test_when_rank_0_refuses_every_rank_stops_with_its_message(ws, tmp_path):
     assert "rank 1: stopped because rank 0 refused the run:" in result.stderr and "already exists" in result.stderr
     assert (user / "notes.txt").read_text() == "mine"
 
+
+@pytest.mark.slow  # the same broadcast as the output's refusal above, from the resume point (make test-all)
+def test_when_rank_0_refuses_a_checkpoint_every_rank_stops_with_its_message(ws, tmp_path):
+    base = ["collect", "--model", str(ws / "llama"), "--data", str(ws / "clean.txt"), *COMMON, "--process-group-timeout", "90"]
     out = tmp_path / "resumed"
     argv = [*base, "--out", str(out), "--checkpoint-every", "256", "--batch-size", "4"]
     child = start_paused(argv, "checkpoint-saved", 1, tmp_path)

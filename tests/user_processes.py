@@ -73,13 +73,14 @@ print(json.dumps(codes))
 """ % {"nobody": NOBODY, "parallel": PARALLEL}
 
 
-def run_as_user(cases: list[dict], folder: Path, env: dict | None = None, timeout: float = 600) -> list[dict]:
+def run_as_user(cases: list[dict], folder: Path, env: dict | None = None, timeout: float = 600, warm: tuple = WARM) -> list[dict]:
     """Run each case ({"argv", "cwd", "env", "unprivileged"}) in its own forked process; returns
-    [{"code", "stdout", "stderr"}] in order. ``folder`` receives the cases file and the outputs."""
+    [{"code", "stdout", "stderr"}] in order. ``folder`` receives the cases file and the outputs; ``warm``:
+    the modules the server imports before it forks (none for cases that load nothing)."""
     folder.mkdir(parents=True, exist_ok=True)
     listing = folder / "cases.json"
     listing.write_text(json.dumps([{"env": {}, "unprivileged": False, **case} for case in cases]))
-    server = subprocess.run([sys.executable, "-c", SERVER, str(listing), str(folder), ",".join(WARM)], capture_output=True, text=True,
+    server = subprocess.run([sys.executable, "-c", SERVER, str(listing), str(folder), ",".join(warm)], capture_output=True, text=True,
                             timeout=timeout,
                             stdin=subprocess.DEVNULL, env={**os.environ, **(env or {})})
     assert server.returncode == 0, server.stderr[-3000:]
