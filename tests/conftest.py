@@ -57,13 +57,29 @@ def tiny_lm():
     return build
 
 
+_PAUSED: list[subprocess.Popen] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_paused_child_outlives_its_test():
+    """A test that fails between ``start_paused`` and its kill would leave the child waiting forever."""
+    yield
+    while _PAUSED:
+        child = _PAUSED.pop()
+        if child.poll() is None:
+            child.kill()
+            child.wait(timeout=30)
+
+
 def start_paused(argv, point, at, tmp_path):
     """``unmemorize ARGV`` in a child paused at the ``at``-th passage of fault point ``point`` (``_atomic._fault_point``).
     The child keeps this process's thread count: its partial sums must be bitwise what this process would add."""
     reached = tmp_path / f"reached-{point}"
     env = {**os.environ, "UNMEMORIZE_FAULT_PAUSE": point, "UNMEMORIZE_FAULT_FILE": str(reached), "UNMEMORIZE_FAULT_AT": str(at),
            "OMP_NUM_THREADS": str(torch.get_num_threads())}
-    child = subprocess.Popen([sys.executable, "-m", "unmemorize", *argv], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    child = subprocess.Popen([sys.executable, "-m", "unmemorize", *argv], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             stdin=subprocess.DEVNULL)
+    _PAUSED.append(child)
     deadline = time.monotonic() + 180
     while not reached.exists():
         if child.poll() is not None or time.monotonic() > deadline:
