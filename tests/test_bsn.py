@@ -342,3 +342,18 @@ def test_cli_bad_input_gives_one_clear_error_and_no_output(workspace, tmp_path, 
         assert not out.exists()
     assert not [p.name for p in out.parent.iterdir() if p.name.startswith(".bsn.")]  # no temporary folders or locks
     assert sha256s(workspace) == before
+
+
+def test_the_smallest_ratio_a_refusal_suggests_removes_a_weight_and_a_tied_head_is_refused():
+    import re
+
+    model, _ = build_tiny_lm("llama", seed=0)
+    forget, retain = random_sequences(4, 10, 1), random_sequences(8, 10, 2)
+    with pytest.raises(UnmemorizeError, match="removes no weight at all") as refused:
+        balanced_subnet(model, forget, retain, BSNConfig(ratio=1e-5, progress=False))
+    suggested = float(re.search(r"--ratio >= ([0-9.e-]+)", str(refused.value)).group(1))
+    _, record = balanced_subnet(model, forget, retain, BSNConfig(ratio=suggested, epochs=1, batch_size=4, progress=False))
+    assert max(stats.removed for stats in record.modules.values()) == 1
+    tied, _ = build_tiny_lm("gpt2", seed=0)
+    with pytest.raises(UnmemorizeError, match="lm_head.weight is tied to transformer.wte.weight"):
+        balanced_subnet(tied, forget, retain, BSNConfig(progress=False), targets=["lm_head"])

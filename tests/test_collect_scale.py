@@ -125,9 +125,15 @@ def test_dry_run_predicts_the_bytes_the_run_writes(ws, tmp_path, capsys):
         plan = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
         assert not (tmp_path / per_pass).exists()  # a dry run writes nothing
         assert plan["warmup"]["tokens_per_second"] > 0 and plan["estimated_seconds"] > 0
+        assert (plan["read_ahead"]["tokens"], plan["read_ahead"]["windows"]) == (3000, 94)  # exactly what the run reads
         collect(ws, tmp_path / per_pass, "--modules-per-pass", per_pass)
         written = sum(p.stat().st_size for p in (tmp_path / per_pass).glob("*.safetensors"))
         assert abs(plan["factor_file_bytes"] - written) <= 0.1 * written, (plan["factor_file_bytes"], written)
+    unbounded = ["collect", "--model", str(ws / "llama"), "--data", str(ws / "clean.txt"), "--out", str(tmp_path / "unbounded"),
+                 "--seq-len", "32", "--no-progress", "--max-tokens", "0"]  # 0: no budget
+    assert main([*unbounded, "--dry-run"]) == 0  # no budget: the data are checked, the time is unknown
+    plan = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert plan["estimated_seconds"] is None and plan["read_ahead"]["tokens"] > 3000
 
 
 def test_a_bfloat16_model_accumulates_float32_factors_close_to_the_float32_models(ws, tmp_path):

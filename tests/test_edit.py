@@ -221,3 +221,18 @@ def test_edit_needs_factors_for_every_planned_module(tiny_lm):
     factors = collected(model).subset(["model.layers.0.mlp.up_proj"])
     with pytest.raises(UnmemorizeError, match="no factors"):
         apply_edit(model, {"model.layers.1.mlp.up_proj": 0.5}, factors)
+
+
+def test_a_tied_head_is_refused_however_the_plan_names_it():
+    """GPT-2's lm_head is its input embedding: a plan file, --factors' modules or a search naming it would edit both."""
+    import pytest
+
+    from unmemorize.edit import apply_edit, parse_plan
+    from unmemorize.errors import UnmemorizeError
+    from unmemorize.tiny import build_tiny_lm
+
+    model, _ = build_tiny_lm("gpt2", seed=0)
+    before = model.transformer.wte.weight.detach().clone()
+    with pytest.raises(UnmemorizeError, match="lm_head.weight is tied to transformer.wte.weight"):
+        apply_edit(model, parse_plan(model, {"lm_head": 0.5}), config=EditConfig(method="svd"))
+    assert torch.equal(model.transformer.wte.weight, before)

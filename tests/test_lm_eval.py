@@ -135,6 +135,11 @@ def test_a_local_task_whose_rows_lack_a_field_its_template_reads_is_refused_befo
     (folder / "mc.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
     with pytest.raises(UnmemorizeError, match=f"lm-eval task tiny_mc: row 3 of its evaluation split has no '{field}' .null."):
         run_lm_eval(EvalRequest(model="unused", lm_eval=LMEvalConfig(tasks="tiny_mc", include_path=str(folder))))
+    conditional = template.replace("{{" + field + "}}", "{% if " + field + " %}{{" + field + "}}{% else %}empty{% endif %}")
+    (folder / "tiny_mc.yaml").write_text(conditional)  # control: a template that tests the field first prints no 'None'
+    with pytest.raises(UnmemorizeError, match="model 'unused' is neither a local folder|cannot be reached"):  # the rows passed
+        run_lm_eval(EvalRequest(model="unused", lm_eval=LMEvalConfig(tasks="tiny_mc", include_path=str(folder))))
+    (folder / "tiny_mc.yaml").write_text(template)
     for row in rows:  # no row has it: lm-eval's own build fails, named
         row.pop(field, None)
     (folder / "mc.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))

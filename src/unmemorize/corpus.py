@@ -149,13 +149,13 @@ class ZstdFrames(io.RawIOBase):
         self._zstd, self._error = zstandard.ZstdDecompressor(), zstandard.ZstdError
         self._file = open(path, "rb")
         self._frame = None  # the frame being decompressed (None between frames)
-        self._pending = self._leftover = b""
+        self._pending, self._offset, self._leftover = b"", 0, b""  # decompressed bytes, how many were given out
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, target) -> int:
-        while not self._pending:
+        while self._offset == len(self._pending):
             data, self._leftover = (self._leftover or self._file.read(1 << 20)), b""
             if not data:
                 if self._frame is not None:
@@ -163,14 +163,14 @@ class ZstdFrames(io.RawIOBase):
                 return 0
             self._frame = self._frame or self._zstd.decompressobj()
             try:
-                self._pending = self._frame.decompress(data)
+                self._pending, self._offset = self._frame.decompress(data), 0
             except self._error as exc:
                 raise EOFError(f"not zstandard data ({exc})") from None
             if self._frame.eof:
                 self._leftover, self._frame = self._frame.unused_data, None
-        size = min(len(target), len(self._pending))
-        target[:size] = self._pending[:size]
-        self._pending = self._pending[size:]
+        size = min(len(target), len(self._pending) - self._offset)
+        target[:size] = memoryview(self._pending)[self._offset:self._offset + size]  # an offset: never a copy of the rest
+        self._offset += size
         return size
 
     def close(self) -> None:

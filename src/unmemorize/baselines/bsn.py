@@ -55,7 +55,7 @@ from ..errors import UnmemorizeError, check_seed
 from ..evaluate.generate import check_token_ids, model_device
 from ..jsonio import write_json
 from ..models import is_linear_like, model_limits, weight_shape
-from ..targets import resolve_targets
+from ..targets import refuse_tied, resolve_targets
 from .sequences import TokenSet, as_sequences, balanced_batches, batch_rows, batch_shares, steps_per_epoch
 
 MANIFEST = "unmemorize_edit.json"  # the edit manifest's name, so that 'analyze --edited' reads BSN folders too
@@ -238,10 +238,14 @@ def balanced_subnet(model: nn.Module, forget, retain, config: BSNConfig | None =
         if name not in modules or not is_linear_like(modules[name]):
             raise UnmemorizeError(f"{name!r} is not a linear module of {type(model).__name__}; choose targets with "
                                   "unmemorize.targets.resolve_targets")
+    refuse_tied(model, names)
     largest = max(modules[name].weight.numel() for name in names)
     if removed_count(config.ratio, largest) == 0:
+        smallest_ratio = float(f"{1 / largest:.3g}")  # 3 digits, then up until it removes one weight
+        while removed_count(smallest_ratio, largest) == 0:
+            smallest_ratio = float(f"{smallest_ratio * 1.01:.3g}")
         raise UnmemorizeError(f"--ratio {config.ratio:g} removes no weight at all: round(ratio x {largest}) = 0 for the largest target "
-                              f"matrix ({largest} weights); the edit would save an unchanged copy. Use --ratio >= {0.5 / largest:.3g}")
+                              f"matrix ({largest} weights); the edit would save an unchanged copy. Use --ratio >= {smallest_ratio:g}")
     if set(map(tuple, forget_seqs)) <= set(map(tuple, retain_seqs)):
         raise UnmemorizeError("every forget sequence is also a retain sequence (the same set given twice?): the objective "
                               "-(1-alpha) CE(forget) + alpha CE(retain) then pulls each of them both ways; give a retain set "

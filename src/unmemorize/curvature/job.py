@@ -66,9 +66,17 @@ def run_collect_job(job: CollectJob) -> dict | None:
     released = False
     try:
         if not group.is_main:
+            own = None
+            if not job.images:  # every rank reads ahead while rank 0 does: none waits the whole read at a collective
+                try:
+                    read_job_data(job)
+                except UnmemorizeError as exc:  # rank 0 reads the same data: it refuses with the same message
+                    own = exc
             refusal = group.broadcast_text("")  # empty: rank 0's checks passed
             if refusal:
                 raise UnmemorizeError(f"rank {group.rank}: stopped because rank 0 refused the run: {refusal}")
+            if own is not None:
+                raise own
             check_shared_output(group, None)
             _collect(job, group, None)
             return None
@@ -168,20 +176,21 @@ def _release_peers(group: ProcessGroup, message: str) -> None:
         pass
 
 
-def read_job_data(job: CollectJob) -> dict:
+def read_job_data(job: CollectJob, limit: int | None = None) -> dict:
     """Before the model loads: its config and tokenizer (no weights), then every window the run will
     read, read once and dropped (``data.read_ahead``: bounded by ``--max-tokens``). A data error
     (bad ids, non-UTF-8, malformed JSON, corrupt parquet/gzip/zstandard, no text field, no window)
     stops the run here, before minutes of loading and GPU time; the counts set the progress bar and
-    are recorded. Costs one extra tokenization of what the run reads (README, "What is checked
-    before any work": measured in docs/results/benchmarks/results-read-ahead.md)."""
+    are recorded. Costs one extra tokenization of what the run reads (measured in
+    docs/results/benchmarks/results-read-ahead.md); under torchrun every rank reads at once, so none
+    waits the whole read at a collective. ``limit``: at most this many tokens (a dry run without a budget)."""
     from ..data import list_data_files, read_ahead
     from ..models import config_limits, load_config, load_tokenizer
 
     vocab_size, max_length = config_limits(load_config(job.model, job.trust_remote_code))
     tokenizer = load_tokenizer(job.model, job.trust_remote_code)
     config = job.config
-    return read_ahead(list_data_files(job.data), tokenizer, config.seq_len, config.max_tokens or None, vocab_size, max_length,
+    return read_ahead(list_data_files(job.data), tokenizer, config.seq_len, limit or config.max_tokens or None, vocab_size, max_length,
                       config.text_field)
 
 

@@ -158,6 +158,9 @@ def warmup(model, tokenizer, data: str, targets: list[str], config) -> dict:
             "cpu_peak_measure": "VmHWM reset" if exact else "ru_maxrss growth"}
 
 
+DRY_RUN_READ_TOKENS = 1_000_000  # what a dry run without --max-tokens reads ahead (about 5 s of tokenization)
+
+
 def print_collect_plan(job) -> dict:
     """``collect --dry-run``: load the model, plan, warm up, print; write nothing."""
     from ..models import load_model
@@ -172,17 +175,19 @@ def print_collect_plan(job) -> dict:
     config = job.config
     out = check_planned_output(job.out, job.overwrite, job_inputs(job))  # the run this plans would not be refused
     refuse_unresumed_checkpoint(job, out)
-    ahead = read_job_data(job)  # what the run reads ahead: its data errors, and the exact tokens the estimate is for
+    # what the run reads ahead: its data errors and the exact tokens the estimate is for; without --max-tokens only the
+    # first DRY_RUN_READ_TOKENS (a dry run stays quick; the run itself reads the whole corpus ahead)
+    ahead = read_job_data(job, limit=None if config.max_tokens else DRY_RUN_READ_TOKENS)
     model, tokenizer = load_model(job.model, job.model_dtype, job.device, job.trust_remote_code, job.device_map, job.max_memory)
     targets = resolve_targets(model, job.targets, job.layers, job.projections)
     refuse_offloaded_targets(model, targets)
     plan = collection_plan(model, targets, config)
     speed = warmup(model, tokenizer, job.data, targets, config)
-    tokens = ahead["tokens"]  # exactly what the run reads (the budget, or the whole corpus without one)
+    tokens = ahead["tokens"] if config.max_tokens else None  # exactly what the run reads; unknown without a budget
     plan["warmup"] = speed
     plan["read_ahead"] = ahead
     # three significant digits: a fast run's estimate stays positive (0.04 s, not 0.0); the read ahead included
-    plan["estimated_seconds"] = float(f"{tokens * plan['passes'] / speed['tokens_per_second'] + ahead['seconds']:.3g}")
+    plan["estimated_seconds"] = float(f"{tokens * plan['passes'] / speed['tokens_per_second'] + ahead['seconds']:.3g}") if tokens else None
     growth = speed["growth_bytes_per_device"]
     held = {d: b for d, b in plan["weight_bytes_per_device"].items() if d.startswith("cuda")}
     held["cpu"] = speed["resident_bytes_before"] if speed["resident_bytes_before"] is not None else plan["weight_bytes_per_device"].get("cpu", 0)
@@ -199,10 +204,14 @@ def print_collect_plan(job) -> dict:
         lines.append(f"  peak memory {device:<6} {_size(plan['peak_bytes_per_device'][device])} ({what} {_size(held.get(device, 0))}, "
                      f"+ {_size(growth.get(device, 0))} while the largest pass runs: accumulators "
                      f"{_size(plan['accumulator_bytes_per_device'].get(device, 0))} and a batch's work)")
-    lines.append(f"  data               {tokens} tokens in {ahead['windows']} windows (read ahead in {ahead['seconds']:.1f} s)")
+    if tokens:
+        lines.append(f"  data               {tokens} tokens in {ahead['windows']} windows (read ahead in {ahead['seconds']:.1f} s)")
+    else:
+        lines.append(f"  data               no --max-tokens: the first {ahead['tokens']} tokens checked in {ahead['seconds']:.1f} s; "
+                     "the run reads the whole corpus ahead")
     lines.append(f"  speed              {speed['tokens_per_second']:.0f} tokens/s (warm-up: {speed['warmup_tokens']} tokens)")
-    lines.append(f"  estimated time     {plan['estimated_seconds']:.0f} s for {tokens} tokens x {plan['passes']} pass(es), one process "
-                 "(the read ahead included)")
+    eta = f"{plan['estimated_seconds']:.0f} s" if tokens else "unknown (no --max-tokens budget)"
+    lines.append(f"  estimated time     {eta} for {tokens or '?'} tokens x {plan['passes']} pass(es), one process (the read ahead included)")
     print("\n".join(lines))
     print(strict_dumps(plan, indent=None))  # the same, for scripts: the last line (strict JSON)
     return plan

@@ -24,6 +24,7 @@ from ..errors import UnmemorizeError, check_seed
 from ..jsonio import write_json
 from ..matrices import model_matrices
 from ..models import parse_dtype
+from ..targets import refuse_tied
 from .methods import kfac_edit, module_seed, random_edit, svd_edit
 from .selection import select_pairs, select_per_side
 
@@ -129,6 +130,7 @@ def apply_edit(
     unknown = [n for n in plan if n not in named]
     if unknown:
         raise UnmemorizeError(f"plan names modules not in the model: {', '.join(unknown)}")
+    refuse_tied(model, list(plan))  # however the plan was made: a plan file, --factors' modules, a search
     compute = parse_dtype(config.compute_dtype)
     if config.method in ("kfac", "random"):
         if factors is None and bases is None:

@@ -135,34 +135,46 @@ def evaluate_with_lm_eval(model, tokenizer, config: LMEvalConfig, device: str = 
 
 
 def check_local_task_rows(task_manager, config: LMEvalConfig) -> None:
-    """The tasks of ``--include-path`` (the user's own YAML and rows): every field their doc_to_text,
-    doc_to_target and doc_to_choice read is in every evaluated row and not null. datasets gives a
-    row that lacks a column None, and lm-eval would then score the text 'None' without a word."""
+    """The tasks of ``--include-path`` (the user's own YAML and rows): no evaluated row may have a null
+    field that its doc_to_text, doc_to_target or doc_to_choice prints. datasets gives a row that lacks
+    a column None, and lm-eval then scores the text 'None' without a word. A field counts as printed
+    when the row's text changes with it (None against ''), so a template that tests it first
+    (``{% if ctx %}``) is left alone."""
     if not config.include_path:
         return
-    from jinja2 import Environment, meta
+    from lm_eval.utils import apply_template
 
     root = Path(config.include_path).resolve()
-    local = [t for t in config.task_list() if root in Path(getattr(task_manager.task_index.get(t), "yaml_path", "/") or "/").resolve().parents]
+
+    def yaml_path(name):
+        entry = task_manager.task_index.get(name)
+        path = entry.get("yaml_path") if isinstance(entry, dict) else getattr(entry, "yaml_path", None)
+        return Path(path).resolve() if path else None
+
+    local = [t for t in config.task_list() if (path := yaml_path(t)) is not None and root in path.parents]
     if not local:
         return
     try:
-        tasks = task_manager.load(local)["tasks"]
+        if hasattr(task_manager, "load"):
+            tasks = task_manager.load(local)["tasks"]
+        else:  # lm-eval before TaskManager.load
+            from lm_eval.tasks import get_task_dict
+
+            tasks = get_task_dict(local, task_manager)
     except Exception as exc:  # noqa: BLE001 - lm-eval and jinja raise many types for a broken task
         raise UnmemorizeError(f"lm-eval cannot build the task(s) {', '.join(local)} of {config.include_path}: "
                               f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}") from None
     for name, task in tasks.items():
-        templated, plain = set(), set()
-        for spec in (task.config.doc_to_text, task.config.doc_to_target, task.config.doc_to_choice):
-            if isinstance(spec, str) and ("{{" in spec or "{%" in spec):
-                templated |= meta.find_undeclared_variables(Environment().parse(spec))
-            elif isinstance(spec, str):
-                plain.add(spec)  # a column's name, or a literal lm-eval evaluates
+        if not hasattr(task, "eval_docs"):
+            continue  # a group: its tasks are listed by their own names
+        specs = [spec for spec in (task.config.doc_to_text, task.config.doc_to_target, task.config.doc_to_choice) if isinstance(spec, str)]
         for row, doc in enumerate(task.eval_docs, 1):
-            null = sorted(f for f in templated | plain if f in doc and doc[f] is None)
-            if null:
-                raise UnmemorizeError(f"lm-eval task {name}: row {row} of its evaluation split has no {', '.join(map(repr, null))} "
-                                      "(null), which its templates read: lm-eval would score the text 'None'; fix the rows")
+            for field in sorted(f for f, value in doc.items() if value is None):
+                printed = any(spec == field or (("{{" in spec or "{%" in spec) and
+                                                apply_template(spec, doc) != apply_template(spec, {**doc, field: ""})) for spec in specs)
+                if printed:
+                    raise UnmemorizeError(f"lm-eval task {name}: row {row} of its evaluation split has no {field!r} (null), which "
+                                          "its templates print: lm-eval would score the text 'None'; fix the rows")
 
 
 def _lm_eval_version() -> str:
