@@ -1,7 +1,8 @@
 """Bad input as a user sees it: each case runs in a process of its own (``tests/user_processes.py``)
 and its whole stderr is compared with the exact text a user reads; permission cases run as the user
 ``nobody`` (when the suite runs as root, which ignores permissions), so a read-only folder is really
-read-only. Every command of the parser has cases here and in ``test_bad_inputs.py``'s matrix.
+read-only; the files they meet are also closed to their owner, so a suite run by a normal user
+checks the same. Every command of the parser has cases here and in ``test_bad_inputs.py``'s matrix.
 
 Every case exits with status 2 and leaves every input byte-identical and no output.
 """
@@ -88,7 +89,8 @@ CASES = [
     ("collect-data-unreadable", collect(data="{ws}/secret.txt"), E + "--data '{ws}/secret.txt' is not readable", True),
     ("collect-model-unreadable", collect(model="{ws}/private-model"), E + "--model '{ws}/private-model' is not readable", True),
     ("decompose-factors-missing", ["decompose", "--factors", "{ws}/nope"], E + "'{ws}/nope' is not a factor folder: factors.json is missing", False),
-    ("decompose-factors-read-only", ["decompose", "--factors", "{ws}/factors"], E + "cannot write in '{ws}': Permission denied", True),
+    ("decompose-factors-read-only", ["decompose", "--factors", "{ws}/locked/factors"], E + "cannot write in '{ws}/locked': Permission denied",
+     True),
     ("edit-rho-above-one", edit(amount=("--rho", "1.5")), E + "rho must be a number in [0, 1]; --rho has 1.5", False),
     ("edit-plan-not-json", edit(amount=("--plan", "{ws}/plan-not-json.json")),
      E + "plan file '{ws}/plan-not-json.json' is not valid JSON: Expecting property name enclosed in double quotes (line 1)", False),
@@ -152,23 +154,30 @@ def ws():
         (root / "user-folder" / "report.md").write_text("my notes\n")
         (root / "read-only").mkdir(mode=0o555)
         (root / "secret.txt").write_text("the cat\n")
-        (root / "secret.txt").chmod(0o600)
+        (root / "secret.txt").chmod(0o000)  # unreadable to nobody, and to a suite run by a normal user (its owner)
         shutil.copytree(root / "llama", root / "private-model")
-        (root / "private-model").chmod(0o700)
+        (root / "private-model").chmod(0o000)
+        (root / "locked").mkdir()  # a factor folder in a folder no one may write (decompose's claim and cache)
+        shutil.copytree(root / "factors", root / "locked" / "factors")
         for folder in ("out", "home", "cwd"):
             (root / folder).mkdir(mode=0o777)
             (root / folder).chmod(0o777)  # the umask aside
         for path in root.rglob("*"):
             if path.parent.name != "private-model" and path.name not in ("secret.txt", "private-model", "read-only"):
                 world_readable(path)
+        for folder in (root / "locked" / "factors", root / "locked"):
+            folder.chmod(0o555)
         yield root
     finally:
+        for path in (root / "private-model", root / "locked", root / "locked" / "factors"):
+            if path.exists():
+                path.chmod(0o755)  # what rmtree needs as a normal user
         shutil.rmtree(root, ignore_errors=True)
 
 
 def digest(root: Path) -> dict[str, str]:
     return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*"))
-            if p.is_file() and not p.relative_to(root).parts[0] in ("home", "out", "cwd", "runs")}
+            if p.is_file() and os.access(p, os.R_OK) and p.relative_to(root).parts[0] not in ("home", "out", "cwd", "runs")}
 
 
 def environment(ws: Path) -> dict:

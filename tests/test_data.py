@@ -209,7 +209,7 @@ def test_a_long_document_is_tokenized_only_as_far_as_the_budget_reads_and_gives_
     document = " ".join(rng.choice(WORDS) + rng.choice(["", "s", "ing", ",", "!!"]) for _ in range(12_000))
     whole = tokenizer(document, add_special_tokens=False)["input_ids"]
     assert len(whole) > 4000
-    for need in (0, 1, 17, 255, 1000, 2048, 3000):
+    for need in (0, 1, 17, 255, 1000, 2048, 3000, *random.Random(3).sample(range(4000), 20)):
         ids, complete = tokenize_prefix(tokenizer, document, need)
         assert not complete and ids == whole[:need], (kind, need)
     assert tokenize_prefix(tokenizer, document, len(whole) + 10) == (whole, True)  # more than there is: the whole text
@@ -275,6 +275,10 @@ def test_fifos_links_and_loops_in_a_data_folder(tmp_path):
     with pytest.raises(UnmemorizeError, match="loop"):
         list_data_files(corpus)
     (corpus / "own" / "loop").unlink()
+    (corpus / "own" / "up").symlink_to(tmp_path, target_is_directory=True)  # an ancestor: refused before it is walked
+    with pytest.raises(UnmemorizeError, match="links back to .*a folder that holds it"):
+        list_data_files(corpus)
+    (corpus / "own" / "up").unlink()
     (corpus / "own" / "a2.txt").symlink_to(corpus / "own" / "a.txt")
     with pytest.raises(UnmemorizeError, match="a2.txt is .*a.txt again"):
         list_data_files(corpus)
@@ -299,3 +303,22 @@ def test_a_file_name_that_is_not_utf8_is_read_and_fingerprinted(tmp_path, tokeni
     assert len(listing_fingerprint(files, 8, None)) == 64 and len(data_fingerprint(files, 8, None)) == 64
     assert sum(iter_windows(files, tokenizer, 8), []) == tokenizer("the cat sees the dog", add_special_tokens=False)["input_ids"] + [
         tokenizer.eos_token_id]
+
+
+def test_a_budget_gives_the_unbounded_stream_cut_to_it_whatever_the_documents(tmp_path, tokenizer):
+    """Random documents (some far longer than the budget, some shorter than a window) and random budgets and
+    window lengths: the windows under the budget are those of the unbounded stream, cut to the budget."""
+    import random
+
+    from unmemorize.tiny import WORDS
+
+    rng = random.Random(11)
+    for case in range(25):
+        lines = [" ".join(rng.choice(WORDS[:-2]) for _ in range(rng.choice([1, 3, 40, 900, 9000]))) for _ in range(rng.randint(1, 6))]
+        (tmp_path / "docs.txt").write_text("\n".join(lines) + "\n")
+        files, seq_len = list_data_files(tmp_path / "docs.txt"), rng.choice([2, 7, 64])
+        stream = sum(iter_windows(files, tokenizer, seq_len), [])
+        budget = rng.randint(1, len(stream) + 20)
+        windows = list(iter_windows(files, tokenizer, seq_len, budget))
+        expected = [w for w in (stream[k:min(k + seq_len, budget)] for k in range(0, min(budget, len(stream)), seq_len)) if len(w) >= 2]
+        assert windows == expected, (case, seq_len, budget)

@@ -92,8 +92,11 @@ def test_a_resumed_run_counts_only_the_windows_after_its_checkpoint_and_records_
     tokens = sum(len(w) for w in windows_of(ws)[:skipped])
     factors = load_factors(out)
     assert factors.metadata["resume_skipped"] == {"passes": 0, "windows": skipped, "tokens": tokens} and factors.metadata["resumed"]
+    err = capsys.readouterr().err
     assert (f"resuming from the checkpoint: 0 of 1 pass(es) done, then {skipped} windows ({tokens} tokens) of pass 1 already "
-            "counted and skipped") in capsys.readouterr().err
+            "counted and skipped") in err
+    assert f"over 3000 tokens ({total} windows, read ahead in " in err  # the read ahead's count, said before the work
+    assert factors.metadata["data"]["read_ahead"]["windows"] == total and factors.metadata["data"]["read_ahead"]["tokens"] == 3000
     whole = load_factors(ws / "whole")
     assert factors.num_positions == whole.num_positions
     for name in whole.modules:  # the same sums added in the same order: bit for bit
@@ -179,3 +182,15 @@ def test_sigkill_during_a_checkpoint_write_then_resume_gives_the_uninterrupted_f
     for name in whole.modules:
         assert torch.equal(resumed.activation[name], whole.activation[name]) and torch.equal(resumed.gradient[name], whole.gradient[name])
     assert not checkpoint.exists()
+
+
+def test_a_damaged_sums_file_that_the_state_names_is_refused_with_what_to_do(ws, interrupted, tmp_path, capsys):
+    """What no kill can leave (the sums are fsync'd before state.json names them), but a disk can: refused by name,
+    never read as zeros, and not followed by 'checkpoint kept: rerun with --resume'."""
+    checkpoint = shutil.copytree(interrupted, tmp_path / ".interrupted.checkpoint")
+    named = checkpoint / json.loads((checkpoint / "state.json").read_text())["sums"]
+    named.write_bytes(named.read_bytes()[: named.stat().st_size // 2])
+    capsys.readouterr()
+    assert main([*argv_for(ws, tmp_path / "interrupted"), "--resume"]) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip() and not line.startswith("collecting ")]
+    assert len(lines) == 1 and f"checkpoint {named} is unreadable" in lines[0] and "delete the checkpoint to start over" in lines[0], lines

@@ -253,7 +253,7 @@ def hold_claim(path: str | Path):
     """Hold the claim of an existing output without its checks: a run that writes inside it (decompose's
     cache in a factor folder) keeps a concurrent ``--overwrite`` of that folder from replacing it meanwhile,
     and waits for no one (a run writing it already makes this one fail at once, naming it)."""
-    path = Path(os.path.abspath(path))
+    path = Path(path).resolve()  # a linked --factors locks the folder a collect writes, by its real name
     key = str(path)
     if key in _HELD:
         _HELD[key][1] += 1

@@ -98,12 +98,18 @@ def sorted_walk(root: Path):
         raise UnmemorizeError(f"data folder {str(root)!r}: {exc.filename or ''} cannot be read ({exc.strerror or exc})")
 
     seen: dict[Path, Path] = {}
+    above = {Path(root).resolve(), *Path(root).resolve().parents}  # a link to one of these would walk it all first
     for folder, subfolders, names in os.walk(root, followlinks=True, onerror=errors):
         real = Path(folder).resolve()
         if real in seen:
             raise UnmemorizeError(f"data folder {str(root)!r}: {folder} is {seen[real]} again, through a symbolic link "
                                   "(its files would be read twice, or a loop forever); remove the link")
         seen[real] = Path(folder)
+        for name in subfolders:
+            link = Path(folder) / name
+            if link.is_symlink() and link.resolve() in above:
+                raise UnmemorizeError(f"data folder {str(root)!r}: {link} links back to {link.resolve()}, a folder that holds it "
+                                      "(a symbolic-link loop); remove the link")
         subfolders.sort()
         yield Path(folder), subfolders, sorted(names)
 

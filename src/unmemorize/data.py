@@ -32,20 +32,24 @@ PREFIX_MARGIN_TOKENS = 256  # tokens beyond the cut that a prefix's tokenization
 def tokenize_prefix(tokenizer, text: str, need: int | None) -> tuple[list[int], bool]:
     """(ids, complete): the tokens of ``text`` (no special tokens), or only its first ``need`` of them.
 
-    A prefix of ``text`` is tokenized, growing 4x until it yields ``need + PREFIX_MARGIN_TOKENS``
-    tokens; its first ``need`` are returned (``complete`` False). They equal the first ``need``
-    tokens of the whole text for every tokenizer whose token at position i does not depend on text
-    more than 256 tokens further on: BPE, WordPiece and Unigram tokenizers, with or without a
-    pre-tokenizer (``tests/test_data.py`` compares against whole-text tokenization at random cuts
-    for byte-level BPE and for SentencePiece-style BPE without pre-tokenization). ``need`` None, or a
-    text that the prefix reaches the end of, gives the whole text's tokens (``complete`` True)."""
+    Prefixes of ``text`` are tokenized, doubling in length from 8 characters per token needed, and the
+    first ``need`` tokens are returned (``complete`` False) once a prefix yields ``need +
+    PREFIX_MARGIN_TOKENS`` tokens and the next, twice as long, agrees on the first ``need``. A
+    heuristic, not a proof: it assumes a token does not depend on text more than 256 tokens further
+    on, true of the BPE, WordPiece and Unigram tokenizers in use (``tests/test_data.py`` compares with
+    whole-text tokenization for byte-level BPE and SentencePiece-style BPE without pre-tokenization, at
+    fixed and random cuts). ``need`` None, or a text the prefixes reach the end of, gives the whole
+    text's tokens (``complete`` True)."""
     if need is not None:
-        chars = max(4096, 8 * (need + PREFIX_MARGIN_TOKENS))
+        chars, previous = max(4096, 8 * (need + PREFIX_MARGIN_TOKENS)), None
         while chars < len(text):
             ids = tokenizer(text[:chars], add_special_tokens=False)["input_ids"]
             if len(ids) >= need + PREFIX_MARGIN_TOKENS:
-                return list(ids[:need]), False
-            chars *= 4
+                head = list(ids[:need])
+                if head == previous:
+                    return head, False
+                previous = head
+            chars *= 2
     return list(tokenizer(text, add_special_tokens=False)["input_ids"]), True
 
 

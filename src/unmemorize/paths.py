@@ -43,19 +43,33 @@ def local_inputs(inputs: Mapping[str, str | Path | None]) -> dict[str, Path]:
 
 def linked_targets(path: Path) -> list[tuple[Path, Path]]:
     """(link, real path) for every symbolic link inside a folder input (a model whose weights link into
-    a cache, a data folder with a member linked from elsewhere): an output may overlap none of those
-    either, or --overwrite could delete them through the link. Broken links point to nothing to protect."""
+    a cache, a data folder with a member linked from elsewhere), inside linked subfolders too (the
+    corpus reader enters them): an output may overlap none of those either, or --overwrite could delete
+    them through the link. Broken links point to nothing to protect; a folder is entered once."""
     if not path.is_dir():
         return []
-    links = []
-    for folder, subfolders, names in os.walk(path):  # links are reported, not entered (no loops)
-        for name in [*subfolders, *names]:
-            entry = Path(folder) / name
+    links, entered, pending = [], set(), [path]
+    while pending:
+        folder = pending.pop()
+        real = folder.resolve()
+        if real in entered:
+            continue
+        entered.add(real)
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            continue  # unreadable: the command's own read says so
+        for entry in entries:
             if entry.is_symlink():
                 try:
-                    links.append((entry, entry.resolve(strict=True)))
+                    target = Path(entry.path).resolve(strict=True)
                 except (OSError, RuntimeError):
                     continue
+                links.append((Path(entry.path), target))
+                if target.is_dir():
+                    pending.append(Path(entry.path))
+            elif entry.is_dir(follow_symlinks=False):
+                pending.append(Path(entry.path))
     return links
 
 

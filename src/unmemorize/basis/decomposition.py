@@ -202,9 +202,10 @@ def _decompose_held(factors_path: Path, config: DecomposeConfig, overwrite: bool
     out = cache_dir(factors_path, config.dtype)
     context, tmp, error = None, None, None
     try:
+        if ranks.rank == 0 and factors_path.is_dir():  # first: a collect --overwrite cannot replace it while it is read and written
+            held.enter_context(hold_claim(factors_path))
         names, shared = _listed_modules(factors_path)
         if ranks.rank == 0:
-            held.enter_context(hold_claim(factors_path))  # a collect --overwrite of the folder cannot replace it meanwhile
             context = atomic_dir(out, overwrite)
             tmp = context.__enter__()
     except UnmemorizeError as exc:

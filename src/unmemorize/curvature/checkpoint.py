@@ -27,7 +27,7 @@ import shutil
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from .._atomic import _fault_point
@@ -35,6 +35,10 @@ from ..errors import UnmemorizeError
 from ..jsonio import write_json
 
 CHECKPOINT_VERSION = 1
+
+
+class UnusableCheckpoint(UnmemorizeError):
+    """A checkpoint this run may not continue (other settings, other data, unreadable): its message says what to do."""
 
 
 def checkpoint_folder(out: str | Path) -> Path:
@@ -58,26 +62,37 @@ class Checkpoint:
         try:
             state = json.loads((self.folder / "state.json").read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
-            raise UnmemorizeError(f"checkpoint {self.folder} is unreadable ({exc}); delete it to start over") from None
+            raise UnusableCheckpoint(f"checkpoint {self.folder} is unreadable ({exc}); delete it to start over") from None
         if not isinstance(state, dict):
-            raise UnmemorizeError(f"checkpoint {self.folder}/state.json is not a JSON object; delete the checkpoint to start over")
+            raise UnusableCheckpoint(f"checkpoint {self.folder}/state.json is not a JSON object; delete the checkpoint to start over")
         if state.get("version") != CHECKPOINT_VERSION:
-            raise UnmemorizeError(f"checkpoint {self.folder} has version {state.get('version')!r}; delete it to start over")
+            raise UnusableCheckpoint(f"checkpoint {self.folder} has version {state.get('version')!r}; delete it to start over")
         saved = state.get("settings")
         if not isinstance(saved, dict):
-            raise UnmemorizeError(f"checkpoint {self.folder}/state.json has no settings object; delete the checkpoint to start over")
+            raise UnusableCheckpoint(f"checkpoint {self.folder}/state.json has no settings object; delete the checkpoint to start over")
         for key, value in self.settings.items():
             if saved.get(key) != value:
-                raise UnmemorizeError(f"checkpoint {self.folder} was made with other settings: its {key} ({_short(saved.get(key))}) "
+                raise UnusableCheckpoint(f"checkpoint {self.folder} was made with other settings: its {key} ({_short(saved.get(key))}) "
                                       f"differs from this run's ({_short(value)}); rerun with the same settings, or delete it to start over")
+        for key, kind in (("unrouted", list), ("expert_positions", dict), ("shared", dict), ("windows_sha256", str)):
+            if state.get(key) is not None and not isinstance(state[key], kind):
+                raise UnusableCheckpoint(f"checkpoint {self.folder}/state.json: {key!r} is not a {kind.__name__}; "
+                                         "delete the checkpoint to start over")
         for key in ("serial", "pass", "passes_done", "windows", "positions", "tokens", "num_positions", "pass_tokens"):
             if key in state and not (isinstance(state[key], int) and not isinstance(state[key], bool) and state[key] >= 0):
-                raise UnmemorizeError(f"checkpoint {self.folder}/state.json: {key!r} is {state[key]!r}, not a count; "
+                raise UnusableCheckpoint(f"checkpoint {self.folder}/state.json: {key!r} is {state[key]!r}, not a count; "
                                       "delete the checkpoint to start over")
         if state.get("sums") is not None and not (isinstance(state["sums"], str) and Path(state["sums"]).name == state["sums"]
                                                    and (self.folder / state["sums"]).is_file()):
-            raise UnmemorizeError(f"checkpoint {self.folder}/state.json names sums {state['sums']!r}, which is not a file of it; "
+            raise UnusableCheckpoint(f"checkpoint {self.folder}/state.json names sums {state['sums']!r}, which is not a file of it; "
                                   "delete the checkpoint to start over")
+        if state.get("sums"):  # its header read now (cheap): a damaged file is refused before any work, not mid-resume
+            try:
+                with safe_open(str(self.folder / state["sums"]), "pt") as handle:
+                    handle.keys()
+            except (SafetensorError, OSError) as exc:
+                raise UnusableCheckpoint(f"checkpoint {self.folder / state['sums']} is unreadable ({exc}); delete the checkpoint "
+                                         "to start over") from None
         self.state = state
         return state
 
@@ -88,7 +103,7 @@ class Checkpoint:
         try:
             return load_file(str(self.folder / name))
         except (SafetensorError, OSError) as exc:
-            raise UnmemorizeError(f"checkpoint {self.folder / name} is unreadable ({exc}); delete the checkpoint to start over") from None
+            raise UnusableCheckpoint(f"checkpoint {self.folder / name} is unreadable ({exc}); delete the checkpoint to start over") from None
 
     def finished_pass(self, index: int) -> tuple[dict, dict]:
         tensors = load_file(str(self.folder / f"pass-{index + 1:05d}.safetensors"))

@@ -47,7 +47,7 @@ from ..data import iter_windows, list_data_files, listing_fingerprint, pad_batch
 from ..errors import UnmemorizeError, check_seed
 from ..matrices import Matrix, model_matrices
 from ..models import model_limits, parse_dtype
-from .checkpoint import Checkpoint
+from .checkpoint import Checkpoint, UnusableCheckpoint
 from .distributed import SINGLE_PROCESS, ProcessGroup
 from .experts import ExpertTap, eager_experts
 from .factors import KFACFactors
@@ -225,7 +225,7 @@ class _PassRecorder:
     def load_sums(self, sums: dict[str, torch.Tensor]) -> None:
         for key, tensor in self.sums().items():
             if key not in sums or sums[key].shape != tensor.shape:
-                raise UnmemorizeError(f"the checkpoint has no partial sum {key!r} of shape {tuple(tensor.shape)}; delete it to start over")
+                raise UnusableCheckpoint(f"the checkpoint has no partial sum {key!r} of shape {tuple(tensor.shape)}; delete it to start over")
             tensor.copy_(sums[key])
 
     def _hook(self, name: str):
@@ -583,7 +583,7 @@ def _resume_point(checkpoint: Checkpoint | None, group: ProcessGroup) -> dict:
             refusal = str(exc)
     refusal = group.broadcast_text(refusal)
     if refusal:
-        raise UnmemorizeError(refusal if group.is_main else f"rank {group.rank}: stopped because rank 0 refused the checkpoint: {refusal}")
+        raise UnusableCheckpoint(refusal if group.is_main else f"rank {group.rank}: stopped because rank 0 refused the checkpoint: {refusal}")
     found = group.broadcast_int(1 if state else 0)
     if not found:
         return {}
@@ -629,7 +629,7 @@ class WindowSteps:
 
     def _check(self, start: int, digest) -> None:
         if self.expected is not None and self.expected[0] == start and digest.hexdigest() != self.expected[1]:
-            raise UnmemorizeError(f"the data is not the data of the checkpoint: its first {start} windows hash to "
+            raise UnusableCheckpoint(f"the data is not the data of the checkpoint: its first {start} windows hash to "
                                   f"{digest.hexdigest()[:16]}..., the checkpoint counted windows hashing to {self.expected[1][:16]}... "
                                   "(a file changed, or another corpus); rerun on the same data, or delete the checkpoint to start over")
 

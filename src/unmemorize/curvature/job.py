@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from ..errors import UnmemorizeError
-from .checkpoint import Checkpoint, checkpoint_folder
+from .checkpoint import Checkpoint, UnusableCheckpoint, checkpoint_folder
 from .collect import FLOAT16_REFUSAL, CollectConfig, collect_from_files, collection_settings
 from .distributed import DEFAULT_TIMEOUT_SECONDS, ProcessGroup, init_from_environment, launched_by_torchrun, shutdown
 from .factors import ShardedFactorWriter, save_factors
@@ -88,8 +88,8 @@ def run_collect_job(job: CollectJob) -> dict | None:
             check_shared_output(group, out)
             try:
                 return _collect(job, group, out, ahead)
-            except BaseException as exc:  # an interrupt or a crash keeps the checkpoint; a refusal says itself what to do
-                if not isinstance(exc, UnmemorizeError) and ((folder := checkpoint_folder(out)) / "state.json").is_file():
+            except BaseException as exc:  # kept for --resume, unless the checkpoint itself was refused (its message says what to do)
+                if not isinstance(exc, UnusableCheckpoint) and ((folder := checkpoint_folder(out)) / "state.json").is_file():
                     print(f"checkpoint kept in {folder}: rerun with --resume to continue", file=sys.stderr)
                 raise
     except UnmemorizeError as exc:
