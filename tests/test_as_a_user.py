@@ -1,7 +1,7 @@
 """Bad input as a user sees it: each case runs in a process of its own (``tests/user_processes.py``)
-and its whole stderr is compared with the exact text a user reads; permission cases run as the user
-``nobody`` (when the suite runs as root, which ignores permissions), so a read-only folder is really
-read-only; the files they meet are also closed to their owner, so a suite run by a normal user
+and its whole stderr is compared with the exact text a user reads; permission cases run unprivileged
+(when the suite runs as root, which ignores permissions: without the capabilities that bypass file
+modes, see ``user_processes``), so a read-only folder is really read-only; the files they meet are also closed to their owner, so a suite run by a normal user
 checks the same. Every command of the parser has cases here and in ``test_bad_inputs.py``'s matrix.
 
 Every case exits with status 2 and leaves every input byte-identical and no output.
@@ -70,7 +70,7 @@ def bsn(*extra, forget="{ws}/items.jsonl", retain="{ws}/clean.txt", out="{ws}/ou
 
 E = "unmemorize: error: "
 U = "{usage}"  # argparse's usage block for the command, before its error line
-# (name, argv, the exact stderr, run as nobody)
+# (name, argv, the exact stderr, run unprivileged)
 CASES = [
     ("collect-data-missing", collect(data="{ws}/nope.txt"), E + "data path '{ws}/nope.txt' does not exist", False),
     ("collect-seq-len-not-int", collect("--seq-len", "abc"), U + "unmemorize collect: error: argument --seq-len: invalid int value: 'abc'", False),
@@ -137,7 +137,7 @@ def world_readable(path: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def ws():
-    """A workspace the user nobody can read (pytest's own temporary folders are private to root)."""
+    """A workspace of tiny models, data and folders closed to their owner."""
     root = world_readable(Path(tempfile.mkdtemp(prefix="unmemorize-as-a-user-")))
     try:
         save_tiny_lm(root / "llama", "llama", seed=0)
@@ -154,7 +154,7 @@ def ws():
         (root / "user-folder" / "report.md").write_text("my notes\n")
         (root / "read-only").mkdir(mode=0o555)
         (root / "secret.txt").write_text("the cat\n")
-        (root / "secret.txt").chmod(0o000)  # unreadable to nobody, and to a suite run by a normal user (its owner)
+        (root / "secret.txt").chmod(0o000)  # unreadable to its owner when unprivileged (root without DAC capabilities, or a normal user)
         shutil.copytree(root / "llama", root / "private-model")
         (root / "private-model").chmod(0o000)
         (root / "locked").mkdir()  # a factor folder in a folder no one may write (decompose's claim and cache)
@@ -194,14 +194,14 @@ def place(text: str, ws: Path, name: str, **extra) -> str:
 @pytest.fixture(scope="module")
 def results(ws, tmp_path_factory):
     before = digest(ws)
-    cases = [{"argv": [place(a, ws, name) for a in argv], "cwd": str(ws / "cwd"), "env": environment(ws), "unprivileged": nobody}
-             for name, argv, _, nobody in CASES]
+    cases = [{"argv": [place(a, ws, name) for a in argv], "cwd": str(ws / "cwd"), "env": environment(ws), "unprivileged": unprivileged}
+             for name, argv, _, unprivileged in CASES]
     outcome = run_as_user(cases, tmp_path_factory.mktemp("as-a-user"), env={"OMP_NUM_THREADS": "1"})
     return dict(zip([c[0] for c in CASES], outcome)), before
 
 
-@pytest.mark.parametrize("name, argv, expected, nobody", CASES, ids=[c[0] for c in CASES])
-def test_bad_input_prints_exactly_one_error_line_as_a_user_sees_it(ws, results, name, argv, expected, nobody):
+@pytest.mark.parametrize("name, argv, expected, unprivileged", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_prints_exactly_one_error_line_as_a_user_sees_it(ws, results, name, argv, expected, unprivileged):
     outcome = results[0][name]
     assert (outcome["code"], outcome["stdout"]) == (2, ""), outcome
     assert outcome["stderr"] == place(expected, ws, name, usage=usage(argv)) + "\n"
@@ -217,7 +217,7 @@ def test_every_command_of_the_parser_has_cases_here_and_in_the_matrix():
     assert len(commands) >= 11 and "unlearn bsn" in commands
     assert {command_of(argv) for _, argv, _, _ in CASES if argv} == commands
     assert {command_of(argv) for _, argv, _ in MATRIX} == commands
-    assert len(CASES) >= 30 and sum(nobody for *_, nobody in CASES) >= 6
+    assert len(CASES) >= 30 and sum(unprivileged for *_, unprivileged in CASES) >= 6
 
 
 def test_a_plain_process_prints_what_the_forked_one_does(ws, results):

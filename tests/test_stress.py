@@ -216,7 +216,12 @@ def stress_argv(root, out, *extra):
             "--out", str(out), *extra]
 
 
-def test_stress_command_writes_strict_json_with_every_check(cli_workspace, tmp_path, capsys):
+def test_stress_command_writes_strict_json_with_every_check(cli_workspace, tmp_path, capsys, monkeypatch):
+    import unmemorize.data
+
+    budgets, real = [], unmemorize.data.iter_windows
+    monkeypatch.setattr(unmemorize.data, "iter_windows", lambda *a, **k: budgets.append(a[3] if len(a) > 3 else k.get("max_tokens"))
+                        or real(*a, **k))
     root, out = cli_workspace, tmp_path / "res" / "results.json"
     argv = stress_argv(root, out, "--set", "again=" + str(root / "items.jsonl"), "--checks", "stress,ndcg,relearn,sample,bf16",
                        "--baseline", str(root / "model"), "--ndcg-data", str(root / "clean.txt"), "--ndcg-seq-len", "16",
@@ -231,6 +236,7 @@ def test_stress_command_writes_strict_json_with_every_check(cli_workspace, tmp_p
     assert record["relearn"]["steps"] == [0, 3] and record["relearn"]["sets"]["items"][0]["strict"] == 1.0
     assert record["sample"]["controls"]["exact_rate"] == 0.0 and record["sample"]["items"]["samples"] == 3
     assert record["bf16"]["weights"]["changed"] > 0 and record["config"]["relearn"]["steps"] == [0, 3]
+    assert budgets == [3 * 8 * 16]  # the relearning text: as many windows as 3 steps of 8 can use, never the whole corpus
     assert "stress items" in capsys.readouterr().out
     assert main(argv) == 2 and "exists" in capsys.readouterr().err  # never replaced without --overwrite
     assert main([*argv, "--overwrite"]) == 0

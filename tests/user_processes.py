@@ -3,9 +3,12 @@
 A server process (``python -c SERVER``) imports ``unmemorize.cli`` and the libraries most commands
 load (``WARM``) once, then forks one child per command, two at a time: the child gets stdin from /dev/null, stdout and stderr into files (file descriptors 1 and
 2, so C-level and library output is caught as a terminal would show it), default signal handlers,
-the case's folder and environment, and, for ``unprivileged`` cases started as root, the user and
-group ``nobody`` (so a read-only folder is really read-only), then runs ``main(argv)`` and exits
-with its status. What the fork skips is the interpreter's start and the imports, whose own output
+the case's folder and environment, and, for ``unprivileged`` cases started as root, no capability
+that bypasses file modes (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, CAP_FOWNER: root then obeys a
+file's mode as its owner, so a read-only folder is really read-only; the uid stays 0, since the
+interpreter and the sources may sit in a folder only root may enter, as a CI clone in ``mktemp -d``
+does), then runs ``main(argv)`` and exits with its status (an unexpected exception prints its
+traceback, as it would for a user). What the fork skips is the interpreter's start and the imports, whose own output
 ``tests/test_as_a_user.py`` checks once with plain ``python -m unmemorize`` processes.
 """
 
@@ -17,7 +20,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-NOBODY = 65534  # uid and gid of nobody / nogroup
 PARALLEL = 2  # children at once: the machines the suite must pass on have 2 cores
 WARM = ("transformers", "transformers.models.llama.modeling_llama", "transformers.models.auto.tokenization_auto", "datasets",
         "matplotlib.pyplot", "safetensors.torch")
@@ -29,6 +31,29 @@ from unmemorize.cli import main
 for name in filter(None, warm):  # what most children would import again, each on its own, imported once here
     importlib.import_module(name)
 codes, running = [None] * len(cases), {}
+
+
+def drop_permission_overrides():
+    # root keeps its uid (the interpreter and sources may sit in a folder only root may enter) but loses the
+    # capabilities that bypass file modes: CAP_DAC_OVERRIDE (1), CAP_DAC_READ_SEARCH (2), CAP_FOWNER (3)
+    import ctypes
+
+    class Header(ctypes.Structure):
+        _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+    class Data(ctypes.Structure):
+        _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    header, data = Header(0x20080522, 0), (Data * 2)()
+    if libc.capget(ctypes.byref(header), data) != 0:
+        raise OSError(ctypes.get_errno(), "capget")
+    keep = ~((1 << 1) | (1 << 2) | (1 << 3)) & 0xFFFFFFFF
+    data[0].effective &= keep
+    data[0].permitted &= keep
+    data[0].inheritable &= keep
+    if libc.capset(ctypes.byref(header), data) != 0:
+        raise OSError(ctypes.get_errno(), "capset")
 
 
 def child(k, case):
@@ -45,13 +70,15 @@ def child(k, case):
         os.environ.update(case["env"])
         os.chdir(case["cwd"])
         if case["unprivileged"] and os.geteuid() == 0:
-            os.setgroups([])
-            os.setgid(%(nobody)d)
-            os.setuid(%(nobody)d)
+            drop_permission_overrides()
         try:
             code = main(case["argv"])
         except SystemExit as stop:
             code = stop.code if isinstance(stop.code, int) else 1
+    except BaseException:
+        import traceback
+
+        traceback.print_exc()  # what a user would see; the test then shows it
     finally:
         sys.stdout.flush()
         sys.stderr.flush()
@@ -70,7 +97,7 @@ while running:
     pid, status = os.wait()
     codes[running.pop(pid)] = os.waitstatus_to_exitcode(status)
 print(json.dumps(codes))
-""" % {"nobody": NOBODY, "parallel": PARALLEL}
+""" % {"parallel": PARALLEL}
 
 
 def run_as_user(cases: list[dict], folder: Path, env: dict | None = None, timeout: float = 600, warm: tuple = WARM) -> list[dict]:
