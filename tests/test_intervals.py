@@ -58,3 +58,39 @@ def test_strict_json_writes_null_for_non_finite_and_a_strict_parser_accepts_it()
     assert strict_loads(text) == {"a": None, "b": [None, None, 1.5], "c": None, "d": [3]}
     with pytest.raises(ValueError):  # the negative control: Python's default output is not strict JSON
         strict_loads(json.dumps({"a": float("nan")}))
+
+
+def test_the_interval_over_seeds_is_scipys_t_interval_and_never_pools_items():
+    import math
+
+    from scipy import stats as scipy_stats
+
+    from unmemorize.evaluate.intervals import format_over_seeds, over_seeds
+
+    values = [0.0, 0.04, 0.13]  # K-FAC quotes left at three seeds (README)
+    got = over_seeds(values)
+    low, high = scipy_stats.t.interval(0.95, 2, loc=sum(values) / 3, scale=scipy_stats.sem(values))
+    assert math.isclose(got["low"], low, rel_tol=1e-12) and math.isclose(got["high"], high, rel_tol=1e-12)
+    assert got["per_seed"] == values and got["n"] == 3
+    assert got["low"] < 0 < 0.036  # far wider than the pooled Wilson interval of the items, [3.6, 8.9]%
+    assert format_over_seeds(got) == f"5.7 [{100 * low:.1f}, {100 * high:.1f}] (0.0 / 4.0 / 13.0)"
+    assert over_seeds([0.5])["low"] is None and over_seeds([0.2, 0.2])["low"] == over_seeds([0.2, 0.2])["high"] == 0.2
+    assert over_seeds([0.1, None, 0.3])["n"] == 2
+
+
+def test_the_paired_test_over_seeds_is_scipys_ttest_rel_and_refuses_what_it_cannot_test():
+    import math
+
+    from scipy import stats as scipy_stats
+
+    from unmemorize.evaluate.intervals import paired_over_seeds
+
+    kfac, bsn = [0.0, 0.04, 0.13], [0.97, 0.86, 0.70]
+    got = paired_over_seeds(kfac, bsn)
+    expected = scipy_stats.ttest_rel(kfac, bsn)
+    assert math.isclose(got["p_value"], expected.pvalue, rel_tol=1e-12) and math.isclose(got["t"], expected.statistic, rel_tol=1e-12)
+    assert got["n"] == 3 and math.isclose(got["mean_difference"], (0 - 0.97 + 0.04 - 0.86 + 0.13 - 0.70) / 3)
+    assert paired_over_seeds([0.1, 0.2], [0.0, 0.1])["p_value"] is None  # every difference the same: nothing to test against
+    assert paired_over_seeds([0.1], [0.2])["p_value"] is None
+    noisy = paired_over_seeds([0.1, 0.5, 0.2], [0.2, 0.3, 0.25])  # a negative control: inconsistent signs, not shown
+    assert noisy["p_value"] > 0.5

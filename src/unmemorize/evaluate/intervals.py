@@ -11,7 +11,11 @@
   seeded), 2.5% and 97.5% quantiles. Undefined (``None``) when the baseline has no correct row.
 * Spearman rank correlation: scipy's coefficient and its two-sided p-value (t distribution with
   n - 2 degrees of freedom); n < 3 gives ``None`` for both.
-* Across seeds: mean and sample standard deviation (ddof = 1) of the per-seed values.
+* Across seeds: mean and sample standard deviation (ddof = 1) of the per-seed values. Seeds are the
+  unit of replication: ``over_seeds`` gives the two-sided 95% t interval of the mean over seeds,
+  mean +- t(0.975, n-1) * std / sqrt(n) (never the items of several seeds pooled as one sample), and
+  ``paired_over_seeds`` the paired t test of "A differs from B" over seeds (scipy's ``ttest_rel``,
+  two-sided): with 3 seeds a difference is shown only when it is large and consistent.
 """
 
 from __future__ import annotations
@@ -98,3 +102,46 @@ def mean_std(values: list[float | None]) -> dict:
 def format_wilson(interval: Interval, digits: int = 1) -> str:
     """'53.0 [46.1, 59.8] (n=200)' in percent."""
     return f"{100 * interval.value:.{digits}f} [{100 * interval.low:.{digits}f}, {100 * interval.high:.{digits}f}] (n={interval.n})"
+
+
+def over_seeds(values: list[float | None]) -> dict:
+    """{"per_seed", "mean", "std", "n", "low", "high"}: the per-seed values, their mean, sample std and the
+    two-sided 95% t interval of the mean over seeds (low/high None with fewer than 2 seeds; std 0 gives a
+    zero-width interval). Values that are None or not finite are left out of the statistics."""
+    from scipy.stats import t
+
+    stats = mean_std(values)
+    low = high = None
+    if stats["n"] >= 2:
+        half = float(t.ppf(0.975, stats["n"] - 1)) * stats["std"] / math.sqrt(stats["n"])
+        low, high = stats["mean"] - half, stats["mean"] + half
+    return {"per_seed": list(values), **stats, "low": low, "high": high}
+
+
+def paired_over_seeds(first: list[float], second: list[float]) -> dict:
+    """{"mean_difference", "t", "p_value", "n", "differences"}: the paired t test over seeds of first - second
+    (scipy.stats.ttest_rel, two-sided). ``p_value`` None with fewer than 2 seeds, or when every seed's
+    difference is the same (no spread to test against; the differences are still given)."""
+    from scipy.stats import ttest_rel
+
+    pairs = [(a, b) for a, b in zip(first, second) if a is not None and b is not None]
+    differences = [a - b for a, b in pairs]
+    n = len(pairs)
+    mean = sum(differences) / n if n else None
+    if n < 2 or len(set(differences)) < 2:
+        return {"mean_difference": mean, "t": None, "p_value": None, "n": n, "differences": differences}
+    result = ttest_rel([a for a, _ in pairs], [b for _, b in pairs])
+    return {"mean_difference": mean, "t": float(result.statistic), "p_value": float(result.pvalue), "n": n, "differences": differences}
+
+
+def format_over_seeds(stats: dict, scale: float = 100, digits: int = 1) -> str:
+    """'5.7 [-11.0, 22.4] (0.0 / 4.0 / 13.0)': the mean over seeds, its t interval, each seed's value."""
+    if stats.get("mean") is None:
+        return "-"
+    text = f"{scale * stats['mean']:.{digits}f}"
+    if stats.get("low") is not None:
+        text += f" [{scale * stats['low']:.{digits}f}, {scale * stats['high']:.{digits}f}]"
+    seeds = [v for v in stats.get("per_seed", []) if v is not None]
+    if len(seeds) > 1:
+        text += " (" + " / ".join(f"{scale * v:.{digits}f}" for v in seeds) + ")"
+    return text
