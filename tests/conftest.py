@@ -71,14 +71,25 @@ def _no_paused_child_outlives_its_test():
             child.wait(timeout=30)
 
 
-def start_paused(argv, point, at, tmp_path):
-    """``unmemorize ARGV`` in a child paused at the ``at``-th passage of fault point ``point`` (``_atomic._fault_point``).
-    The child keeps this process's thread count: its partial sums must be bitwise what this process would add."""
+def default_signals():
+    """In a child, before exec: the signals whose behaviour is tested start with their default handlers,
+    however the suite was launched (a background job or nohup inherits SIGINT ignored, and Python then
+    installs no KeyboardInterrupt handler)."""
+    import signal
+
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_DFL)
+
+
+def start_paused(argv, point, at, tmp_path, threads: int | None = None):
+    """``unmemorize ARGV`` in a child paused at the ``at``-th passage of fault point ``point`` (``_atomic._fault_point``),
+    with default signal handlers and stdin closed; killed after the test if it is still there. ``threads``: its torch
+    threads (default this process's: its partial sums must then be bitwise what this process would add)."""
     reached = tmp_path / f"reached-{point}"
     env = {**os.environ, "UNMEMORIZE_FAULT_PAUSE": point, "UNMEMORIZE_FAULT_FILE": str(reached), "UNMEMORIZE_FAULT_AT": str(at),
-           "OMP_NUM_THREADS": str(torch.get_num_threads())}
+           "OMP_NUM_THREADS": str(threads or torch.get_num_threads())}
     child = subprocess.Popen([sys.executable, "-m", "unmemorize", *argv], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                             stdin=subprocess.DEVNULL)
+                             stdin=subprocess.DEVNULL, preexec_fn=default_signals)
     _PAUSED.append(child)
     deadline = time.monotonic() + 180
     while not reached.exists():

@@ -14,11 +14,11 @@ import signal
 import stat
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
+from conftest import start_paused as paused
 from unmemorize._atomic import claim_output
 from unmemorize.cli import main
 from unmemorize.curvature import load_factors
@@ -45,44 +45,9 @@ def edit_argv(ws, out, rho="0.8", *extra):
     return ["edit", "--model", str(ws / "llama"), "--factors", str(ws / "factors"), "--out", str(out), "--rho", rho, *extra]
 
 
-_CHILDREN: list[subprocess.Popen] = []
-
-
-@pytest.fixture(autouse=True)
-def _no_child_outlives_its_test():
-    """A test that fails while its child is paused must not leave that child running forever."""
-    yield
-    while _CHILDREN:
-        child = _CHILDREN.pop()
-        if child.poll() is None:
-            child.kill()
-            child.wait(timeout=30)
-
-
-def _default_signals():
-    """In the child, before exec: the signals whose behaviour is tested start with their default handlers,
-    however the suite was launched (a background job or nohup inherits SIGINT ignored, and Python then
-    installs no KeyboardInterrupt handler)."""
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, signal.SIG_DFL)
-
-
 def start_paused(argv, point, tmp_path):
-    """Start ``unmemorize argv`` in a child that stops at fault point ``point``; return it once it is there."""
-    reached = tmp_path / f"reached-{point}"
-    env = {**os.environ, "UNMEMORIZE_FAULT_PAUSE": point, "UNMEMORIZE_FAULT_FILE": str(reached), "OMP_NUM_THREADS": "1"}
-    child = subprocess.Popen([sys.executable, "-m", "unmemorize", *argv], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                             stdin=subprocess.DEVNULL, preexec_fn=_default_signals)
-    _CHILDREN.append(child)
-    deadline = time.monotonic() + 180
-    while not reached.exists():
-        if child.poll() is not None:
-            raise AssertionError(f"child ended before {point}: {child.returncode}\n{child.stderr.read()}")
-        if time.monotonic() > deadline:
-            child.kill()
-            raise AssertionError(f"child never reached {point}")
-        time.sleep(0.05)
-    return child
+    """``unmemorize argv`` stopped at fault point ``point`` (conftest's, one thread, its first passage)."""
+    return paused(argv, point, 1, tmp_path, threads=1)
 
 
 def debris(out):

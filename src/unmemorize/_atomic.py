@@ -218,28 +218,41 @@ def check_existing(path: Path, overwrite: bool, kind: str) -> None:
 
 
 @contextmanager
-def claim_output(out: str | Path, overwrite: bool = False, kind: str = "dir", option: str = "--out"):
-    """Steps 1-4 for ``out`` (``kind`` 'dir' or 'file'); yields the absolute path, claimed until exit."""
-    path = output_path(out, option)
+def _held(path: Path):
+    """The claim's lock on ``path`` (``_HELD`` counts this process's re-entries: only the first takes it)."""
     key = str(path)
     if key in _HELD:
         _HELD[key][1] += 1
         try:
-            yield path
+            yield
         finally:
             _HELD[key][1] -= 1
         return
-    created = [p for p in [path.parent, *path.parent.parents] if not p.exists()]
-    path.parent.mkdir(parents=True, exist_ok=True)
     fd = _lock(path)
     _HELD[key] = [fd, 1]
     try:
-        _recover(path)
-        check_existing(path, overwrite, kind)
-        yield path
+        yield
     finally:
         del _HELD[key]
         _unlock(path, fd)
+
+
+@contextmanager
+def claim_output(out: str | Path, overwrite: bool = False, kind: str = "dir", option: str = "--out"):
+    """Steps 1-4 for ``out`` (``kind`` 'dir' or 'file'); yields the absolute path, claimed until exit."""
+    path = output_path(out, option)
+    if str(path) in _HELD:  # this process claimed it already (its checks were made then)
+        with _held(path):
+            yield path
+        return
+    created = [p for p in [path.parent, *path.parent.parents] if not p.exists()]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with _held(path):
+            _recover(path)
+            check_existing(path, overwrite, kind)
+            yield path
+    finally:
         if not path.exists():  # nothing was written: remove the (empty) parent folders the claim made
             for folder in created:
                 try:
@@ -254,21 +267,8 @@ def hold_claim(path: str | Path):
     cache in a factor folder) keeps a concurrent ``--overwrite`` of that folder from replacing it meanwhile,
     and waits for no one (a run writing it already makes this one fail at once, naming it)."""
     path = Path(path).resolve()  # a linked --factors locks the folder a collect writes, by its real name
-    key = str(path)
-    if key in _HELD:
-        _HELD[key][1] += 1
-        try:
-            yield path
-        finally:
-            _HELD[key][1] -= 1
-        return
-    fd = _lock(path)
-    _HELD[key] = [fd, 1]
-    try:
+    with _held(path):
         yield path
-    finally:
-        del _HELD[key]
-        _unlock(path, fd)
 
 
 def _marker(kind: str) -> str:
