@@ -80,7 +80,6 @@ def test_every_method_is_chosen_without_reading_the_validation_split_or_the_quot
 
 
 def test_quick_comparison_writes_tables_plot_and_consistent_verdicts(tmp_path, monkeypatch, shared_testbed_cache):
-    from unmemorize.evaluate.intervals import wilson
     from unmemorize.testbed.compare import CompareConfig, run_comparison
 
     monkeypatch.setenv("UNMEMORIZE_CACHE", str(shared_testbed_cache))
@@ -108,12 +107,11 @@ def test_quick_comparison_writes_tables_plot_and_consistent_verdicts(tmp_path, m
         assert set(checks["relearn"]) == {"clean@lr=0.001", "tuning_items@lr=0.001"}
         assert checks["relearn"]["clean@lr=0.001"]["steps"] == [2, 5]
     assert methods["baseline"]["checks"]["ndcg"]["ndcg"] == pytest.approx(1.0)  # the baseline against itself
-    # the summary's cells are the per-seed values; intervals are Wilson's on the pooled counts
+    # the summary's cells are the per-seed values; one seed has no interval over seeds (never a pooled one)
     cell = saved["summary"]["kfac"]["cells"]["quotes strict"]
     quotes = methods["kfac"]["quotes"]
-    assert cell["mean"] == pytest.approx(quotes["strict"])
-    expected = wilson(round(quotes["strict"] * quotes["n"]), quotes["n"])
-    assert (cell["pooled"]["low"], cell["pooled"]["high"]) == pytest.approx((expected.low, expected.high))
+    assert cell["mean"] == pytest.approx(quotes["strict"]) and cell["per_seed"] == [pytest.approx(quotes["strict"])]
+    assert cell["low"] is None and "pooled" not in cell and cell["n_per_seed"] == [quotes["n"]]
     # survival: restored = (after - edited) / (baseline - edited), recomputed from the per-seed file
     from unmemorize.testbed.compare_report import MIN_REMOVED
 
@@ -129,6 +127,9 @@ def test_quick_comparison_writes_tables_plot_and_consistent_verdicts(tmp_path, m
             assert row["mean"] == pytest.approx((after - edited) / (base - edited))
     claim = saved["paper_claim"]["per_seed"]["0"]
     assert claim["quotes_half_holds"] == (methods["kfac"]["quotes"]["strict"] < methods["bsn"]["quotes"]["strict"])
+    over = saved["paper_claim"]["over_seeds"]  # one seed: no test over seeds, so neither half can be shown
+    assert over["quotes"]["n"] == 1 and over["quotes"]["p_value"] is None and not over["quotes_half_holds"]
+    assert "paired t test over seeds: quotes half (K-FAC minus BSN) not shown" in (out / "report.md").read_text()
     report = (out / "report.md").read_text()
     assert "Table 1 analogue" in report and "Does the removal survive" in report and "Wall time" in report
     assert all(methods[m]["setting"] in report for m in ("kfac", "svd", "bsn"))
@@ -176,7 +177,7 @@ def _synthetic(per_seed_values: dict[int, dict[str, dict[str, float]]]) -> dict[
     return per_seed
 
 
-def test_survival_ratio_min_removed_and_pooled_wilson_over_seeds():
+def test_survival_ratio_min_removed_and_the_t_interval_over_seeds():
     from unmemorize.evaluate.intervals import wilson
     from unmemorize.testbed.compare_report import MIN_REMOVED, _count, _percent_cell, survival
 
@@ -198,10 +199,14 @@ def test_survival_ratio_min_removed_and_pooled_wilson_over_seeds():
     assert out["svd"]["quotes clean@lr=0.001"]["verdict"] == "restored"
     assert out["bsn"]["memorized_validation clean@lr=0.001"]["per_seed"] == {"0": 0.0, "1": 1.0}
     assert out["kfac"]["memorized_validation bf16"]["mean"] == 0.0  # bf16 here leaves recitation where the edit put it
-    cell = _percent_cell([_count(0.0, 50), _count(0.2, 50), _count(0.1, 100)])  # 0 + 10 + 10 of 200, pooled
-    expected = wilson(20, 200)
-    assert cell["pooled"]["n"] == 200 and (cell["pooled"]["low"], cell["pooled"]["high"]) == pytest.approx((expected.low, expected.high))
-    assert cell["mean"] == pytest.approx(0.1) and cell["std"] == pytest.approx(0.1)
+    cell = _percent_cell([_count(0.0, 50), _count(0.2, 50), _count(0.1, 100)])  # three seeds: 0, 10 and 10 items
+    from scipy import stats as scipy_stats
+
+    low, high = scipy_stats.t.interval(0.95, 2, loc=0.1, scale=scipy_stats.sem([0.0, 0.2, 0.1]))
+    assert low < 0 and (cell["low"], cell["high"]) == pytest.approx((0.0, high)) and cell["n_per_seed"] == [50, 50, 100]  # clipped
+    assert cell["mean"] == pytest.approx(0.1) and cell["std"] == pytest.approx(0.1) and "pooled" not in cell
+    pooled = wilson(20, 200)  # what the seeds' items pooled would claim: far narrower than the seeds allow
+    assert high - low > 3 * (pooled.high - pooled.low)
 
 
 def test_matched_points_pick_by_sweep_perplexity_only_and_skip_non_finite():

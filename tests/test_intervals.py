@@ -94,3 +94,11 @@ def test_the_paired_test_over_seeds_is_scipys_ttest_rel_and_refuses_what_it_cann
     assert paired_over_seeds([0.1], [0.2])["p_value"] is None
     noisy = paired_over_seeds([0.1, 0.5, 0.2], [0.2, 0.3, 0.25])  # a negative control: inconsistent signs, not shown
     assert noisy["p_value"] > 0.5
+
+
+def test_a_fractions_interval_over_seeds_is_clipped_to_its_range():
+    from unmemorize.evaluate.intervals import over_seeds
+
+    wide = over_seeds([0.0, 0.04, 0.13])
+    clipped = over_seeds([0.0, 0.04, 0.13], bounds=(0.0, 1.0))
+    assert wide["low"] < 0 and clipped["low"] == 0.0 and clipped["high"] == wide["high"] and clipped["mean"] == wide["mean"]

@@ -12,7 +12,6 @@ import pytest
 import torch
 
 from unmemorize.errors import UnmemorizeError
-from unmemorize.evaluate.intervals import wilson
 from unmemorize.jsonio import strict_loads
 from unmemorize.vision import inject_noisy_labels, load_fashion_mnist
 from unmemorize.vision.demo import FASHION_MNIST_DEBIAN, VisionDemoConfig, choose, grids, run_vision_demo, seed_list, tune, vision_config
@@ -124,8 +123,10 @@ def test_two_seeds_write_their_folders_and_a_combined_mean_std(vision_cache, tmp
             values = [runs[s]["methods"][method][key] for s in (0, 1)]
             cell = saved["aggregate"][method][key]
             assert cell["mean"] == pytest.approx(statistics.mean(values)) and cell["std"] == pytest.approx(statistics.stdev(values))
-            correct = sum(round(v * runs[s]["n"][count]) for v, s in zip(values, (0, 1)))
-            assert cell["pooled"] == pytest.approx(wilson(correct, runs[0]["n"][count] + runs[1]["n"][count]).to_dict())
+            half = 12.706204736174707 * statistics.stdev(values) / 2 ** 0.5  # t(0.975, 1) x std / sqrt(2 seeds), then clipped
+            low, high = max(0.0, statistics.mean(values) - half), min(1.0, statistics.mean(values) + half)
+            assert (cell["low"], cell["high"]) == pytest.approx((low, high)) and "pooled" not in cell
+            assert cell["n_per_seed"] == [runs[0]["n"][count], runs[1]["n"][count]] and cell["per_seed"] == values
     assert combined["aggregate"] == saved["aggregate"]
     assert "seed-0/report.md" in (out / "report.md").read_text()
 

@@ -104,10 +104,11 @@ def format_wilson(interval: Interval, digits: int = 1) -> str:
     return f"{100 * interval.value:.{digits}f} [{100 * interval.low:.{digits}f}, {100 * interval.high:.{digits}f}] (n={interval.n})"
 
 
-def over_seeds(values: list[float | None]) -> dict:
+def over_seeds(values: list[float | None], bounds: tuple[float, float] | None = None) -> dict:
     """{"per_seed", "mean", "std", "n", "low", "high"}: the per-seed values, their mean, sample std and the
     two-sided 95% t interval of the mean over seeds (low/high None with fewer than 2 seeds; std 0 gives a
-    zero-width interval). Values that are None or not finite are left out of the statistics."""
+    zero-width interval), clipped to ``bounds`` when given ((0, 1) for a fraction: a t interval knows no
+    range). Values that are None or not finite are left out of the statistics."""
     from scipy.stats import t
 
     stats = mean_std(values)
@@ -115,6 +116,8 @@ def over_seeds(values: list[float | None]) -> dict:
     if stats["n"] >= 2:
         half = float(t.ppf(0.975, stats["n"] - 1)) * stats["std"] / math.sqrt(stats["n"])
         low, high = stats["mean"] - half, stats["mean"] + half
+        if bounds is not None:
+            low, high = max(bounds[0], low), min(bounds[1], high)
     return {"per_seed": list(values), **stats, "low": low, "high": high}
 
 
@@ -141,7 +144,8 @@ def format_over_seeds(stats: dict, scale: float = 100, digits: int = 1) -> str:
     text = f"{scale * stats['mean']:.{digits}f}"
     if stats.get("low") is not None:
         text += f" [{scale * stats['low']:.{digits}f}, {scale * stats['high']:.{digits}f}]"
-    seeds = [v for v in stats.get("per_seed", []) if v is not None]
+    per_seed = stats.get("per_seed", [])
+    seeds = [v for v in (per_seed.values() if isinstance(per_seed, dict) else per_seed) if v is not None]
     if len(seeds) > 1:
         text += " (" + " / ".join(f"{scale * v:.{digits}f}" for v in seeds) + ")"
     return text

@@ -1,16 +1,16 @@
 """Tables, verdicts and the Pareto plot of ``compare.py``'s results (report.md, results.json, pareto.png).
 
-Every percentage of items is a mean +- std over seeds with the pooled 95% Wilson interval of all
-seeds' items (``intervals.wilson``). Sampled extraction: the fraction of samples equal to the suffix
-is a mean +- std only (the 20 samples of one item are not independent, so no interval is put on
-them); the fraction of *items* with at least one exact sample carries the Wilson interval over items.
+Seeds are the unit of replication: every cross-seed cell is the mean over seeds, the 95% t interval
+of that mean over seeds (clipped to [0, 100] for percentages) and each seed's value (``intervals.over_seeds``); items of several seeds are
+never pooled into one sample (each seed's own Wilson interval over items is in its seed-<k>/results).
 Verdicts:
 
 * **paper claim** (Table 1): at matched perplexity K-FAC removes more *untargeted* memorization
   (quotes strict) than BSN, while BSN removes more of its *targeted* forget set (the tuning split).
-  Checked twice: for the points each method's rule chose under the same budget (per seed, and
-  pooled when the pooled Wilson intervals do not overlap), and for the paper's matching (the SVD and
-  BSN candidates whose sweep perplexity is closest to K-FAC's, ``matched_points``).
+  Checked twice: for the points each method's rule chose under the same budget (per seed, and over
+  seeds by a paired t test, ``intervals.paired_over_seeds``: "holds" needs p < 0.05 in the claimed
+  direction, else "not shown"), and for the paper's matching (the SVD and BSN candidates whose sweep
+  perplexity is closest to K-FAC's, ``matched_points``, per seed).
 * **does a removal survive an attack?** restored = (after - edited) / (baseline - edited) of strict
   recitation, on the validation split and on the quotes, after the largest k of each relearning run
   and after the bf16 round trip, mean over seeds. Survives: restored < 0.25; partly: 0.25-0.75;
@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..evaluate.intervals import mean_std, wilson
+from ..evaluate.intervals import format_over_seeds, mean_std, over_seeds, paired_over_seeds
 from ..jsonio import write_json
 from ..provenance import provenance
 
@@ -37,26 +37,16 @@ def _count(fraction: float, n: int) -> tuple[int, int]:
 
 
 def _percent_cell(values: list[tuple[int, int]]) -> dict:
-    """mean/std over seeds of k/n, and the pooled Wilson interval."""
-    stats = mean_std([k / n for k, n in values])
-    pooled = wilson(sum(k for k, _ in values), sum(n for _, n in values))
-    return {**stats, "pooled": {"value": pooled.value, "low": pooled.low, "high": pooled.high, "n": pooled.n}}
+    """k/n per seed: the mean over seeds, its 95% t interval over seeds (clipped to [0, 1]), each seed's value and n."""
+    return {**over_seeds([k / n for k, n in values], bounds=(0.0, 1.0)), "n_per_seed": [n for _, n in values]}
 
 
 def _plain_cell(values: list[float | None]) -> dict:
-    return mean_std(values)
+    return over_seeds(values)
 
 
 def _fmt(cell: dict, percent: bool = True, digits: int = 1) -> str:
-    if cell.get("mean") is None:
-        return "-"
-    scale = 100 if percent else 1
-    text = f"{scale * cell['mean']:.{digits}f}"
-    if cell.get("std") is not None:
-        text += f" ± {scale * cell['std']:.{digits}f}"
-    if "pooled" in cell:
-        text += f" [{100 * cell['pooled']['low']:.1f}, {100 * cell['pooled']['high']:.1f}]"
-    return text
+    return format_over_seeds(cell, 100 if percent else 1, digits)
 
 
 def _largest(run: dict, name: str) -> dict:
@@ -105,11 +95,12 @@ def summarize(per_seed: dict[int, dict]) -> dict:
     return summary
 
 
-def paper_claim(per_seed: dict[int, dict], summary: dict) -> dict:
-    """K-FAC vs BSN on quotes (untargeted) and on the forget set (targeted), per seed and pooled."""
-    def pooled_below(a: dict, b: dict) -> bool:
-        return a["pooled"]["high"] < b["pooled"]["low"]
+SIGNIFICANCE = 0.05  # a paired test over seeds must reach this for "holds"
 
+
+def paper_claim(per_seed: dict[int, dict], summary: dict) -> dict:
+    """K-FAC vs BSN on quotes (untargeted) and on the forget set (targeted): per seed, and over seeds by a paired
+    t test (holds: p < SIGNIFICANCE in the claimed direction)."""
     claim = {"per_seed": {}}
     for seed, result in sorted(per_seed.items()):
         k, b = result["methods"]["kfac"], result["methods"]["bsn"]
@@ -117,14 +108,32 @@ def paper_claim(per_seed: dict[int, dict], summary: dict) -> dict:
                                         "kfac_forget": k["memorized_tuning"]["strict"], "bsn_forget": b["memorized_tuning"]["strict"],
                                         "quotes_half_holds": k["quotes"]["strict"] < b["quotes"]["strict"],
                                         "forget_half_holds": b["memorized_tuning"]["strict"] < k["memorized_tuning"]["strict"]}
-    kq, bq = summary["kfac"]["cells"]["quotes strict"], summary["bsn"]["cells"]["quotes strict"]
-    kf, bf = summary["kfac"]["cells"]["forget (tuning) strict"], summary["bsn"]["cells"]["forget (tuning) strict"]
-    claim["pooled"] = {"quotes_half_holds": pooled_below(kq, bq), "forget_half_holds": pooled_below(bf, kf)}
+    rows = list(claim["per_seed"].values())
+    quotes = paired_over_seeds([r["kfac_quotes"] for r in rows], [r["bsn_quotes"] for r in rows])  # K-FAC - BSN: < 0 claimed
+    forget = paired_over_seeds([r["bsn_forget"] for r in rows], [r["kfac_forget"] for r in rows])  # BSN - K-FAC: < 0 claimed
+
+    def holds(test: dict) -> bool:
+        return test["p_value"] is not None and test["p_value"] < SIGNIFICANCE and test["mean_difference"] < 0
+
+    claim["over_seeds"] = {"quotes": quotes, "forget": forget, "quotes_half_holds": holds(quotes), "forget_half_holds": holds(forget),
+                           "test": f"paired t test over seeds, two-sided, holds at p < {SIGNIFICANCE} in the claimed direction"}
     matched = matched_points(per_seed)
     claim["matched_perplexity"] = {seed: {"quotes_half_holds": matched["kfac"][seed]["quotes strict"] < matched["bsn"][seed]["quotes strict"],
                                           "forget_half_holds": matched["bsn"][seed]["forget (tuning) strict"]
                                           < matched["kfac"][seed]["forget (tuning) strict"]} for seed in matched["kfac"]}
     return claim
+
+
+def claim_line(claim: dict) -> str:
+    """The over-seeds verdict as the reports print it, with each test's p-value."""
+    def part(name: str, label: str) -> str:
+        test = claim["over_seeds"][name]
+        p = "p not defined (every seed's difference the same)" if test["p_value"] is None else f"p = {test['p_value']:.3f}"
+        verdict = "holds" if claim["over_seeds"][f"{name}_half_holds"] else "not shown"
+        return f"{label} {verdict} (mean difference {100 * test['mean_difference']:+.1f} points, {p}, n = {test['n']} seeds)"
+
+    return (f"the rule's choices (same budget), paired t test over seeds: {part('quotes', 'quotes half (K-FAC minus BSN)')}; "
+            f"{part('forget', 'forget-set half (BSN minus K-FAC)')}.")
 
 
 def _ppl(candidate: dict) -> float:
@@ -264,8 +273,9 @@ def write_compare_report(per_seed: dict[int, dict], out: Path, config) -> dict:
              f"Command: `{command_line(config)}`. Every method is chosen by the same rule on the tuning split "
              f"({first['config']['selection_rule']}); the validation split (n={n['memorized_validation']} per seed) and the quotes "
              f"(n={n['quotes']}) are never used for a choice. BSN's forget set is the tuning split (n={n['memorized_tuning']}); its "
-             f"retain set and K-FAC's factors are the same factor data ({config.factor_data}). Cells: mean ± std over seeds "
-             "[pooled 95% Wilson interval of all seeds' rows].", ""]
+             f"retain set and K-FAC's factors are the same factor data ({config.factor_data}). Cells: mean over seeds "
+             "[95% t interval of the mean over seeds, clipped to [0, 100] for percentages] (each seed's value): seeds, not items, "
+             "are the unit of replication.", ""]
     lines += ["## Settings chosen per seed", "", "| method | " + " | ".join(f"seed {s}" for s in seeds) + " | rule met |",
               "|---|" + "---|" * (len(seeds) + 1)]
     for method in ("kfac", "svd", "bsn"):
@@ -300,9 +310,7 @@ def write_compare_report(per_seed: dict[int, dict], out: Path, config) -> dict:
         lines.append(f"- seed {seed}, at matched perplexity (table above): K-FAC removes more quotes than BSN: "
                      f"{'yes' if row['quotes_half_holds'] else 'no'}; BSN removes more of its forget set: "
                      f"{'yes' if row['forget_half_holds'] else 'no'}.")
-    lines.append(f"- the rule's choices (same budget), pooled over seeds (95% intervals apart): quotes half "
-                 f"{'holds' if claim['pooled']['quotes_half_holds'] else 'not shown'}, forget-set half "
-                 f"{'holds' if claim['pooled']['forget_half_holds'] else 'not shown'}.")
+    lines.append(f"- {claim_line(claim)}")
     lines += ["", "## Attacks: validation / quotes / never-trained control strict % after relearning", ""]
     attack_keys = list(first["methods"]["baseline"]["checks"]["relearn"])
     for key in attack_keys:
@@ -317,8 +325,8 @@ def write_compare_report(per_seed: dict[int, dict], out: Path, config) -> dict:
     sets = ("memorized_validation", "quotes", "control_sequences", "control_quotes")
     cells = [f"sample {kind} {n_}" for n_ in sets for kind in ("exact", "items")]
     lines += [f"**Sampled extraction** ({config.samples} samples per item, T = 1, top-k 40): per set, % of samples equal to the "
-              "suffix (mean ± std over seeds; samples of one item are not independent, so no interval) and % of items with at "
-              "least one exact sample [pooled Wilson over items]; then the gold suffix's mean log-likelihood per token", ""]
+              "suffix and % of items with at least one exact sample (each: mean over seeds [t interval over seeds] (per seed)); "
+              "then the gold suffix's mean log-likelihood per token", ""]
     body = _table(summary, cells, set(cells))
     lines += ["| method | " + " | ".join(c.replace("sample exact ", "samples ").replace("sample items ", "items ") for c in cells) + " |"]
     lines += body[1:] + [""]

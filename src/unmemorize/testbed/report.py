@@ -11,7 +11,7 @@ import math
 from pathlib import Path
 
 from ..analysis.report import summary_table
-from ..evaluate.intervals import mean_std, wilson_of_fraction
+from ..evaluate.intervals import wilson_of_fraction
 from ..jsonio import write_json
 
 CATEGORY_ORDER = ("memorized_validation", "quotes", "math", "closed_book_qa", "open_book_qa", "logic")
@@ -281,9 +281,10 @@ def _counts(result: dict) -> dict[str, tuple[int, int]]:
 
 
 def seeds_summary(per_seed: dict[int, dict]) -> dict:
-    """Per method and cell: each seed's value, mean and sample std (ddof=1), and the pooled 95% Wilson
-    interval of the percentages (all seeds' rows together); per method and category, retention mean/std."""
-    from ..evaluate.intervals import wilson
+    """Per method and cell: each seed's value, their mean, sample std (ddof=1) and the 95% t interval of the
+    mean over seeds (seeds are the unit of replication; rows of several seeds are never pooled), and each
+    seed's n; per method and category, retention likewise."""
+    from ..evaluate.intervals import over_seeds
 
     seeds = sorted(per_seed)
     methods = [m for m in per_seed[seeds[0]]["methods"] if all(m in per_seed[s]["methods"] for s in seeds)]
@@ -294,41 +295,32 @@ def seeds_summary(per_seed: dict[int, dict]) -> dict:
         entry = {}
         for cell in cells[seeds[0]]:
             values = [cells[s].get(cell) for s in seeds]
-            stats = {"per_seed": dict(zip(map(str, seeds), values)), **mean_std(values)}
+            fraction = cell in counts[seeds[0]]  # a share of rows: its interval clipped to [0, 1]
+            stats = {**over_seeds(values, bounds=(0.0, 1.0) if fraction else None), "per_seed": dict(zip(map(str, seeds), values))}
             if cell in counts[seeds[0]]:
-                correct = sum(counts[s][cell][0] for s in seeds)
-                n = sum(counts[s][cell][1] for s in seeds)
-                pooled = wilson(correct, n)
-                stats["pooled"] = {"value": pooled.value, "low": pooled.low, "high": pooled.high, "n": n}
+                stats["n_per_seed"] = {str(s): counts[s][cell][1] for s in seeds}
             entry[cell] = stats
         retention = {}
         for category in CATEGORY_ORDER:
             values = [per_seed[s]["methods"][method].get("category_retention", {}).get(category) for s in seeds]
             if any(v is not None for v in values):
-                retention[category] = {"per_seed": dict(zip(map(str, seeds), values)), **mean_std(values)}
+                retention[category] = {**over_seeds(values), "per_seed": dict(zip(map(str, seeds), values))}
         summary[method] = {"cells": entry, "category_retention": retention,
                            "setting": {str(s): per_seed[s]["methods"][method].get("setting", "-") for s in seeds}}
     return summary
 
 
 def _mean_cell(stats: dict, percent: bool = True) -> str:
-    if stats["mean"] is None:
-        return "-"
-    scale = 100 if percent else 1
-    digits = 1 if percent else 2
-    text = f"{scale * stats['mean']:.{digits}f}"
-    if stats["std"] is not None:
-        text += f" ± {scale * stats['std']:.{digits}f}"
-    if percent and "pooled" in stats:
-        pooled = stats["pooled"]
-        text += f" [{100 * pooled['low']:.1f}, {100 * pooled['high']:.1f}]"
-    return text
+    from ..evaluate.intervals import format_over_seeds
+
+    return format_over_seeds(stats, 100 if percent else 1, 1 if percent else 2)
 
 
 def seeds_table(summary: dict, cells: list[str]) -> str:
-    """Mean ± std over seeds per cell, with the pooled 95% Wilson interval and pooled n in the header."""
+    """Per cell: the mean over seeds [95% t interval over seeds] (each seed's value); each seed's n in the header."""
     first = next(iter(summary.values()))["cells"]
-    header = [f"{c} % (n={first[c]['pooled']['n']})" if "pooled" in first[c] else c for c in cells]
+    header = [f"{c} % (n={'/'.join(map(str, first[c]['n_per_seed'].values()))} a seed)" if "n_per_seed" in first[c] else c
+              for c in cells]
     lines = ["| method | " + " | ".join(header) + " |", "|---|" + "---|" * len(cells)]
     for method, entry in summary.items():
         lines.append(f"| {method} | " + " | ".join(_mean_cell(entry["cells"][c], c != "perplexity") for c in cells) + " |")
@@ -357,7 +349,7 @@ def per_seed_table(per_seed: dict[int, dict], method: str, cells: list[str]) -> 
 
 
 def write_seeds_report(per_seed: dict[int, dict], out: Path, config) -> dict:
-    """results.json and report.md over several seeds: mean ± std per cell, each seed's row; returns the results."""
+    """results.json and report.md over several seeds: per cell the mean, its t interval over seeds and each seed's value; returns the results."""
     from ..provenance import provenance
 
     summary = seeds_summary(per_seed)
@@ -379,13 +371,14 @@ def write_seeds_report(per_seed: dict[int, dict], out: Path, config) -> dict:
     text = [
         f"# unmemorize demo report: seeds {', '.join(map(str, seeds))}", "",
         f"One testbed per seed (a new world and model each), factor data `{config.factor_data}`, {first['config']['fisher']} Fisher. "
-        f"Each cell: mean ± sample std over the {len(seeds)} seeds, then the 95% Wilson interval of all seeds' rows pooled "
-        "(n in the header, summed over seeds). Every choice was made on each seed's tuning split and `heldout_tuning.txt`; "
+        f"Each cell: the mean over the {len(seeds)} seeds [95% t interval of that mean over seeds, clipped to [0, 100] for "
+        "percentages] (each seed's value); seeds, "
+        "not rows, are the unit of replication (each seed's own Wilson intervals over rows are in its report). Every choice was made on each seed's tuning split and `heldout_tuning.txt`; "
         "every number is on data no choice read. Per-seed reports: " + ", ".join(f"[seed {s}](seed-{s}/report.md)" for s in seeds) + ".", "",
         *([f"**The selection rule was not met for seed(s) {', '.join(map(str, unmet))}** (see their reports).", ""] if unmet else
           ["The selection rule was met for every seed.", ""]),
-        "## Memorization, tasks and perplexity (mean ± std over seeds)", "", seeds_table(summary, cells), "",
-        "## Retention by category (mean ± std over seeds)", "",
+        "## Memorization, tasks and perplexity (mean over seeds [t interval] (per seed))", "", seeds_table(summary, cells), "",
+        "## Retention by category (mean over seeds [t interval] (per seed))", "",
         "| category | " + " | ".join(m for m in summary if m != "baseline") + " |", "|---|" + "---|" * (len(summary) - 1),
     ]
     for category in CATEGORY_ORDER:

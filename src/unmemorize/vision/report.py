@@ -1,8 +1,9 @@
 """The vision demo's report.md, results.json and plots: one seed, and several seeds combined.
 
-Every percentage carries its n and a 95% Wilson interval (``evaluate.intervals``); across seeds a
-cell is mean +- sample std (ddof=1) of the per-seed fractions, with the pooled Wilson interval
-(all seeds' correct counts over all seeds' n) beside it. The held-out accuracy change after an edit
+Every percentage of one seed carries its n and a 95% Wilson interval (``evaluate.intervals``); across
+seeds a cell is the mean of the per-seed fractions, its 95% t interval over seeds (clipped to
+[0, 100]) and each seed's value (seeds, not images, are the unit of replication), and K-FAC against
+SVD is a paired t test over seeds. The held-out accuracy change after an edit
 is a paired percentile bootstrap over the held-out images (``metrics.paired_bootstrap_difference``).
 """
 
@@ -11,8 +12,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..analysis.report import summary_table
-from ..evaluate.intervals import format_wilson, mean_std, wilson
+from ..evaluate.intervals import format_over_seeds, format_wilson, over_seeds, paired_over_seeds, wilson
 from ..jsonio import write_json
+from ..provenance import provenance
 
 # (result key, count key in results["n"], column title)
 COLUMNS = [("memorized_tuning", "tuning", "memorized % (tuning half: chosen on)"),
@@ -166,24 +168,20 @@ def write_vision_report(results: dict, out: Path) -> str:
 
 
 def aggregate(runs: dict[int, dict]) -> dict:
-    """Per method and metric over seeds: mean, sample std (ddof=1), seed count, and the pooled Wilson interval."""
+    """Per method and metric over seeds: each seed's fraction and n, their mean, sample std (ddof=1) and the
+    95% t interval of the mean over seeds (clipped to [0, 1])."""
     seeds = list(runs)
     result = {}
     for method in runs[seeds[0]]["methods"]:
         result[method] = {}
         for key, count, _ in [*COLUMNS, ("recovery_tuning", "tuning", "")]:
             values = [runs[s]["methods"][method][key] for s in seeds]
-            sizes = [runs[s]["n"][count] for s in seeds]
-            pooled = wilson(sum(correct_count(v, k) for v, k in zip(values, sizes)), sum(sizes))
-            result[method][key] = {**mean_std(values), "pooled": pooled.to_dict()}
+            result[method][key] = {**over_seeds(values, bounds=(0.0, 1.0)), "n_per_seed": [runs[s]["n"][count] for s in seeds]}
     return result
 
 
 def _mean_cell(cell: dict) -> str:
-    pooled = cell["pooled"]
-    std = "" if cell["std"] is None else f" ± {100 * cell['std']:.1f}"
-    return (f"{100 * cell['mean']:.1f}{std} (pooled {100 * pooled['value']:.1f} [{100 * pooled['low']:.1f}, "
-            f"{100 * pooled['high']:.1f}], n={pooled['n']})")
+    return format_over_seeds(cell) + f" (n={'/'.join(map(str, cell['n_per_seed']))})"
 
 
 def write_combined_report(config, runs: dict[int, dict], out: Path) -> dict:
@@ -193,8 +191,10 @@ def write_combined_report(config, runs: dict[int, dict], out: Path) -> dict:
     seeds = list(runs)
     first = runs[seeds[0]]
     agg = aggregate(runs)
-    differences = {m: {**mean_std([runs[s]["heldout_difference"][m]["value"] for s in seeds]),
-                       "per_seed": [runs[s]["heldout_difference"][m] for s in seeds]} for m in first["heldout_difference"]}
+    differences = {m: {**over_seeds([runs[s]["heldout_difference"][m]["value"] for s in seeds]),
+                       "per_seed_intervals": [runs[s]["heldout_difference"][m] for s in seeds]} for m in first["heldout_difference"]}
+    kfac_vs_svd = paired_over_seeds([runs[s]["methods"]["kfac"]["memorized_validation"] for s in seeds],
+                                    [runs[s]["methods"]["svd"]["memorized_validation"] for s in seeds])
     results = {
         "config": {**asdict(config), "seeds": seeds, "rho_grid": first["config"]["rho_grid"], "energy_grid": first["config"]["energy_grid"],
                    "train_subset": first["config"]["train_subset"], "selection_rule": first["config"]["selection_rule"],
@@ -202,9 +202,11 @@ def write_combined_report(config, runs: dict[int, dict], out: Path) -> dict:
         "rule_met": {m: [runs[s]["rule_met"][m] for s in seeds] for m in first["rule_met"]},
         "aggregate": agg,
         "heldout_difference": differences,
+        "kfac_vs_svd_memorized_validation": kfac_vs_svd,  # paired t test over seeds, K-FAC minus SVD
         "per_seed": {str(s): {"folder": f"seed-{s}", "n": runs[s]["n"], "rule_met": runs[s]["rule_met"], "methods": runs[s]["methods"],
                               "heldout_difference": runs[s]["heldout_difference"], "vision": runs[s]["config"]["vision"]} for s in seeds},
         "wall_seconds": {f"seed-{s}": round(sum(runs[s]["wall_seconds"].values()), 1) for s in seeds},
+        "provenance": provenance(),
     }
     write_json(out / "results.json", results)
     header = "| method | " + " | ".join(title for _, _, title in COLUMNS) + " |"
@@ -234,19 +236,24 @@ def write_combined_report(config, runs: dict[int, dict], out: Path) -> dict:
             f"{' and the train/held-out split' if first['config']['dataset'] == 'digits' else ''}. Per-seed reports: " +
             ", ".join(f"[seed {s}](seed-{s}/report.md)" for s in seeds) + ".", "",
             f"Rule (both methods, same candidates): {first['config']['selection_rule']}.", "", *rule_lines, "",
-            "## Paper Table 2 analogue, mean ± std over seeds", "",
-            "Cell: mean ± sample std (ddof=1) over seeds, in %; then the pooled 95% Wilson interval (all seeds' counts) and its n.", "",
+            "## Paper Table 2 analogue, over seeds", "",
+            "Cell: the mean over seeds in % [95% t interval of the mean over seeds, clipped to [0, 100]] (each seed's value) "
+            "(each seed's n): seeds, not images, are the unit of replication.", "",
             *table, "",
-            "Held-out accuracy change vs baseline, mean ± std over seeds (points): " +
-            "; ".join(f"{SHORT_TITLES[m]} {100 * d['mean']:+.1f} ± "
-                      f"{100 * (d['std'] or 0):.1f}" for m, d in differences.items()) + ". Per seed, K-FAC: " +
-            "; ".join(f"seed {s} {points(d)}" for s, d in zip(seeds, change["per_seed"])) + ".", "",
+            "K-FAC vs SVD on the memorized validation labels, paired t test over seeds: mean difference "
+            f"{100 * kfac_vs_svd['mean_difference']:+.1f} points, "
+            + (f"p = {kfac_vs_svd['p_value']:.3f}" if kfac_vs_svd["p_value"] is not None else "p not defined") + " ("
+            + ("K-FAC removes more: shown" if kfac_vs_svd["p_value"] is not None and kfac_vs_svd["p_value"] < 0.05
+               and kfac_vs_svd["mean_difference"] < 0 else "K-FAC removes more: not shown") + ").", "",
+            "Held-out accuracy change vs baseline over seeds (points, mean [t interval] (per seed)): " +
+            "; ".join(f"{SHORT_TITLES[m]} {format_over_seeds(d, 100, 1)}" for m, d in differences.items()) + ". Per seed, K-FAC: " +
+            "; ".join(f"seed {s} {points(d)}" for s, d in zip(seeds, change["per_seed_intervals"])) + ".", "",
             "## The paper's claim, checked", "",
             "Paper (Table 2): after the K-FAC edit the memorized noisy labels are largely removed and validation accuracy rises.", "",
             f"- memorized noisy labels (validation half, never used for a choice): {_mean_cell(base['memorized_validation'])} -> "
             f"{_mean_cell(kfac['memorized_validation'])}",
-            f"- held-out accuracy: {_mean_cell(base['heldout'])} -> {_mean_cell(kfac['heldout'])}; change {100 * change['mean']:+.1f} ± "
-            f"{100 * (change['std'] or 0):.1f} points; per-seed paired intervals above.", "",
+            f"- held-out accuracy: {_mean_cell(base['heldout'])} -> {_mean_cell(kfac['heldout'])}; change "
+            f"{format_over_seeds(change, 100, 1)} points; per-seed paired intervals above.", "",
             "## Every seed", "", *rows, "",
             "## Wall time per seed", "", "| seed | seconds |", "|---|---|", *[f"| {k} | {v:.1f} |" for k, v in results["wall_seconds"].items()], ""]
     (out / "report.md").write_text("\n".join(text))
