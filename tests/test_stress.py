@@ -223,13 +223,14 @@ def test_stress_command_writes_strict_json_with_every_check(cli_workspace, tmp_p
     monkeypatch.setattr(unmemorize.data, "iter_windows", lambda *a, **k: budgets.append(a[3] if len(a) > 3 else k.get("max_tokens"))
                         or real(*a, **k))
     root, out = cli_workspace, tmp_path / "res" / "results.json"
-    argv = stress_argv(root, out, "--set", "again=" + str(root / "items.jsonl"), "--checks", "stress,ndcg,relearn,sample,bf16",
+    argv = stress_argv(root, out, "--set", "again=" + str(root / "items.jsonl"), "--checks", "stress,ndcg,relearn,sample,bf16,quant",
                        "--baseline", str(root / "model"), "--ndcg-data", str(root / "clean.txt"), "--ndcg-seq-len", "16",
                        "--relearn-text", str(root / "clean.txt"), "--relearn-steps", "0,3", "--relearn-seq-len", "16",
                        "--stress-t", "2", "--samples", "3")
     assert main(argv) == 0
     record = strict_loads(out.read_text())
-    assert record["checks"] == ["stress", "ndcg", "relearn", "sample", "bf16"]
+    assert record["checks"] == ["stress", "ndcg", "relearn", "sample", "bf16", "quant"]
+    assert set(record["quant"]["by_bits"]) == {"int4", "int8"} and record["quant"]["by_bits"]["int4"]["sets"]["items"]["n"] == record["recitation"]["items"]["n"]
     assert {name: s["strict"] for name, s in record["recitation"].items()} == {"items": 1.0, "controls": 0.0, "again": 1.0}
     assert record["stress"]["items"]["summary"]["original"]["mean"] == 5 and record["stress"]["items"]["config"]["t"] == 2
     assert record["ndcg"]["ndcg"] == 1.0  # the baseline is the model itself

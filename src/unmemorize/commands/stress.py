@@ -45,10 +45,10 @@ def _from_args(config_cls, args, prefix: str):
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Register ``unmemorize stress``."""
     parser = subparsers.add_parser(
-        "stress", help="Stress test, nDCG@10 and attacks (relearning, sampling, bf16) on one model folder.",
+        "stress", help="Stress test, nDCG@10 and attacks (relearning, sampling, low-bit quantization, bf16) on one model folder.",
         description="Measure greedy recitation of memorization sets, then the paper's position-perturbation stress test, "
         "nDCG@K against a baseline, and attacks that try to bring memorization back: relearning (k AdamW steps), "
-        "extraction by sampling, a bf16 round trip. Writes one strict-JSON file.")
+        "extraction by sampling, 4- and 8-bit weight quantization, a bf16 round trip. Writes one strict-JSON file.")
     parser.add_argument("--model", required=True, help="Model folder (e.g. written by 'unmemorize edit') or hub id.")
     parser.add_argument("--model-dtype", default="float32", choices=["float32", "bfloat16", "float16", "float64"],
                         help="dtype the model is loaded in (default: float32).")

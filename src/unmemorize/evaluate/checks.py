@@ -1,7 +1,7 @@
 """The checks of ``unmemorize stress`` (``commands/stress.py``): the stress test, nDCG@10 and the attacks on one model, one record.
 
     unmemorize stress --model EDITED --items memorized_validation.jsonl --controls control_sequences.jsonl \\
-        [--set quotes=quotes.jsonl] [--checks stress,ndcg,relearn,sample,bf16] \\
+        [--set quotes=quotes.jsonl] [--checks stress,ndcg,relearn,sample,bf16,quant] \\
         [--baseline BASE --ndcg-data clean.txt] [--relearn-items memorized_tuning.jsonl | --relearn-text clean.txt] \\
         --out results.json
 
@@ -13,7 +13,10 @@ every set is measured first, and again after each attack. Checks (default: stres
     ndcg     nDCG@K of --model against --baseline on --ndcg-data (``coherence.py``)
     relearn  recitation of every set after k AdamW steps on --relearn-items or --relearn-text (``attacks.py`` (a))
     sample   sampled extraction on items and controls (``attacks.py`` (b))
-    bf16     recitation after a bf16 round trip of the weights (``attacks.py`` (c))
+    bf16     recitation after a bf16 round trip of the weights (``attacks.py`` (c)): a check of numerical fragility,
+             not a recognised attack
+    quant    recitation after 4-bit and 8-bit post-training weight quantization (optimum-quanto;
+             ``quantization.py``): the attack of Zhang et al. (ICLR 2025)
 
 The result file records every configuration and input path; it is strict JSON, written atomically.
 """
@@ -28,7 +31,7 @@ from .attacks import ExtractionConfig, RelearnConfig, bf16_attack, recitation, r
 from .coherence import NDCGConfig, ndcg
 from .stress import StressConfig, stress_test
 
-CHECKS = ("stress", "ndcg", "relearn", "sample", "bf16")
+CHECKS = ("stress", "ndcg", "relearn", "sample", "bf16", "quant")
 
 
 @dataclasses.dataclass
@@ -62,6 +65,10 @@ def run_checks(model, sets: dict, pad_id: int, request: CheckRequest, reference_
         result["sample"] = {name: sampled_extraction(model, items, request.extraction) for name, items in probed.items()}
     if "bf16" in request.checks:
         result["bf16"] = bf16_attack(model, sets, pad_id)
+    if "quant" in request.checks:
+        from .quantization import quantization_attack
+
+        result["quant"] = quantization_attack(model, sets, pad_id)
     return result
 
 
@@ -151,4 +158,6 @@ def format_summary(record: dict) -> str:
                      f"log-lik/token {row['mean_log_likelihood_per_token']:.3f}")
     if "bf16" in record:
         lines.append("bf16 round trip strict: " + ", ".join(f"{n} {s['strict']:.3f}" for n, s in record["bf16"]["sets"].items()))
+    for width, row in record.get("quant", {}).get("by_bits", {}).items():
+        lines.append(f"{width} weights (optimum-quanto) strict: " + ", ".join(f"{n} {s['strict']:.3f}" for n, s in row["sets"].items()))
     return "\n".join(lines)
