@@ -72,14 +72,13 @@ def list_data_files(path: str | Path) -> list[Path]:
         if not files:
             raise UnmemorizeError(f"data folder {str(root)!r} holds no {FORMATS}")
         files.sort()
+        real: dict[Path, Path] = {}
         for file in files:
             if file.is_symlink() and not file.exists():
                 raise UnmemorizeError(f"data folder {str(root)!r}: {file} is a broken symbolic link or a link loop; remove it")
             if not (file.is_file() or file.is_dir()):
                 raise UnmemorizeError(f"data folder {str(root)!r}: {file} is not a regular file (a FIFO, socket or device): "
                                       "reading it could block forever; remove it")
-        real: dict[Path, Path] = {}
-        for file in files:
             if file.resolve() in real:
                 raise UnmemorizeError(f"data folder {str(root)!r}: {file} is {real[file.resolve()]} again, through a symbolic link "
                                       "(it would be read twice); remove the link")

@@ -107,10 +107,10 @@ def refuse_unresumed_checkpoint(job: CollectJob, out: Path) -> None:
     if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
         raise UnmemorizeError(f"{folder}, where the checkpoint of {job.out} goes, is a symbolic link or a file: a checkpoint is "
                               "never written through it into another folder; remove it")
-    if (folder / "state.json").is_file() and not job.resume:
-        raise UnmemorizeError(f"{folder} holds the checkpoint of an interrupted collection of {job.out}: pass --resume to "
-                              "continue it, or delete it to start over")
     if (folder / "state.json").is_file():
+        if not job.resume:
+            raise UnmemorizeError(f"{folder} holds the checkpoint of an interrupted collection of {job.out}: pass --resume to "
+                                  "continue it, or delete it to start over")
         Checkpoint(folder, {}).load()  # a corrupt state.json is refused before the model loads (its settings are checked after)
 
 
