@@ -84,7 +84,7 @@ def summarize(per_seed: dict[int, dict]) -> dict:
                                                                     for run in runs])
         for name in ("memorized_validation", "quotes", "control_sequences", "control_quotes"):
             samples = [r["checks"]["sample"][name] for r in rows]
-            attacks[f"sample exact {name}"] = _plain_cell([s["exact_rate"] for s in samples])
+            attacks[f"sample exact {name}"] = over_seeds([s["exact_rate"] for s in samples], bounds=(0.0, 1.0))  # a fraction of samples
             attacks[f"sample items {name}"] = _percent_cell([_count(s["items_with_exact"], s["n"]) for s in samples])
             attacks[f"sample loglik {name}"] = _plain_cell([s["mean_log_likelihood_per_token"] for s in samples])
             bf16 = [r["checks"]["bf16"]["sets"][name] for r in rows]
