@@ -153,6 +153,32 @@ def test_same_seed_same_model_other_seed_other_mask():
     assert any(not torch.equal(first[k], other[k]) for k in first)
 
 
+def test_the_masks_after_epoch_e_of_a_long_run_are_those_of_an_e_epoch_run():
+    """on_epoch: one run of 3 epochs serves the epoch grid (the comparison's BSN sweep). Each snapshot equals the
+    final removal mask of a separate run with that many epochs; a run with another seed differs (negative control)."""
+    forget, retain = random_sequences(4, 10, 1), random_sequences(12, 10, 2)
+    snapshots = {}
+    model, _ = build_tiny_lm("gpt2", seed=0)
+    reference = copy.deepcopy(model)
+    balanced_subnet(model, forget, retain, BSNConfig(ratio=0.2, epochs=3, batch_size=4, lr=1.0, progress=False),
+                    on_epoch=lambda epoch, removed: snapshots.__setitem__(epoch, removed))
+    assert sorted(snapshots) == [1, 2, 3]
+    for epochs in (1, 2, 3):
+        short = copy.deepcopy(reference)
+        balanced_subnet(short, forget, retain, BSNConfig(ratio=0.2, epochs=epochs, batch_size=4, lr=1.0, progress=False))
+        modules = dict(short.named_modules())
+        for name, removed in snapshots[epochs].items():
+            original = dict(reference.named_modules())[name].weight
+            zeroed = (modules[name].weight == 0) & (original != 0)
+            assert torch.equal(zeroed, removed & (original != 0)), (epochs, name)
+    assert any(not torch.equal(snapshots[1][n], snapshots[3][n]) for n in snapshots[1])  # the masks did move between epochs
+    other = copy.deepcopy(reference)
+    other_snapshots = {}
+    balanced_subnet(other, forget, retain, BSNConfig(ratio=0.2, epochs=1, batch_size=4, lr=1.0, seed=5, progress=False),
+                    on_epoch=lambda epoch, removed: other_snapshots.__setitem__(epoch, removed))
+    assert any(not torch.equal(other_snapshots[1][n], snapshots[1][n]) for n in snapshots[1])
+
+
 def test_an_error_during_training_leaves_the_model_exactly_as_it_was(monkeypatch):
     model, _ = build_tiny_lm("llama", seed=0)
     before = {k: v.clone() for k, v in model.state_dict().items()}

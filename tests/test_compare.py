@@ -71,7 +71,8 @@ def test_every_method_is_chosen_without_reading_the_validation_split_or_the_quot
     weights = {k: v.clone() for k, v in model.state_dict().items()}
     original = run(folder)
     assert all(torch.equal(weights[k], v) for k, v in model.state_dict().items())  # every sweep restored the model exactly
-    assert len(original[2]["bsn"]) == 2 and len(original[2]["svd"]) == len(original[2]["kfac"])  # equal K-FAC and SVD grids
+    # BSN: 2 ratios x 2 mask variants x epochs 1 and 2 (one run each, snapshot after epoch 1); equal K-FAC and SVD grids here
+    assert len(original[2]["bsn"]) == 8 and len(original[2]["svd"]) == len(original[2]["kfac"])
     picked, rule_met, rule, reported = run(_scrambled(folder, tmp_path, ["memorized_validation.jsonl", "quotes.jsonl"]))
     assert (picked, rule_met, rule) == original[:3]
     assert reported != original[3]  # the plot's scores do read the scrambled files
@@ -99,13 +100,30 @@ def test_quick_comparison_writes_tables_plot_and_consistent_verdicts(tmp_path, m
         if met:  # the rule: lowest tuning strict within the budget
             assert chosen["memorized_tuning"]["strict"] == min(c["memorized_tuning"]["strict"] for c in allowed)
     bsn = seed["candidates"]["bsn"]
-    assert {(c["ratio"], c["alpha"], c["epochs"], c["lr"]) for c in bsn} == {(0.01, 0.5, 1, 1.0), (0.05, 0.5, 1, 1.0)}
+    assert {(c["projections"], c["ratio"], c["alpha"], c["epochs"], c["lr"]) for c in bsn} == {
+        (p, r, 0.5, e, 1.0) for p in ("gate+up+down", "up+down") for r in (0.01, 0.05) for e in (1, 2)}
     methods = seed["methods"]
     for name in ("baseline", "kfac", "svd", "bsn"):
         checks = methods[name]["checks"]
-        assert set(checks) == {"stress", "ndcg", "sample", "bf16", "relearn"}
-        assert set(checks["relearn"]) == {"clean@lr=0.001", "tuning_items@lr=0.001"}
-        assert checks["relearn"]["clean@lr=0.001"]["steps"] == [2, 5]
+        assert set(checks) == {"stress", "ndcg", "sample", "quantization", "bf16", "relearn"}
+        assert set(checks["relearn"]) == {"clean@lr=0.001", "tuning_items@lr=0.001", "control_items@lr=0.001"}
+        assert checks["relearn"]["clean@lr=0.001"]["steps"] == [2] and checks["relearn"]["tuning_items@lr=0.001"]["steps"] == [2, 5]
+        # two-sided: the relearned items are measured beside the held-out ones
+        assert set(checks["relearn"]["tuning_items@lr=0.001"]["sets"]) == {"memorized_tuning", "memorized_validation", "quotes",
+                                                                          "control_sequences", "control_quotes"}
+        assert set(checks["quantization"]["by_bits"]) == {"int4", "int8"}
+    for name in ("kfac", "svd", "bsn"):  # each edit's size, recomputable: BSN zeroes exactly its ratio of each masked matrix
+        size = methods[name]["edit_size"]
+        assert size["relative_frobenius_min"] <= size["relative_frobenius_mean"] <= size["relative_frobenius_max"]
+    bsn_ratio = seed["chosen"]["bsn"]["ratio"]
+    masked = [m for m in methods["bsn"]["edit_size"]["per_matrix"].values() if m["entries_changed"] > 0]
+    assert masked and all(abs(m["entries_changed"] - bsn_ratio) < 0.01 for m in masked)
+    assert set(saved["by_budget"]) == {"0.02", "0.1", "0.25"}
+    for budget, row in seed["by_budget"].items():  # the same rule at each budget, recomputed from the candidates
+        for method in ("kfac", "svd", "bsn"):
+            allowed = [c for c in seed["candidates"][method] if c["perplexity"] <= (1 + float(budget)) * seed["baseline_sweep_perplexity"]]
+            if allowed:
+                assert row[method]["memorized_tuning"] == min(c["memorized_tuning"]["strict"] for c in allowed)
     assert methods["baseline"]["checks"]["ndcg"]["ndcg"] == pytest.approx(1.0)  # the baseline against itself
     # the summary's cells are the per-seed values; one seed has no interval over seeds (never a pooled one)
     cell = saved["summary"]["kfac"]["cells"]["quotes strict"]
@@ -243,3 +261,24 @@ def test_a_reused_results_file_that_is_not_one_is_named_not_a_traceback(tmp_path
     (tmp_path / "earlier" / "seed-0" / "results.json").write_text(content)
     with pytest.raises(UnmemorizeError, match=f"--reuse: .*seed-0/results.json is not the results.json of a seed .*{re.escape(why)}"):
         reusable(CompareConfig(quick=True, seeds="0", reuse=str(tmp_path / "earlier")), 0)
+
+
+def test_pareto_front_is_the_brute_force_set_of_undominated_candidates():
+    """pareto_front against the definition, on random candidates with ties and a non-finite perplexity: a point is on
+    the front iff no candidate is at least as good on both axes and better on one (equal points count once)."""
+    import random
+
+    from unmemorize.testbed.compare_report import pareto_front
+
+    rng = random.Random(3)
+    for trial in range(30):
+        candidates = [{"method": "bsn", "key": f"c{i}", "perplexity": rng.choice([10.0, 10.5, 11.0, 12.0, float("nan")]),
+                       "memorized_tuning": {"strict": 0.0},
+                       "reported": {"memorized_validation": {"strict": rng.choice([0.0, 0.2, 0.5, 1.0])}, "quotes": {"strict": 0.1}}}
+                      for i in range(rng.randint(1, 12))]
+        finite = [(c["perplexity"], c["reported"]["memorized_validation"]["strict"]) for c in candidates if c["perplexity"] == c["perplexity"]]
+        expected = {(p, v) for p, v in finite
+                    if not any(q <= p and w <= v and (q < p or w < v) for q, w in finite)}
+        front = pareto_front(candidates, 10.0)
+        got = [(round(f["perplexity_ratio"] * 10.0, 9), f["memorized_validation"]) for f in front]
+        assert len(got) == len(set(got)) and set(got) == expected, trial

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -215,7 +216,8 @@ def _check_fits(model: nn.Module, sequences: list[list[int]], option: str) -> No
 
 
 def balanced_subnet(model: nn.Module, forget, retain, config: BSNConfig | None = None, targets: list[str] | None = None,
-                    pad_id: int = 0, batch_log: list | None = None) -> tuple[nn.Module, BSNRecord]:
+                    pad_id: int = 0, batch_log: list | None = None,
+                    on_epoch: Callable[[int, dict[str, torch.Tensor]], None] | None = None) -> tuple[nn.Module, BSNRecord]:
     """Train BSN masks on ``model`` and apply them permanently; returns ``(model, record)``.
 
     ``forget`` / ``retain``: ``sequences.TokenSet``s (their sources go into ``record.data``), lists
@@ -225,7 +227,10 @@ def balanced_subnet(model: nn.Module, forget, retain, config: BSNConfig | None =
     keep the original); on an error or interrupt it is left exactly as it was. Only the chosen
     weights change, and only by zeroing; biases, attention, embeddings, norms and the LM head
     are never touched. ``batch_log``, if given, receives each step's (forget, retain) indices.
-    Writes no file (``save_bsn_model`` does).
+    ``on_epoch(e, removed)``, if given, is called after each epoch e = 1..epochs with the entries the masks
+    remove at that point: the batch streams and the constant learning rate do not depend on ``epochs``, so
+    after epoch e these are exactly the masks of a run with ``epochs = e`` (one long run serves a grid of
+    epoch counts; tested). Writes no file (``save_bsn_model`` does).
     """
     config = config or BSNConfig()
     config.validate()
@@ -257,7 +262,8 @@ def balanced_subnet(model: nn.Module, forget, retain, config: BSNConfig | None =
     history: list[dict] = []
     bar = None
     forget_k, retain_k = batch_shares(config.batch_size, len(forget_seqs), len(retain_seqs))
-    total = config.epochs * steps_per_epoch(config.batch_size, len(forget_seqs), len(retain_seqs))
+    per_epoch = steps_per_epoch(config.batch_size, len(forget_seqs), len(retain_seqs))
+    total = config.epochs * per_epoch
     try:
         for p in model.parameters():
             p.requires_grad_(False)
@@ -284,6 +290,8 @@ def balanced_subnet(model: nn.Module, forget, retain, config: BSNConfig | None =
             history.append({"step": step, "forget_ce": forget_ce.item(), "retain_ce": retain_ce.item(), "loss": loss.item()})
             bar.update(1)
             bar.set_postfix(forget=f"{history[-1]['forget_ce']:.3f}", retain=f"{history[-1]['retain_ce']:.3f}", refresh=False)
+            if on_epoch is not None and (step + 1) % per_epoch == 0:
+                on_epoch((step + 1) // per_epoch, {name: mask.removed().clone() for name, mask in masks.items()})
         removed = {name: mask.removed() for name, mask in masks.items()}
     finally:
         if bar is not None:

@@ -78,7 +78,7 @@ def summarize(per_seed: dict[int, dict]) -> dict:
         for key in attack_keys:
             runs = [r["checks"]["relearn"][key] for r in rows]
             steps = runs[0]["steps"]
-            for name in ("memorized_validation", "quotes", "control_sequences", "control_quotes"):
+            for name in runs[0]["sets"]:
                 for index, k in enumerate(steps):
                     attacks[f"{key} k={k} {name}"] = _percent_cell([_count(run["sets"][name][index]["strict"], run["sets"][name][index]["n"])
                                                                     for run in runs])
@@ -89,6 +89,15 @@ def summarize(per_seed: dict[int, dict]) -> dict:
             attacks[f"sample loglik {name}"] = _plain_cell([s["mean_log_likelihood_per_token"] for s in samples])
             bf16 = [r["checks"]["bf16"]["sets"][name] for r in rows]
             attacks[f"bf16 {name}"] = _percent_cell([_count(b["strict"], b["n"]) for b in bf16])
+        if all("quantization" in r["checks"] for r in rows):
+            for width in rows[0]["checks"]["quantization"]["by_bits"]:
+                runs = [r["checks"]["quantization"]["by_bits"][width] for r in rows]
+                for name in runs[0]["sets"]:
+                    attacks[f"{width} {name}"] = _percent_cell([_count(q["sets"][name]["strict"], q["sets"][name]["n"]) for q in runs])
+                attacks[f"{width} weight change"] = _plain_cell([q["weights"]["max_relative_frobenius_change"] for q in runs])
+        if all("edit_size" in r for r in rows):
+            for stat in ("relative_frobenius_mean", "relative_frobenius_min", "relative_frobenius_max", "entries_changed_mean"):
+                cells[f"edit {stat}"] = _plain_cell([r["edit_size"][stat] for r in rows])
         summary[method] = {"cells": cells, "attacks": attacks,
                            "setting": {str(s): per_seed[s]["methods"][method].get("setting", "-") for s in seeds},
                            "rule_met": {str(s): per_seed[s]["methods"][method].get("rule_met", True) for s in seeds}}
@@ -179,17 +188,20 @@ def survival(per_seed: dict[int, dict]) -> dict:
     out = {}
     seeds = sorted(per_seed)
     keys = list(per_seed[seeds[0]]["methods"]["baseline"]["checks"]["relearn"])
+    quantized = [f"quant {w}" for w in per_seed[seeds[0]]["methods"]["baseline"]["checks"].get("quantization", {}).get("by_bits", {})]
     for method in ("kfac", "svd", "bsn"):
         out[method] = {}
         for name in ("memorized_validation", "quotes"):
-            for attack in keys + ["bf16"]:
+            for attack in keys + quantized + ["bf16"]:
                 values, removed = [], []
                 for s in seeds:
                     result = per_seed[s]["methods"]
                     n = result["baseline"][name]["n"]
                     base, edited = result["baseline"][name]["strict"], result[method][name]["strict"]
                     checks = result[method]["checks"]
-                    after = (checks["bf16"]["sets"][name]["strict"] if attack == "bf16" else _largest(checks["relearn"][attack], name)["strict"])
+                    after = (checks["bf16"]["sets"][name]["strict"] if attack == "bf16"
+                             else checks["quantization"]["by_bits"][attack[len("quant "):]]["sets"][name]["strict"] if attack.startswith("quant ")
+                             else _largest(checks["relearn"][attack], name)["strict"])
                     removed.append(round((base - edited) * n))
                     values.append(None if removed[-1] < MIN_REMOVED else (after - edited) / (base - edited))
                 stats = mean_std(values)
@@ -239,6 +251,98 @@ def plot_pareto(per_seed: dict[int, dict], path: Path, budget: float) -> None:
     plt.close(fig)
 
 
+def pareto_front(candidates: list[dict], baseline_perplexity: float, name: str = "memorized_validation") -> list[dict]:
+    """The candidates no other candidate beats on both axes -- sweep perplexity ratio and ``name``'s strict
+    recitation (both lower is better) -- sorted by perplexity; ties on both axes keep the first."""
+    import math
+
+    points = sorted(((c for c in candidates if math.isfinite(_ppl(c)))), key=lambda c: (_ppl(c), c["reported"][name]["strict"]))
+    front, best = [], float("inf")
+    for c in points:
+        value = c["reported"][name]["strict"]
+        if value < best:
+            front.append({"setting": _setting(c), "perplexity_ratio": _ppl(c) / baseline_perplexity, name: value,
+                          "quotes": c["reported"]["quotes"]["strict"], "memorized_tuning": c["memorized_tuning"]["strict"]})
+            best = value
+    return front
+
+
+def pareto_lines(per_seed: dict[int, dict]) -> list[str]:
+    lines = ["", "## Pareto fronts (every candidate of each sweep; perplexity / baseline on heldout_tuning vs validation strict %; "
+             "no other candidate of the method is better on both)", "", "| method | seed | front: perplexity ratio -> val strict % "
+             "(quotes %) |", "|---|---|---|"]
+    for method in ("kfac", "svd", "bsn"):
+        for seed, result in sorted(per_seed.items()):
+            front = pareto_front(result["candidates"][method], result["baseline_sweep_perplexity"])
+            lines.append(f"| {method} | {seed} | " + "; ".join(f"{p['perplexity_ratio']:.3f} -> {100 * p['memorized_validation']:.0f} "
+                                                           f"({100 * p['quotes']:.0f})" for p in front) + " |")
+    return lines
+
+
+def by_budget_summary(per_seed: dict[int, dict]) -> dict:
+    """Per budget and method: cells over seeds; per budget: paired tests K-FAC vs each other method on val and quotes."""
+    seeds = sorted(per_seed)
+    budgets = list(per_seed[seeds[0]].get("by_budget", {}))
+    out = {}
+    for budget in budgets:
+        rows = {m: [per_seed[s]["by_budget"][budget][m] for s in seeds] for m in ("kfac", "svd", "bsn")}
+        entry = {"methods": {}, "tests": {}}
+        for method, values in rows.items():
+            entry["methods"][method] = {
+                "settings": [v["setting"] for v in values], "rule_met": [v["rule_met"] for v in values],
+                "perplexity_ratio": _plain_cell([v["perplexity_ratio"] for v in values]),
+                **{name: _percent_cell([_count(v[name], v["n"][name]) for v in values])
+                   for name in ("memorized_validation", "quotes")},
+                "memorized_tuning": over_seeds([v["memorized_tuning"] for v in values], bounds=(0.0, 1.0))}
+        for other in ("svd", "bsn"):
+            for name in ("memorized_validation", "quotes"):
+                entry["tests"][f"kfac - {other} {name}"] = paired_over_seeds([v[name] for v in rows["kfac"]], [v[name] for v in rows[other]])
+        out[budget] = entry
+    return out
+
+
+def _test_text(test: dict) -> str:
+    if test["p_value"] is None:
+        return f"{100 * test['mean_difference']:+.1f} (p undefined)"
+    verdict = " **K-FAC lower**" if test["p_value"] < SIGNIFICANCE and test["mean_difference"] < 0 else (
+        " **K-FAC higher**" if test["p_value"] < SIGNIFICANCE else "")
+    return f"{100 * test['mean_difference']:+.1f}, p = {test['p_value']:.3f}{verdict}"
+
+
+def by_budget_lines(per_seed: dict[int, dict]) -> list[str]:
+    summary = by_budget_summary(per_seed)
+    if not summary:
+        return []
+    lines = ["", "## Matched perplexity at several budgets (each method chosen by the same rule on the tuning split at each budget; "
+             "recitation from the sweep's scoring; paired t test over seeds of K-FAC minus the other method, in points)", "",
+             "| budget | method | settings per seed | perplexity / baseline | val strict | quotes strict | forget (tuning) strict |",
+             "|---|---|---|---|---|---|---|"]
+    for budget, entry in summary.items():
+        for method, cell in entry["methods"].items():
+            met = "" if all(cell["rule_met"]) else " (rule not met at a seed: least-bad candidate)"
+            lines.append(f"| +{100 * float(budget):g}% | {method} | " + "; ".join(cell["settings"]) + met + " | "
+                         f"{_fmt(cell['perplexity_ratio'], False, 3)} | {_fmt(cell['memorized_validation'])} | {_fmt(cell['quotes'])} | "
+                         f"{_fmt(cell['memorized_tuning'])} |")
+    lines += ["", "| budget | K-FAC - SVD, val | K-FAC - SVD, quotes | K-FAC - BSN, val | K-FAC - BSN, quotes |", "|---|---|---|---|---|"]
+    for budget, entry in summary.items():
+        t = entry["tests"]
+        lines.append(f"| +{100 * float(budget):g}% | " + " | ".join(_test_text(t[f"kfac - {o} {n}"]) for o in ("svd", "bsn")
+                                                                    for n in ("memorized_validation", "quotes")) + " |")
+    return lines
+
+
+def edit_size_lines(summary: dict) -> list[str]:
+    cells = ["edit relative_frobenius_mean", "edit relative_frobenius_min", "edit relative_frobenius_max", "edit entries_changed_mean"]
+    if not all(c in summary[m]["cells"] for m in ("kfac", "svd", "bsn") for c in cells):
+        return []
+    lines = ["", "## Edit sizes (per target matrix: ||W' - W||_F / ||W||_F and the fraction of entries changed; mean, min and max "
+             "over the matrices, then over seeds)", "", "| method | " + " | ".join(c.replace("edit ", "") for c in cells) + " |",
+             "|---|" + "---|" * len(cells)]
+    for method in ("kfac", "svd", "bsn"):
+        lines.append(f"| {method} | " + " | ".join(_fmt(summary[method]["cells"][c], False, 3) for c in cells) + " |")
+    return lines
+
+
 def _table(summary: dict, cells: list[str], percent: set[str]) -> list[str]:
     lines = ["| method | " + " | ".join(cells) + " |", "|---|" + "---|" * len(cells)]
     for method in METHOD_ORDER:
@@ -275,7 +379,10 @@ def write_compare_report(per_seed: dict[int, dict], out: Path, config) -> dict:
              f"(n={n['quotes']}) are never used for a choice. BSN's forget set is the tuning split (n={n['memorized_tuning']}); its "
              f"retain set and K-FAC's factors are the same factor data ({config.factor_data}). Cells: mean over seeds "
              "[95% t interval of the mean over seeds, clipped to [0, 100] for percentages] (each seed's value): seeds, not items, "
-             "are the unit of replication.", ""]
+             "are the unit of replication.", "",
+             f"Grids: K-FAC rho {config.rhos} x the layer and projection sets; SVD energy {config.energies} x the same sets; BSN "
+             f"masks {' / '.join(v.replace(',', '+') for v in config.bsn_projections.split(';'))} x ratio {config.bsn_ratios} x "
+             f"alpha {config.bsn_alphas} x score lr {config.bsn_lrs} x epochs {config.bsn_epochs}.", ""]
     lines += ["## Settings chosen per seed", "", "| method | " + " | ".join(f"seed {s}" for s in seeds) + " | rule met |",
               "|---|" + "---|" * (len(seeds) + 1)]
     for method in ("kfac", "svd", "bsn"):
@@ -311,17 +418,40 @@ def write_compare_report(per_seed: dict[int, dict], out: Path, config) -> dict:
                      f"{'yes' if row['quotes_half_holds'] else 'no'}; BSN removes more of its forget set: "
                      f"{'yes' if row['forget_half_holds'] else 'no'}.")
     lines.append(f"- {claim_line(claim)}")
-    lines += ["", "## Attacks: validation / quotes / never-trained control strict % after relearning", ""]
+    lines += by_budget_lines(per_seed)
+    lines += pareto_lines(per_seed)
+    lines += edit_size_lines(summary)
+    lines += ["", "## Attacks: strict % after relearning (cells: mean [95% t interval over seeds] (each seed's value); baseline = "
+              "the unedited model under the same attack)", ""]
     attack_keys = list(first["methods"]["baseline"]["checks"]["relearn"])
     for key in attack_keys:
-        steps = first["methods"]["baseline"]["checks"]["relearn"][key]["steps"]
-        cells = [f"{key} k={k} {name}" for k in steps for name in ("memorized_validation", "quotes")]
-        cells += [f"{key} k={steps[-1]} control_sequences", f"{key} k={steps[-1]} control_quotes"]
-        lines += [f"**{key}** ({'clean factor-data text' if key.startswith('clean') else 'the tuning half of the memorized items'}; "
-                  "columns: k steps, set)", ""]
-        header = [c.replace(f"{key} ", "").replace("memorized_validation", "val") for c in cells]
+        run = first["methods"]["baseline"]["checks"]["relearn"][key]
+        steps, measured = run["steps"], list(run["sets"])
+        source = key.split("@")[0]
+        relearned = {"tuning_items": "memorized_tuning", "control_items": "control_sequences"}.get(source)
+        shown = ([relearned] if relearned else []) + [m for m in ("memorized_validation", "quotes") if m != relearned]
+        if source != "control_items":
+            shown += [m for m in ("control_sequences",) if m in measured and m != relearned]
+        cells = [f"{key} k={k} {name}" for k in steps for name in shown]
+        what = {"clean": "clean factor-data text (no memorized item)",
+                "tuning_items": "the tuning half of the memorized items (BSN's forget set): the relearned items (memorized_tuning) "
+                                "and the held-out ones",
+                "control_items": "the never-trained control sequences: the positive control, how fast each model learns new random "
+                                 "sequences"}.get(source, source)
+        lines += [f"**{key}**: relearning on {what}; columns: k steps, set", ""]
+        header = [c.replace(f"{key} ", "").replace("memorized_validation", "val").replace("memorized_tuning", "relearned tuning")
+                  .replace("control_sequences", "control seq") for c in cells]
         body = _table(summary, cells, set(cells))
         lines += ["| method | " + " | ".join(header) + " |"] + body[1:] + [""]
+    widths = list(first["methods"]["baseline"]["checks"].get("quantization", {}).get("by_bits", {}))
+    if widths:
+        cells = [f"{w} {n_}" for w in widths for n_ in ("memorized_validation", "quotes", "memorized_tuning")]
+        lines += ["**Low-bit weight quantization** (optimum-quanto, weights only: int4 affine in groups of 128, int8 symmetric per "
+                  "output row; the attack of Zhang et al., ICLR 2025): strict % on the quantized copy, and the largest relative "
+                  "Frobenius change of a linear weight", ""]
+        header = [c.replace("memorized_validation", "val").replace("memorized_tuning", "tuning") for c in cells]
+        body = _table(summary, cells + [f"{w} weight change" for w in widths], set(cells))
+        lines += ["| method | " + " | ".join(header + [f"{w} max rel. change" for w in widths]) + " |"] + body[1:] + [""]
     sets = ("memorized_validation", "quotes", "control_sequences", "control_quotes")
     cells = [f"sample {kind} {n_}" for n_ in sets for kind in ("exact", "items")]
     lines += [f"**Sampled extraction** ({config.samples} samples per item, T = 1, top-k 40): per set, % of samples equal to the "
@@ -335,14 +465,16 @@ def write_compare_report(per_seed: dict[int, dict], out: Path, config) -> dict:
     lines += ["| method | " + " | ".join(c.replace("sample loglik ", "log-lik ") for c in cells) + " |"] + body[1:] + [""]
     cells = [f"bf16 {n_}" for n_ in ("memorized_validation", "quotes")]
     body = _table(summary, cells, set(cells))
-    lines += ["**bf16 round trip** of every weight: strict %", "", "| method | " + " | ".join(cells) + " |"] + body[1:] + [""]
+    lines += ["**bf16 round trip** of every weight (kept for comparison with earlier reports; not a recognised attack, the "
+              "quantization above is): strict %", "", "| method | " + " | ".join(cells) + " |"] + body[1:] + [""]
     lines += ["## Does the removal survive? (restored = (after - edited) / (baseline - edited) of strict recitation after the "
               f"largest k, mean over seeds; '-' where the edit removed fewer than {MIN_REMOVED} items at every seed; the baseline "
               "after the same attack is in the tables above)", "",
-              "| method | set | " + " | ".join(key for key in attack_keys + ["bf16"]) + " |", "|---|---|" + "---|" * (len(attack_keys) + 1)]
+              "| method | set | " + " | ".join(key for key in attack_keys + [f"quant {w}" for w in widths] + ["bf16"]) + " |",
+              "|---|---|" + "---|" * (len(attack_keys) + len(widths) + 1)]
     for method, row in survives.items():
         for name in ("memorized_validation", "quotes"):
-            cells = [row[f"{name} {attack}"] for attack in attack_keys + ["bf16"]]
+            cells = [row[f"{name} {attack}"] for attack in attack_keys + [f"quant {w}" for w in widths] + ["bf16"]]
             lines.append(f"| {method} | {name} | " + " | ".join("-" if r["mean"] is None else f"{r['mean']:.2f} ({r['verdict']})"
                                                               for r in cells) + " |")
     timing = [per_seed[s]["timing"] for s in seeds]
@@ -359,7 +491,9 @@ def write_compare_report(per_seed: dict[int, dict], out: Path, config) -> dict:
     text = "\n".join(lines)
     (out / "report.md").write_text(text)
     record = {"seeds": seeds, "config": {k: v for k, v in vars(config).items()}, "summary": summary, "paper_claim": claim,
-              "matched_perplexity": matched,
+              "matched_perplexity": matched, "by_budget": by_budget_summary(per_seed),
+              "pareto_fronts": {m: {str(s): pareto_front(per_seed[s]["candidates"][m], per_seed[s]["baseline_sweep_perplexity"])
+                                    for s in seeds} for m in ("kfac", "svd", "bsn")},
               "survival": survives, "timing": {str(s): t for s, t in zip(seeds, timing)}, "provenance": provenance()}
     write_json(out / "results.json", record)
     print(text)

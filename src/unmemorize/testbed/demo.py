@@ -123,14 +123,34 @@ def _sweep(model, suite, factors, bases, rhos):
     return candidates
 
 
-def _svd_matched(model, suite, plan, target_ppl):
-    energies = [0.3, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98, 0.99, 0.995]
-    points = []
-    for energy in energies:
+SVD_ENERGIES = (0.3, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98, 0.99, 0.995)
+
+
+def _svd_matched(model, suite, plan, target_ppl, refinements: int = 8):
+    """SVD on the K-FAC plan's modules at the energy whose sweep perplexity is closest to ``target_ppl``: the grid
+    ``SVD_ENERGIES``, then ``refinements`` bisections of the energy interval between the two neighbouring grid points
+    whose perplexities straddle the target (a coarse grid once left the matched point a near-null edit). Every scored
+    point is returned (``refined: true`` for the bisection's); the match's |log perplexity ratio| is ``matched_gap``."""
+
+    def score(energy: float, refined: bool) -> dict:
         with edited(model, {name: energy for name in plan}, config=EditConfig(method="svd")):
-            points.append({"method": "svd", "energy": energy, **suite.quick(model)})
-    best = min(points, key=lambda p: abs(math.log(p["perplexity"] / target_ppl)))
-    return best, points
+            return {"method": "svd", "energy": energy, "refined": refined, **suite.quick(model)}
+
+    def gap(point: dict) -> float:
+        return abs(math.log(point["perplexity"] / target_ppl)) if math.isfinite(point["perplexity"]) else math.inf
+
+    points = [score(energy, False) for energy in SVD_ENERGIES]
+    above = [p for p in points if p["perplexity"] >= target_ppl]  # lower energies cut more: higher perplexity
+    below = [p for p in points if p["perplexity"] < target_ppl]
+    if above and below:
+        low, high = max(above, key=lambda p: p["energy"]), min(below, key=lambda p: p["energy"])
+        if low["energy"] < high["energy"]:
+            for _ in range(refinements):
+                middle = score(round((low["energy"] + high["energy"]) / 2, 6), True)
+                points.append(middle)
+                low, high = (middle, high) if middle["perplexity"] >= target_ppl else (low, middle)
+    best = min(points, key=gap)
+    return {**best, "matched_gap": gap(best)}, points
 
 
 def _band_analysis(model, tokenizer, folder: Path, modules, bases, factors, plan, kfac: dict, out: Path, quick: bool) -> dict:
@@ -305,7 +325,8 @@ def _run_demo(config: DemoConfig, out: Path) -> dict:
         "analysis": analysis,
         **({"experts": expert_summary(kfac_stats, factors)} if experts else {}),
         "testbed_training": {"seconds": info["seconds"], "tokens": info["tokens"], "steps": info["steps"],
-                             "trained_here": walls["testbed (train or load)"] > 1.0},
+                             "source": info.get("source", "trained here (or cached from a training here)")},
+        "leak_scan": info.get("leak_scan"),
         "wall_seconds": walls,
     }
     main = write_report(results, out)

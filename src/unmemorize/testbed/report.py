@@ -61,9 +61,22 @@ def task_table(results: dict) -> str:
                 cell += f" ({retention:.2f}" + (f" [{interval[0]:.2f}, {interval[1]:.2f}]" if interval else "") + ")"
             cells.append(cell)
         learned = results["methods"]["kfac"]["tasks"][name].get("learned", True) if "kfac" in results["methods"] else True
-        lines.append(f"| {name}{'' if learned else ' (not learned: excluded from categories)'} | {base['category']} | {base['n']} | "
+        apart = ": excluded from categories" if base["category"] == "trained_by_meaning" else ""
+        lines.append(f"| {name}{apart if learned else ' (not learned: excluded from categories)'} | {base['category']} | {base['n']} | "
                      + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def leak_lines(scan: dict | None) -> list[str]:
+    """What the leak scan of this testbed found (``leaks.py``), as the reports print it."""
+    if not scan:
+        return ["Rows held out by meaning: not scanned (a testbed from before the scan; retrain or use the shipped one).", ""]
+    counts = "; ".join(f"{task} {c['meaning']} of {c['rows']}" for task, c in scan["tasks"].items() if c["meaning"])
+    return [f"**Held out by string, and by meaning?** Every evaluation row is held out of the training, factor and held-out text "
+            f"by string (exact scan: {sum(c['exact'] for c in scan['tasks'].values())} rows found). Checked equivalences: "
+            + "; ".join(scan["equivalences"]) + f". Rows whose equivalent form is a training example: {counts or 'none'}; they are "
+            "reported apart (task '... (trained by meaning)', category `trained_by_meaning`) and left out of category retention. "
+            "Not checked: " + "; ".join(scan["not_checked"]) + ".", ""]
 
 
 def retention_table(results: dict) -> str:
@@ -244,7 +257,7 @@ def write_report(results: dict, out: Path) -> str:
         "Strict: the greedy suffix equals the true one; loose: normalized token Levenshtein similarity >= 0.75; "
         "Lev.: mean normalized Levenshtein distance (higher = less memorized). Controls are never-trained sequences and quotes.",
         "", "## Retention by category (paper Figure 3 analogue)", "", retention_table(results), "", "![retention](retention.png)", "",
-        "## Tasks", "", task_table(results), "", *_analysis_lines(results), *_expert_lines(results), "## Sweep", "", "![sweep](sweep.png)", "",
+        "## Tasks", "", task_table(results), "", *leak_lines(results.get("leak_scan")), *_analysis_lines(results), *_expert_lines(results), "## Sweep", "", "![sweep](sweep.png)", "",
         f"{len(results.get('sweep', []))} candidate edits scored on the tuning split and a held-out perplexity slice only.", "",
         "## Curvature spectra of the factors", "", "![spectra](spectrum.png)", "",
         "## Wall times", "", "| stage | seconds |", "|---|---|",
@@ -378,6 +391,7 @@ def write_seeds_report(per_seed: dict[int, dict], out: Path, config) -> dict:
         *([f"**The selection rule was not met for seed(s) {', '.join(map(str, unmet))}** (see their reports).", ""] if unmet else
           ["The selection rule was met for every seed.", ""]),
         "## Memorization, tasks and perplexity (mean over seeds [t interval] (per seed))", "", seeds_table(summary, cells), "",
+        *_seeds_leak_lines(per_seed),
         "## Retention by category (mean over seeds [t interval] (per seed))", "",
         "| category | " + " | ".join(m for m in summary if m != "baseline") + " |", "|---|" + "---|" * (len(summary) - 1),
     ]
@@ -401,6 +415,20 @@ def write_seeds_report(per_seed: dict[int, dict], out: Path, config) -> dict:
     (out / "report.md").write_text("\n".join(text))
     print(seeds_table(summary, cells))
     return results
+
+
+def _seeds_leak_lines(per_seed: dict[int, dict]) -> list[str]:
+    """The leak scan at every seed: rows trained by meaning per task, and the equivalences checked."""
+    scans = {s: r.get("leak_scan") for s, r in sorted(per_seed.items())}
+    if not all(scans.values()):
+        return ["Rows held out by meaning: not scanned at every seed (a testbed from before the scan).", ""]
+    first = next(iter(scans.values()))
+    per_task = "; ".join(f"{task} " + " / ".join(str(scan["tasks"][task]["meaning"]) for scan in scans.values())
+                         + f" of {first['tasks'][task]['rows']}" for task in first["tasks"])
+    return [f"Leak scan at every seed (rows whose equivalent form is a training example, per seed): {per_task}; exact-string "
+            f"leaks: {sum(c['exact'] for scan in scans.values() for c in scan['tasks'].values())}. Checked: "
+            + "; ".join(first["equivalences"]) + ". Those rows are the '(trained by meaning)' tasks, left out of category "
+            "retention; not checked: " + "; ".join(first["not_checked"]) + ".", ""]
 
 
 def side_by_side_table(named: dict[str, dict]) -> str:

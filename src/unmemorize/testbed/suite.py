@@ -80,16 +80,19 @@ LEARNED = 0.5  # a task whose baseline accuracy is below this measures nothing (
 def add_retention(result: dict, baseline: dict) -> dict:
     """retention = edited / baseline accuracy, per task, per category and for memorized sets.
 
-    Category retention averages only *learned* tasks (baseline accuracy >= 50%); tasks below
-    are kept in the tables, marked ``learned: false``, and left out of category means. The rule
+    Category retention averages only *learned* tasks (baseline accuracy >= 50%) held out by meaning;
+    tasks below are kept in the tables, marked ``learned: false``, and left out of category means, and
+    so are the rows whose meaning training saw (category ``trained_by_meaning``, ``leaks.py``). The rule
     looks at the baseline alone, never at an edit's result.
     """
+    from .leaks import CATEGORY as TRAINED_BY_MEANING
+
     learned: dict[str, list[str]] = {}
     for name, task in result["tasks"].items():
         base = baseline["tasks"][name]["accuracy"]
         task["retention"] = task["accuracy"] / base if base > 0 else None
         task["learned"] = base >= LEARNED
-        if task["learned"]:
+        if task["learned"] and task["category"] != TRAINED_BY_MEANING:
             learned.setdefault(task["category"], []).append(name)
 
     def mean(method: dict, names: list[str]) -> float:

@@ -36,7 +36,7 @@ from ..errors import UnmemorizeError
 from .world import (FACTOR_DATA, GENERATOR_VERSION, World, WorldConfig, build_world, evaluation_tasks, factor_documents, heldout_split,
                     training_documents)
 
-TESTBED_VERSION = 2  # unchanged by the per-epoch task curve (metadata only): cached v4 testbeds stay valid
+TESTBED_VERSION = 3  # 3: tasks.jsonl reports rows held out only by string apart (``leaks.py``); the training is v2's
 SPECIAL_TOKENS = ["<pad>", "<unk>", "<eos>"]
 
 
@@ -162,7 +162,12 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
 
 
-def _write_data(folder: Path, world: World, tokenizer) -> None:
+def write_data(folder: Path, world: World, tokenizer) -> dict:
+    """Every data file of ``folder/data`` from the world and the trained tokenizer (deterministic); returns the
+    leak scan of the evaluation rows (``leaks.scan_world``: every training epoch, the factor data and the held-out
+    text), whose rows held out by string but not by meaning are written apart (``leaks.split_by_meaning``)."""
+    from .leaks import scan_world, split_by_meaning
+
     data = folder / "data"
     data.mkdir(parents=True, exist_ok=True)
     for kind in FACTOR_DATA:
@@ -177,7 +182,10 @@ def _write_data(folder: Path, world: World, tokenizer) -> None:
     controls = [item for item in world.sequences if item.split == "control"]
     _write_jsonl(data / "control_sequences.jsonl", _memorization_rows(controls, tokenizer, "sequence", prefix))
     _write_jsonl(data / "control_quotes.jsonl", _memorization_rows([q for q in world.quotes if q.split == "control"], tokenizer, "quote"))
-    _write_jsonl(data / "tasks.jsonl", evaluation_tasks(world))
+    rows = evaluation_tasks(world)
+    scan = scan_world(world, TrainConfig().epochs)
+    _write_jsonl(data / "tasks.jsonl", split_by_meaning(rows, scan))
+    return scan.to_dict()
 
 
 def _learning_rate(step: int, total: int, config: TrainConfig) -> float:
@@ -256,15 +264,44 @@ def train_testbed(world_config: WorldConfig | None = None, train_config: TrainCo
     with atomic_dir(out, overwrite=True if overwrite or not out.exists() else overwrite) as tmp:
         model.save_pretrained(tmp / "model", safe_serialization=True)
         tokenizer.save_pretrained(tmp / "model")
-        _write_data(tmp, world, tokenizer)
+        info["leak_scan"] = write_data(tmp, world, tokenizer)
         write_json(tmp / "testbed.json", info)
     return out
 
 
-def load_or_train(world_config: WorldConfig | None = None, train_config: TrainConfig | None = None, progress: bool = True) -> Path:
-    """The cached testbed folder for these configs, training it first if needed."""
+def materialize_shipped(record: dict, world_config: WorldConfig, out: Path) -> Path:
+    """A shipped testbed (``shipped.py``) made a cache folder: model files checked and copied, data regenerated."""
+    from transformers import PreTrainedTokenizerFast
+
+    from .shipped import copy_model
+
+    world = build_world(world_config)
+    with atomic_dir(out, overwrite=True) as tmp:
+        copy_model(record, tmp / "model")
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(str(tmp / "model"))
+        info = {**record["testbed"], "key": record["key"], "testbed_version": TESTBED_VERSION,
+                "source": f"shipped: {record['folder']} (sha256 checked); trained by '{record['command']}'"}
+        info["leak_scan"] = write_data(tmp, world, tokenizer)
+        write_json(tmp / "testbed.json", info)
+    return out
+
+
+def load_or_train(world_config: WorldConfig | None = None, train_config: TrainConfig | None = None, progress: bool = True,
+                  retrain: bool = False) -> Path:
+    """The cached testbed folder for these configs; if the cache lacks it, the shipped model with this key
+    (``shipped.py``) made one, else a training. ``retrain``: train from scratch whatever exists."""
+    from .shipped import shipped_testbed
+
     world_config, train_config = world_config or WorldConfig(), train_config or TrainConfig()
     folder = testbed_dir(world_config, train_config)
+    if retrain:
+        return train_testbed(world_config, train_config, folder, progress, overwrite=True)
     if (folder / "testbed.json").is_file():
         return folder
+    record = shipped_testbed(cache_key(world_config, train_config))
+    if record is not None:
+        if progress:
+            print(f"testbed: the shipped model {record['folder']} (key {record['key']}; 'unmemorize testbed train --retrain' "
+                  "trains one instead)", flush=True)
+        return materialize_shipped(record, world_config, folder)
     return train_testbed(world_config, train_config, folder, progress, overwrite=True)
