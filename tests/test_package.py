@@ -52,6 +52,9 @@ def test_the_wheel_holds_every_module_of_the_package(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
     sources = {p.relative_to(ROOT / "src").as_posix() for p in (ROOT / "src" / "unmemorize").rglob("*.py")}
     assert sources and sources <= names, sorted(sources - names)
+    shipped = {p.relative_to(ROOT / "src").as_posix() for p in (ROOT / "src" / "unmemorize" / "testbed" / "shipped").rglob("*")
+               if p.is_file()}
+    assert shipped and shipped <= names, sorted(shipped - names)  # the reported testbeds travel with the package
     assert wheel.name.startswith(f"unmemorize-{unmemorize.__version__}-")
 
 

@@ -21,6 +21,7 @@ Verdicts:
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from ..evaluate.intervals import format_over_seeds, mean_std, over_seeds, paired_over_seeds
@@ -97,7 +98,8 @@ def summarize(per_seed: dict[int, dict]) -> dict:
                 attacks[f"{width} weight change"] = _plain_cell([q["weights"]["max_relative_frobenius_change"] for q in runs])
         if all("edit_size" in r for r in rows):
             for stat in ("relative_frobenius_mean", "relative_frobenius_min", "relative_frobenius_max", "entries_changed_mean"):
-                cells[f"edit {stat}"] = _plain_cell([r["edit_size"][stat] for r in rows])
+                bounds = (0.0, 1.0) if stat.startswith("entries") else (0.0, math.inf)  # a fraction; a norm ratio >= 0
+                cells[f"edit {stat}"] = over_seeds([r["edit_size"][stat] for r in rows], bounds=bounds)
         summary[method] = {"cells": cells, "attacks": attacks,
                            "setting": {str(s): per_seed[s]["methods"][method].get("setting", "-") for s in seeds},
                            "rule_met": {str(s): per_seed[s]["methods"][method].get("rule_met", True) for s in seeds}}
@@ -343,6 +345,47 @@ def edit_size_lines(summary: dict) -> list[str]:
     return lines
 
 
+def plot_relearning(per_seed: dict[int, dict], path: Path) -> None:
+    """Relearning curves: strict recitation (mean over seeds; each seed as a thin line) against steps k, per
+    relearning source and learning rate (columns) and measured set (rows), one colour per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    seeds = sorted(per_seed)
+    keys = list(per_seed[seeds[0]]["methods"]["baseline"]["checks"]["relearn"])
+    rows = ("memorized_tuning", "memorized_validation", "quotes", "control_sequences")
+    colors = {"baseline": "black", "kfac": "tab:blue", "svd": "tab:orange", "bsn": "tab:green"}
+    fig, axes = plt.subplots(len(rows), len(keys), figsize=(3.3 * len(keys), 2.5 * len(rows)), squeeze=False, sharex="col")
+    for column, key in enumerate(keys):
+        for row, name in enumerate(rows):
+            ax = axes[row][column]
+            for method in METHOD_ORDER:
+                runs = [per_seed[s]["methods"][method]["checks"]["relearn"][key] for s in seeds]
+                steps = runs[0]["steps"]
+                if name not in runs[0]["sets"]:
+                    continue
+                values = [[100 * point["strict"] for point in run["sets"][name]] for run in runs]
+                for series in values:
+                    ax.plot([max(k, 0.5) for k in steps], series, color=colors[method], alpha=0.25, linewidth=0.8)
+                mean = [sum(v[i] for v in values) / len(values) for i in range(len(steps))]
+                ax.plot([max(k, 0.5) for k in steps], mean, color=colors[method], marker="o", markersize=3, label=method)
+            ax.set_xscale("log")
+            ax.set_ylim(-3, 103)
+            if row == 0:
+                ax.set_title(key, fontsize=9)
+            if column == 0:
+                ax.set_ylabel(f"{name} strict %", fontsize=8)
+            if row == len(rows) - 1:
+                ax.set_xlabel("relearning steps k", fontsize=8)
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle("Relearning curves (thick: mean over seeds; thin: each seed)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def _table(summary: dict, cells: list[str], percent: set[str]) -> list[str]:
     lines = ["| method | " + " | ".join(cells) + " |", "|---|" + "---|" * len(cells)]
     for method in METHOD_ORDER:
@@ -371,6 +414,7 @@ def write_compare_report(per_seed: dict[int, dict], out: Path, config) -> dict:
     claim = paper_claim(per_seed, summary)
     survives = survival(per_seed)
     plot_pareto(per_seed, out / "pareto.png", config.ppl_budget)
+    plot_relearning(per_seed, out / "relearning.png")
     first = per_seed[seeds[0]]
     n = {name: first["methods"]["baseline"][name]["n"] for name in ("memorized_validation", "quotes", "memorized_tuning")}
     lines = [f"# K-FAC vs SVD vs BalancedSubnet on the testbed ({len(seeds)} seeds: {', '.join(map(str, seeds))})", "",
@@ -422,7 +466,7 @@ def write_compare_report(per_seed: dict[int, dict], out: Path, config) -> dict:
     lines += pareto_lines(per_seed)
     lines += edit_size_lines(summary)
     lines += ["", "## Attacks: strict % after relearning (cells: mean [95% t interval over seeds] (each seed's value); baseline = "
-              "the unedited model under the same attack)", ""]
+              "the unedited model under the same attack)", "", "![relearning](relearning.png)", ""]
     attack_keys = list(first["methods"]["baseline"]["checks"]["relearn"])
     for key in attack_keys:
         run = first["methods"]["baseline"]["checks"]["relearn"][key]
