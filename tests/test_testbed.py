@@ -452,3 +452,23 @@ def test_quick_demo_with_baselines_runs_the_real_comparison(tmp_path, monkeypatc
     for name in ("baselines/report.md", "baselines/pareto.png"):
         assert (tmp_path / "demo" / name).stat().st_size > 500, name
     assert set(strict_loads((tmp_path / "demo" / "baselines" / "results.json").read_text())["summary"]) == {"baseline", "kfac", "svd", "bsn"}
+
+
+def test_the_seeds_report_tests_kfac_against_each_edit_paired_over_seeds():
+    """paired_tests: the per-seed differences are K-FAC minus the other method, and the p-value is scipy's ttest_rel."""
+    from scipy.stats import ttest_rel
+
+    from unmemorize.testbed.report import paired_tests
+
+    def method(val, quotes):
+        zero = {"strict": 0.0, "n": 50}
+        return {"memorized_validation": {"strict": val, "n": 50}, "quotes": {"strict": quotes, "n": 100}, "control_sequences": zero,
+                "control_quotes": zero, "perplexity": 20.0, "tasks": {}}
+
+    kfac, svd = [(0.0, 0.03), (0.02, 0.03), (0.0, 0.01)], [(0.32, 0.28), (0.94, 0.99), (0.92, 0.80)]
+    per_seed = {s: {"methods": {"kfac": method(*kfac[s]), "svd": method(*svd[s])}} for s in range(3)}
+    tests = paired_tests(per_seed)
+    assert set(tests) == {"kfac - svd val strict", "kfac - svd quotes strict"}
+    val = tests["kfac - svd val strict"]
+    assert val["differences"] == pytest.approx([k[0] - s[0] for k, s in zip(kfac, svd)])
+    assert val["p_value"] == pytest.approx(ttest_rel([k[0] for k in kfac], [s[0] for s in svd]).pvalue)

@@ -375,6 +375,7 @@ def write_seeds_report(per_seed: dict[int, dict], out: Path, config) -> dict:
                    "testbeds": {str(s): per_seed[s]["config"]["testbed_key"] for s in seeds}},
         "summary": summary,
         "rule_met": {str(s): per_seed[s]["rule_met"] for s in seeds},
+        "paired_tests": paired_tests(per_seed),
         "per_seed": {str(s): f"seed-{s}/results.json" for s in seeds},
         "wall_seconds": {str(s): per_seed[s]["wall_seconds"] for s in seeds},
         "provenance": provenance(),
@@ -391,7 +392,7 @@ def write_seeds_report(per_seed: dict[int, dict], out: Path, config) -> dict:
         *([f"**The selection rule was not met for seed(s) {', '.join(map(str, unmet))}** (see their reports).", ""] if unmet else
           ["The selection rule was met for every seed.", ""]),
         "## Memorization, tasks and perplexity (mean over seeds [t interval] (per seed))", "", seeds_table(summary, cells), "",
-        *_seeds_leak_lines(per_seed),
+        *_seeds_leak_lines(per_seed), *paired_test_lines(results["paired_tests"]),
         "## Retention by category (mean over seeds [t interval] (per seed))", "",
         "| category | " + " | ".join(m for m in summary if m != "baseline") + " |", "|---|" + "---|" * (len(summary) - 1),
     ]
@@ -415,6 +416,37 @@ def write_seeds_report(per_seed: dict[int, dict], out: Path, config) -> dict:
     (out / "report.md").write_text("\n".join(text))
     print(seeds_table(summary, cells))
     return results
+
+
+PAIRED_CELLS = ("val strict", "quotes strict")
+
+
+def paired_tests(per_seed: dict[int, dict]) -> dict:
+    """K-FAC minus each other edit (SVD, the label-free plan) on validation and quote recitation: the paired t test
+    over seeds (``intervals.paired_over_seeds``), the only ground for "K-FAC removes more than X"."""
+    from ..evaluate.intervals import paired_over_seeds
+
+    seeds = sorted(per_seed)
+    methods = [m for m in ("svd", "kfac_label_free") if all(m in per_seed[s]["methods"] for s in seeds)]
+    if not all("kfac" in per_seed[s]["methods"] for s in seeds):
+        return {}
+    cells = {s: {m: _cells(per_seed[s]["methods"][m]) for m in ["kfac", *methods]} for s in seeds}
+    return {f"kfac - {other} {cell}": paired_over_seeds([cells[s]["kfac"][cell] for s in seeds], [cells[s][other][cell] for s in seeds])
+            for other in methods for cell in PAIRED_CELLS}
+
+
+def paired_test_lines(tests: dict) -> list[str]:
+    if not tests:
+        return []
+    lines = ["## Paired tests over seeds (K-FAC minus the other edit, in points; a difference is claimed only at p < 0.05)", "",
+             "| comparison | differences per seed | mean | p |", "|---|---|---|---|"]
+    for name, test in tests.items():
+        p = "undefined (too few seeds or no spread)" if test["p_value"] is None else f"{test['p_value']:.3f}"
+        verdict = "" if test["p_value"] is None or test["p_value"] >= 0.05 else (" (K-FAC lower)" if test["mean_difference"] < 0
+                                                                                  else " (K-FAC higher)")
+        lines.append(f"| {name} | " + " / ".join(f"{100 * d:+.1f}" for d in test["differences"]) + f" | {100 * test['mean_difference']:+.1f} | "
+                     f"{p}{verdict} |")
+    return lines + [""]
 
 
 def _seeds_leak_lines(per_seed: dict[int, dict]) -> list[str]:
