@@ -1,7 +1,8 @@
 .PHONY: setup demo test test-all bench docs wheel
 setup:
 	@bash scripts/setup-venv.sh
-demo: setup
+demo:
+	@bash scripts/setup-venv.sh core
 	.venv/bin/unmemorize demo --out runs/demo --overwrite
 test: setup
 	.venv/bin/python -m pytest -q
