@@ -71,6 +71,7 @@ from ..models import load_model
 from ..targets import resolve_targets
 from .._timing import Laps
 from .choices import choose_candidate, parse_seeds
+from .compare_report import candidate_setting
 from .suite import TestbedSuite, _scores, add_retention
 from .train import TrainConfig, load_or_train, quick_configs
 from .world import FACTOR_DATA, WorldConfig
@@ -185,7 +186,7 @@ class CompareConfig:
 
 
 QUICK_GRIDS = dict(rhos="0.9,0.99", energies="0.9,0.99", bsn_ratios="0.01,0.05", bsn_alphas="0.5", bsn_epochs="1,2", bsn_lrs="1",
-                   bsn_projections="gate,up,down;up,down", factor_tokens=5_000, retain_tokens=5_000, relearn_steps="2,5",
+                   factor_tokens=5_000, retain_tokens=5_000, relearn_steps="2,5",
                    relearn_clean_steps="2", relearn_lrs="1e-3", samples=4)
 
 
@@ -358,21 +359,13 @@ def choose_at_budgets(candidates: dict, baseline_sweep_perplexity: float, budget
         row = {}
         for method in METHODS:
             pick, met = choose_candidate(candidates[method], baseline_sweep_perplexity, budget)
-            row[method] = {"setting": _setting(method, pick), "rule_met": met,
+            row[method] = {"setting": candidate_setting(pick), "rule_met": met,
                            "perplexity_ratio": pick["perplexity"] / baseline_sweep_perplexity,
                            "memorized_tuning": pick["memorized_tuning"]["strict"],
                            **{name: pick["reported"][name]["strict"] for name in ("memorized_validation", "quotes")},
                            "n": {name: pick["reported"][name]["n"] for name in ("memorized_validation", "quotes")}}
         by_budget[f"{budget:g}"] = row
     return by_budget
-
-
-def _setting(method: str, candidate: dict) -> str:
-    if method == "kfac":
-        return f"{candidate['layers']} {candidate['projections']} rho={candidate['rho']}"
-    if method == "svd":
-        return f"{candidate['layers']} {candidate['projections']} energy={candidate['energy']}"
-    return candidate["key"]
 
 
 # ---------------------------------------------------------------------------------------------- one seed
@@ -423,7 +416,7 @@ def compare_seed(config: CompareConfig, seed: int) -> dict:
     del masked
     lap("chosen methods: evaluation + stress, nDCG, attacks")
     for method in METHODS:
-        methods[method]["setting"] = _setting(method, chosen[method])
+        methods[method]["setting"] = candidate_setting(chosen[method])
         methods[method]["rule_met"] = rule_met[method]
         add_retention(methods[method], baseline)
     bsn_train = sum(c["train_seconds"] for c in candidates["bsn"])

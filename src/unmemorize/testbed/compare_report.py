@@ -153,7 +153,8 @@ def _ppl(candidate: dict) -> float:
     return float("inf") if value is None or value != value else float(value)
 
 
-def _setting(candidate: dict) -> str:
+def candidate_setting(candidate: dict) -> str:
+    """A candidate as the reports name it: 'layers projections rho=...', '... energy=...' or BSN's key."""
     if candidate["method"] == "bsn":
         return candidate["key"]
     knob = "rho" if candidate["method"] == "kfac" else "energy"
@@ -174,7 +175,7 @@ def matched_points(per_seed: dict[int, dict]) -> dict:
             point = (result["chosen"]["kfac"] if method == "kfac"
                      else min((c for c in candidates if math.isfinite(_ppl(c))), key=lambda c: abs(math.log(_ppl(c) / target)),
                               default=candidates[0]))
-            out[method][str(seed)] = {"setting": _setting(point), "sweep_perplexity": _ppl(point),
+            out[method][str(seed)] = {"setting": candidate_setting(point), "sweep_perplexity": _ppl(point),
                                       "sweep_perplexity_ratio": _ppl(point) / result["baseline_sweep_perplexity"],
                                       "forget (tuning) strict": point["memorized_tuning"]["strict"],
                                       "val strict": point["reported"]["memorized_validation"]["strict"],
@@ -263,7 +264,7 @@ def pareto_front(candidates: list[dict], baseline_perplexity: float, name: str =
     for c in points:
         value = c["reported"][name]["strict"]
         if value < best:
-            front.append({"setting": _setting(c), "perplexity_ratio": _ppl(c) / baseline_perplexity, name: value,
+            front.append({"setting": candidate_setting(c), "perplexity_ratio": _ppl(c) / baseline_perplexity, name: value,
                           "quotes": c["reported"]["quotes"]["strict"], "memorized_tuning": c["memorized_tuning"]["strict"]})
             best = value
     return front
