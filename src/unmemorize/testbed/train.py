@@ -162,10 +162,11 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
 
 
-def write_data(folder: Path, world: World, tokenizer) -> dict:
+def write_data(folder: Path, world: World, tokenizer, epochs: int) -> dict:
     """Every data file of ``folder/data`` from the world and the trained tokenizer (deterministic); returns the
-    leak scan of the evaluation rows (``leaks.scan_world``: every training epoch, the factor data and the held-out
-    text), whose rows held out by string but not by meaning are written apart (``leaks.split_by_meaning``)."""
+    leak scan of the evaluation rows (``leaks.scan_world``: the ``epochs`` training epochs the model saw, the factor
+    data and the held-out text), whose rows held out by string but not by meaning are written apart
+    (``leaks.split_by_meaning``)."""
     from .leaks import scan_world, split_by_meaning
 
     data = folder / "data"
@@ -183,7 +184,7 @@ def write_data(folder: Path, world: World, tokenizer) -> dict:
     _write_jsonl(data / "control_sequences.jsonl", _memorization_rows(controls, tokenizer, "sequence", prefix))
     _write_jsonl(data / "control_quotes.jsonl", _memorization_rows([q for q in world.quotes if q.split == "control"], tokenizer, "quote"))
     rows = evaluation_tasks(world)
-    scan = scan_world(world, TrainConfig().epochs)
+    scan = scan_world(world, epochs)
     _write_jsonl(data / "tasks.jsonl", split_by_meaning(rows, scan))
     return scan.to_dict()
 
@@ -264,7 +265,7 @@ def train_testbed(world_config: WorldConfig | None = None, train_config: TrainCo
     with atomic_dir(out, overwrite=True if overwrite or not out.exists() else overwrite) as tmp:
         model.save_pretrained(tmp / "model", safe_serialization=True)
         tokenizer.save_pretrained(tmp / "model")
-        info["leak_scan"] = write_data(tmp, world, tokenizer)
+        info["leak_scan"] = write_data(tmp, world, tokenizer, train_config.epochs)
         write_json(tmp / "testbed.json", info)
     return out
 
@@ -281,7 +282,7 @@ def materialize_shipped(record: dict, world_config: WorldConfig, out: Path) -> P
         tokenizer = PreTrainedTokenizerFast.from_pretrained(str(tmp / "model"))
         info = {**record["testbed"], "key": record["key"], "testbed_version": TESTBED_VERSION,
                 "source": f"shipped: {record['folder']} (sha256 checked); trained by '{record['command']}'"}
-        info["leak_scan"] = write_data(tmp, world, tokenizer)
+        info["leak_scan"] = write_data(tmp, world, tokenizer, record["testbed"]["train"]["epochs"])
         write_json(tmp / "testbed.json", info)
     return out
 
