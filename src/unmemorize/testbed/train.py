@@ -206,37 +206,26 @@ def _task_accuracies(model, tokenizer, rows: list[dict]) -> dict:
     return {"tasks": {name: round(score.accuracy, 4) for name, score in scored.tasks.items()}}
 
 
-def train_testbed(world_config: WorldConfig | None = None, train_config: TrainConfig | None = None, out: Path | None = None,
-                  progress: bool = True, overwrite: bool = False) -> Path:
-    """Generate the world, train tokenizer and model, write the testbed folder; returns it."""
-    world_config, train_config = world_config or WorldConfig(), train_config or TrainConfig()
-    out = Path(out) if out is not None else testbed_dir(world_config, train_config)
-    start = time.perf_counter()
-    world = build_world(world_config)
-    first_epoch = training_documents(world, 0)
-    tokenizer = train_tokenizer(first_epoch, train_config.vocab_size)  # training text only: never the held-out text
-    model = build_model(train_config, len(tokenizer))
-    rng = random.Random(f"order-{train_config.seed}")
-    steps_per_epoch = len(_windows(first_epoch, tokenizer, train_config.seq_len, rng)) // train_config.batch_size
-    total_steps = steps_per_epoch * train_config.epochs
-    optimizer = torch.optim.AdamW(model.parameters(), lr=train_config.learning_rate, weight_decay=train_config.weight_decay,
-                                  betas=(0.9, 0.95))
+def fit(model, epoch_windows, total_steps: int, config: TrainConfig, progress: bool = True, after_epoch=None) -> tuple[list[dict], int, int]:
+    """AdamW (betas 0.9/0.95, ``config.weight_decay``, gradient norm clipped at 1) over ``config.epochs`` epochs of
+    ``epoch_windows(epoch)`` -- a (windows, seq_len) tensor of token ids in training order -- ``config.batch_size``
+    windows a step, warm-up then cosine decay (``_learning_rate``), at most ``total_steps`` steps; ``after_epoch(epoch,
+    step)`` runs after each epoch. Returns (loss log every 50 steps, steps, tokens)."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay, betas=(0.9, 0.95))
     model.train()
-    routing = {"output_router_logits": True} if train_config.experts else {}  # training only: the load-balancing loss joins the loss
-    task_rows = evaluation_tasks(world)
-    log, task_curve, step, tokens = [], [], 0, 0
+    routing = {"output_router_logits": True} if config.experts else {}  # training only: the load-balancing loss joins the loss
+    log, step, tokens = [], 0, 0
     ema = None
     bar = tqdm(total=total_steps, desc="train testbed", unit="step", disable=not progress, dynamic_ncols=True)
-    for epoch in range(train_config.epochs):
-        documents = first_epoch if epoch == 0 else training_documents(world, epoch)
-        windows = _windows(documents, tokenizer, train_config.seq_len, rng)
-        for index in range(0, len(windows) - train_config.batch_size + 1, train_config.batch_size):
+    for epoch in range(config.epochs):
+        windows = epoch_windows(epoch)
+        for index in range(0, len(windows) - config.batch_size + 1, config.batch_size):
             if step >= total_steps:
                 break
-            batch = windows[index : index + train_config.batch_size]
+            batch = windows[index : index + config.batch_size]
             for group in optimizer.param_groups:
-                group["lr"] = _learning_rate(step, total_steps, train_config)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=train_config.bf16):
+                group["lr"] = _learning_rate(step, total_steps, config)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16):
                 loss = model(input_ids=batch, labels=batch, **routing).loss
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -250,10 +239,40 @@ def train_testbed(world_config: WorldConfig | None = None, train_config: TrainCo
                 log.append({"step": step, "epoch": epoch, "loss_ema": round(ema, 4)})
             bar.update(1)
             bar.set_postfix(loss=f"{ema:.3f}", epoch=epoch, refresh=False)
+        if after_epoch is not None:
+            model.eval()
+            after_epoch(epoch, step)
+            model.train()
+    bar.close()
+    model.eval()
+    return log, step, tokens
+
+
+def train_testbed(world_config: WorldConfig | None = None, train_config: TrainConfig | None = None, out: Path | None = None,
+                  progress: bool = True, overwrite: bool = False) -> Path:
+    """Generate the world, train tokenizer and model, write the testbed folder; returns it."""
+    world_config, train_config = world_config or WorldConfig(), train_config or TrainConfig()
+    out = Path(out) if out is not None else testbed_dir(world_config, train_config)
+    start = time.perf_counter()
+    world = build_world(world_config)
+    first_epoch = training_documents(world, 0)
+    tokenizer = train_tokenizer(first_epoch, train_config.vocab_size)  # training text only: never the held-out text
+    model = build_model(train_config, len(tokenizer))
+    rng = random.Random(f"order-{train_config.seed}")
+    steps_per_epoch = len(_windows(first_epoch, tokenizer, train_config.seq_len, rng)) // train_config.batch_size
+    total_steps = steps_per_epoch * train_config.epochs
+    task_rows = evaluation_tasks(world)
+    task_curve: list[dict] = []
+
+    def epoch_windows(epoch: int) -> torch.Tensor:
+        return _windows(first_epoch if epoch == 0 else training_documents(world, epoch), tokenizer, train_config.seq_len, rng)
+
+    def after_epoch(epoch: int, step: int) -> None:
         task_curve.append({"epoch": epoch, "step": step, **_task_accuracies(model, tokenizer, task_rows)})
         if progress:
             tqdm.write(f"epoch {epoch}: task accuracy {task_curve[-1]['tasks']}")
-    bar.close()
+
+    log, step, tokens = fit(model, epoch_windows, total_steps, train_config, progress, after_epoch)
     model.eval()
     seconds = time.perf_counter() - start
     info = {
