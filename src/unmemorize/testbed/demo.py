@@ -85,6 +85,11 @@ class DemoConfig:
     baselines: bool = field(default=False, metadata={"help": "Also compare K-FAC with SVD and BalancedSubnet (sweeps, stress test, "
                                                              "nDCG@10, attacks; ``unmemorize compare``) into <out>/baselines/ "
                                                              "(about 15 min more per seed on 2 cores)."})
+    world: Literal["generated", "quotes"] = field(default="generated", metadata={
+        "help": "generated: the generated world (default); quotes: real prose with real quotes inserted 1-64 times, a model "
+                "retrained without them, membership inference (testbed/quotes/; output: runs/demo-quotes unless --out is given)."})
+    corpus: str = field(default="", metadata={"help": "--world quotes: a folder of .txt prose instead of Debian's texts."})
+    quotes: str = field(default="", metadata={"help": "--world quotes: a .jsonl of {'body', 'author'} quotes instead of fortunes."})
     experts: int = field(default=0, metadata={"help": "0: the dense testbed. N > 0: its mixture-of-experts twin (N experts a "
                                                       "block, top-2, the same world and active width) and the edit per expert."})
     overwrite: bool = field(default=False, metadata={"help": "Replace an existing output folder (only one an earlier demo wrote)."})
@@ -107,6 +112,11 @@ class DemoConfig:
             raise UnmemorizeError(f"--noise-fraction must be in [0, 1), got {self.noise_fraction}")
         if self.experts < 0 or self.experts == 1:
             raise UnmemorizeError(f"--experts must be 0 (dense) or at least 2, got {self.experts}")
+        if self.world == "quotes" and (self.vision or self.baselines or self.experts or self.factor_data != "mixture" or self.fisher != "true"):
+            raise UnmemorizeError("--world quotes runs its own comparison (K-FAC, SVD, BSN, the retrained model) on the true Fisher of "
+                                  "training prose; it does not combine with --vision, --baselines, --experts, --factor-data or --fisher")
+        if (self.corpus or self.quotes) and self.world != "quotes":
+            raise UnmemorizeError("--corpus and --quotes belong to --world quotes")
         if self.experts and (self.vision or self.baselines):
             raise UnmemorizeError("--experts runs the language-model demo; it does not combine with --vision or --baselines")
 
@@ -126,7 +136,7 @@ def _sweep(model, suite, factors, bases, rhos):
 SVD_ENERGIES = (0.3, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98, 0.99, 0.995)
 
 
-def _svd_matched(model, suite, plan, target_ppl, refinements: int = 8):
+def svd_matched(model, suite, plan, target_ppl, refinements: int = 8):
     """SVD on the K-FAC plan's modules at the energy whose sweep perplexity is closest to ``target_ppl``: the grid
     ``SVD_ENERGIES``, then ``refinements`` bisections of the energy interval between the two neighbouring grid points
     whose perplexities straddle the target (a coarse grid once left the matched point a near-null edit). Every scored
@@ -208,6 +218,13 @@ def run_demo(config: DemoConfig | None = None) -> dict:
         return run_vision_demo(VisionDemoConfig(out=out, quick=config.quick, seed=config.seed, seeds=config.seeds, fisher=config.fisher,
                                                 dataset=config.vision_dataset, noise_fraction=config.noise_fraction,
                                                 positions=config.vision_positions, overwrite=config.overwrite))
+    if config.world == "quotes":
+        from .quotes.demo import QuotesDemoConfig, run_quotes_demo
+
+        out = "runs/demo-quotes" if config.out == DemoConfig.out else config.out
+        return run_quotes_demo(QuotesDemoConfig(out=out, quick=config.quick, seed=config.seed, seeds=config.seeds, corpus=config.corpus,
+                                                quotes=config.quotes, factor_tokens=config.factor_tokens, rhos=config.rhos,
+                                                ppl_budget=config.ppl_budget, overwrite=config.overwrite))
     seeds = config.seed_list()
     start = time.perf_counter()
     with atomic_dir(config.out, config.overwrite, kind="demo") as tmp:
@@ -252,7 +269,7 @@ def tune(model, suite: TestbedSuite, factors, bases, config: DemoConfig, baselin
     rhos = rho_list(config.rhos, "--rhos")
     candidates = _sweep(model, suite, factors, bases, rhos)
     chosen, rule_met = choose_candidate(candidates, baseline_sweep_perplexity, config.ppl_budget)
-    svd_point, svd_points = _svd_matched(model, suite, chosen["plan"], chosen["perplexity"])
+    svd_point, svd_points = svd_matched(model, suite, chosen["plan"], chosen["perplexity"])
     label_free = search_plan(model, factors, bases, suite.sweep_windows, 1 + config.ppl_budget, rhos)
     return {"candidates": candidates, "chosen": chosen, "rule_met": rule_met, "svd_point": svd_point, "svd_points": svd_points,
             "label_free": label_free}
