@@ -1,9 +1,14 @@
-.PHONY: setup demo test test-all bench docs wheel
+.PHONY: setup demo demo-quotes quotes-data test test-all bench docs wheel
 setup:
 	@bash scripts/setup-venv.sh
 demo:
 	@bash scripts/setup-venv.sh core
 	.venv/bin/unmemorize demo --out runs/demo --overwrite
+quotes-data:
+	@bash scripts/install-quotes-data.sh
+demo-quotes: quotes-data
+	@bash scripts/setup-venv.sh core
+	.venv/bin/unmemorize demo --world quotes --seeds 0,1,2 --out runs/demo-quotes --overwrite
 test: setup
 	.venv/bin/python -m pytest -q
 test-all: setup

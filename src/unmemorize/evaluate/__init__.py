@@ -8,6 +8,7 @@
     stress.py         the paper code's position-perturbation stress test
     coherence.py      nDCG@K of an edited model's next-token ranking against the baseline's top K
     attacks.py        attacks on an edit: relearning, extraction by sampling, a bf16 round trip
+    membership.py     membership inference: loss, zlib, Min-K%, Min-K%++ scores, exact AUC, MUSE's PrivLeak
     checks.py         all of the above on one model folder (``StressJob``: what ``unmemorize stress`` runs)
     intervals.py      Wilson and bootstrap intervals, rank-correlation tests, mean +- std over seeds
 
@@ -18,6 +19,7 @@ from .attacks import ExtractionConfig, RelearnConfig, bf16_attack, bf16_round_tr
 from .checks import CheckRequest, StressJob, run_checks, run_stress_job
 from .coherence import NDCGConfig, NDCGResult, ndcg, top_k_ids
 from .generate import greedy_continuations
+from .membership import MembershipScores, membership_scores, privacy_leak, roc_auc
 from .memorization import MemorizationItem, evaluate_memorization, load_memorization_set
 from .metrics import MemorizationScores, memorization_scores, retention, token_levenshtein
 from .perplexity import PerplexityResult, perplexity, perplexity_of_file
@@ -30,5 +32,5 @@ __all__ = [
     "ndcg", "relearn", "relearning_attack", "sampled_extraction", "stress_test", "top_k_ids",
     "MemorizationItem", "MemorizationScores", "PerplexityResult", "TaskResults", "TaskRow", "TaskScore",
     "answer_matches", "evaluate_memorization", "evaluate_tasks", "greedy_continuations", "load_memorization_set",
-    "load_tasks", "memorization_scores", "perplexity", "perplexity_of_file", "retention", "token_levenshtein",
+    "load_tasks", "MembershipScores", "membership_scores", "privacy_leak", "roc_auc", "memorization_scores", "perplexity", "perplexity_of_file", "retention", "token_levenshtein",
 ]

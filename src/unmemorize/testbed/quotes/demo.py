@@ -203,13 +203,32 @@ def _finite_mean(values: list[float]) -> float | None:
 
 
 def attacks(model, suite: QuotesSuite, clean_sequences: list[list[int]], seed: int) -> dict:
-    """Relearning (on clean prose; on the tuning quotes) and quantization, each re-measuring recitation per count."""
+    """Relearning (on clean prose; on the tuning quotes) and quantization, each re-measuring recitation of the reported
+    quotes per count; after relearning also of the tuning quotes (all counts): for the run on them, the positive
+    control that the attack teaches what it trains on."""
     sets = suite.by_count("reported")
+    measured = {**sets, "tuning quotes": suite.sets["memorized_tuning"]}
     tuning = [row["text_ids"] for row in suite.rows if row["split"] == "tuning"]
     config = RelearnConfig(steps=RELEARN_STEPS, learning_rate=RELEARN_LR, batch_size=8, seed=seed)
-    return {"relearn": {"clean_prose": relearning_attack(model, clean_sequences, sets, suite.pad_id, config),
-                        "tuning_quotes": relearning_attack(model, tuning, sets, suite.pad_id, config)},
+    return {"relearn": {"clean_prose": relearning_attack(model, clean_sequences, measured, suite.pad_id, config),
+                        "tuning_quotes": relearning_attack(model, tuning, measured, suite.pad_id, config)},
             "quantization": quantization_attack(model, sets, suite.pad_id)}
+
+
+def tune_quotes(model, suite: QuotesSuite, factors, bases, config: QuotesDemoConfig, clean: list[list[int]], seed: int) -> dict:
+    """Every choice of the experiment, from the tuning quotes and ``heldout_tuning.txt`` only (tested by scrambling the
+    reported half, the controls and ``heldout.txt``): the K-FAC plan, SVD's matched energy and the BSN setting (forget
+    set: the tuning quotes; retain set: ``clean``, training prose)."""
+    baseline_ppl = suite.quick(model)["perplexity"]
+    kfac_candidates = sweep_kfac(model, suite, factors, bases, rho_list(config.rhos, "--rhos"))
+    kfac, kfac_rule = choose_candidate(kfac_candidates, baseline_ppl, config.ppl_budget)
+    svd_point, svd_points = svd_matched(model, suite, kfac["plan"], kfac["perplexity"])
+    forget = [row["text_ids"] for row in suite.rows if row["split"] == "tuning"]
+    grid = BSN_GRID if not config.quick else {**BSN_GRID, "bsn_ratios": [0.1], "bsn_lrs": [1.0], "bsn_epochs": [1, 2]}
+    bsn_candidates, bsn_masks = sweep_bsn(model, suite, forget, clean, grid, seed, suite.pad_id)
+    bsn, bsn_rule = choose_candidate(bsn_candidates, baseline_ppl, config.ppl_budget)
+    return {"kfac": kfac, "svd": svd_point, "bsn": bsn, "bsn_masks": bsn_masks, "rule_met": {"kfac": kfac_rule, "bsn": bsn_rule},
+            "baseline_tuning_perplexity": baseline_ppl, "candidates": {"kfac": kfac_candidates, "svd": svd_points, "bsn": bsn_candidates}}
 
 
 def run_quotes_seed(config: QuotesDemoConfig, seed: int, out: Path) -> dict:
@@ -227,30 +246,21 @@ def run_quotes_seed(config: QuotesDemoConfig, seed: int, out: Path) -> dict:
         raise UnmemorizeError(f"the retrained model's tokenizer differs from the model's ({retrained_folder}, {folder})")
     torch.manual_seed(seed)
     suite = QuotesSuite(folder, tokenizer, config.quick)
-    baseline_sweep_ppl = suite.quick(model)["perplexity"]
     targets = preset_modules(model)
     factors = collect_from_files(model, tokenizer, str(folder / "data" / "factors.txt"), targets,
                                  CollectConfig(fisher="true", seq_len=128, max_tokens=5_000 if config.quick else config.factor_tokens,
                                                batch_size=16, progress=False))
     bases = decompose_factors(factors)
     lap("K-FAC factors + eigendecomposition")
-    kfac_candidates = sweep_kfac(model, suite, factors, bases, rho_list(config.rhos, "--rhos"))
-    kfac, kfac_rule = choose_candidate(kfac_candidates, baseline_sweep_ppl, config.ppl_budget)
-    lap("K-FAC sweep (tuning quotes + heldout_tuning)")
-    svd_point, svd_points = svd_matched(model, suite, kfac["plan"], kfac["perplexity"])
-    lap("SVD matched to K-FAC's tuning perplexity")
-    clean = [w for w in iter_windows(list_data_files(folder / "data" / "factors.txt"), tokenizer, 128,
-                                     2_000 if config.quick else config.retain_tokens)]
-    forget = [row["text_ids"] for row in suite.rows if row["split"] == "tuning"]
-    grid = BSN_GRID if not config.quick else {**BSN_GRID, "bsn_ratios": [0.1], "bsn_lrs": [1.0], "bsn_epochs": [1, 2]}
-    bsn_candidates, bsn_masks = sweep_bsn(model, suite, forget, clean, grid, seed, suite.pad_id)
-    bsn, bsn_rule = choose_candidate(bsn_candidates, baseline_sweep_ppl, config.ppl_budget)
-    lap("BSN sweep (forget: tuning quotes; retain: training prose)")
+    clean = list(iter_windows(list_data_files(folder / "data" / "factors.txt"), tokenizer, 128, 2_000 if config.quick else config.retain_tokens))
+    choice = tune_quotes(model, suite, factors, bases, config, clean, seed)
+    kfac, svd_point, bsn = choice["kfac"], choice["svd"], choice["bsn"]
+    lap("choices: K-FAC sweep, SVD at matched perplexity, BSN sweep (tuning quotes + heldout_tuning only)")
 
     edits = {"kfac": lambda: edited(model, kfac["plan"], factors, bases=bases),
              "svd": lambda: edited(model, {name: svd_point["energy"] for name in kfac["plan"]}, config=EditConfig(method="svd"))}
     methods = {"baseline": suite.evaluate(model), "retrained": suite.evaluate(retrained)}
-    bsn_model = apply_masks(model, bsn_masks[bsn["key"]])
+    bsn_model = apply_masks(model, choice["bsn_masks"][bsn["key"]])
     for name, context in edits.items():
         with context():
             methods[name] = suite.evaluate(model)
@@ -283,11 +293,11 @@ def run_quotes_seed(config: QuotesDemoConfig, seed: int, out: Path) -> dict:
                                                    "command", "corpus_sha256", "stream_scan")} | {"final_loss": record["loss_curve"][-1]}
                      for name, record in info.items()},
         "counts": suite.counts,
-        "rule_met": {"kfac": kfac_rule, "bsn": bsn_rule},
+        "rule_met": choice["rule_met"],
         "methods": methods,
         "chosen": {"kfac": {k: v for k, v in kfac.items() if k != "plan"}, "svd": svd_point, "bsn": bsn},
-        "sweeps": {"kfac": [{k: v for k, v in c.items() if k != "plan"} for c in kfac_candidates], "svd": svd_points,
-                   "bsn": bsn_candidates},
+        "sweeps": {"kfac": [{k: v for k, v in c.items() if k != "plan"} for c in choice["candidates"]["kfac"]],
+                   "svd": choice["candidates"]["svd"], "bsn": choice["candidates"]["bsn"]},
         "bands": bands,
         "attacks": attacked,
         "wall_seconds": lap.walls,

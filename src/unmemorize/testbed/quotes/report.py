@@ -106,14 +106,18 @@ def write_seed_report(results: dict, out: Path) -> None:
         lines.append(f"| {kind} | " + " | ".join(f"{_num(per[g]['vs_clean'])} | {_num(per[g].get('vs_controls'))}" for g in groups) + " |")
     if results["attacks"]:
         lines += ["", "## Attacks on the edits: strict recitation % of the reported quotes per count", ""]
-        lines += ["| edit | attack | " + " | ".join(groups) + " |", "|---|---|" + "---|" * len(groups)]
+        lines += ["Before any attack: " + "; ".join(f"{METHOD_NAMES[m]} " + " / ".join(_pct(methods[m]["recitation"]["reported"][g]["strict"])
+                                                       for g in groups) for m in results["attacks"]) + " (counts in order). "
+                  "Last column: the tuning quotes (every count) after relearning -- for the run on them, the positive control.", "",
+                  "| edit | attack | " + " | ".join(groups) + " | tuning quotes |", "|---|---|" + "---|" * (len(groups) + 1)]
         for name, attacked in results["attacks"].items():
             for source, run in attacked["relearn"].items():
                 for index, steps in enumerate(run["steps"]):
                     lines.append(f"| {METHOD_NAMES[name]} | relearn {steps} steps on {source.replace('_', ' ')} | "
-                                 + " | ".join(_pct(run["sets"][g][index]["strict"]) for g in groups) + " |")
+                                 + " | ".join(_pct(run["sets"][g][index]["strict"]) for g in groups + ["tuning quotes"]) + " |")
             for bits, entry in attacked["quantization"]["by_bits"].items():
-                lines.append(f"| {METHOD_NAMES[name]} | {bits} quantization | " + " | ".join(_pct(entry["sets"][g]["strict"]) for g in groups) + " |")
+                lines.append(f"| {METHOD_NAMES[name]} | {bits} quantization | " + " | ".join(_pct(entry["sets"][g]["strict"]) for g in groups)
+                             + " | - |")
     lines += ["", "Figures: [memorization_vs_duplication.png](memorization_vs_duplication.png), "
               "[mia_auc_vs_duplication.png](mia_auc_vs_duplication.png).", "",
               f"Wall time: {sum(results['wall_seconds'].values()):.0f} s. Provenance: commit {results['provenance'].get('commit')}, "

@@ -61,7 +61,10 @@ def quotes_configs(seed: int = 0, size: str = "cpu", corpus: str = "", quotes: s
     """The world and training configs of a size (``SIZES``); the training's epochs are the world's passes."""
     if size not in SIZES:
         raise UnmemorizeError(f"size must be one of {', '.join(SIZES)}, got {size!r}")
-    world = QuotesWorldConfig(seed=seed, corpus=corpus, quotes=quotes, **WORLD_SIZES[size])
+    sizes = dict(WORLD_SIZES[size])
+    if corpus:  # a user's corpus is used whole: the quick size's fraction is for Debian's 15,000 documents
+        sizes.pop("prose_fraction", None)
+    world = QuotesWorldConfig(seed=seed, corpus=corpus, quotes=quotes, **sizes)
     return world, TrainConfig(seed=seed, epochs=world.epochs, **SIZES[size])
 
 
