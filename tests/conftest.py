@@ -6,7 +6,9 @@ environment has UNMEMORIZE_SLOW=1, as ``make test-all`` sets it.
 
 from __future__ import annotations
 
+import json
 import os
+import random
 import subprocess
 import sys
 import time
@@ -160,3 +162,27 @@ def brute_force_factors(model, sequences, module_names, labels=None):
 
 def batches_of(sequences, batch_size: int):
     return [pad_batch(sequences[i : i + batch_size]) for i in range(0, len(sequences), batch_size)]
+
+
+# ---------------------------------------------------------------------------------------------- the quotes world
+QUOTES_WORDS = ("river stone light shadow garden window silver morning winter candle harbor meadow thunder lantern orchard "
+                "whisper marble feather compass quiet golden hollow ember willow tide summit cedar velvet crimson echo").split()
+
+
+def quotes_sentence(rng: random.Random, low: int = 6, high: int = 12) -> str:
+    words = [rng.choice(QUOTES_WORDS) for _ in range(rng.randint(low, high))]
+    return " ".join(words).capitalize() + "."
+
+
+@pytest.fixture(scope="session")
+def user_corpus(tmp_path_factory):
+    """A folder of prose (two files, 240 paragraphs) and a quotes .jsonl of 40 random-word quotes."""
+    rng = random.Random(7)
+    root = tmp_path_factory.mktemp("corpus")
+    for name in ("a.txt", "b.txt"):
+        paragraphs = [" ".join(quotes_sentence(rng) for _ in range(rng.randint(3, 6))) for _ in range(120)]
+        (root / "prose").mkdir(exist_ok=True)
+        (root / "prose" / name).write_text("\n\n".join(paragraphs) + "\n")
+    quotes = [{"body": quotes_sentence(rng, 10, 16), "author": f"Author {i}"} for i in range(40)]
+    (root / "quotes.jsonl").write_text("".join(json.dumps(q) + "\n" for q in quotes))
+    return root

@@ -13,11 +13,9 @@ import torch
 
 from unmemorize.testbed.quotes.demo import QuotesDemoConfig, QuotesSuite, run_quotes_demo, tune_quotes
 
-from test_quotes_world import user_corpus  # noqa: F401  (the fixture: a folder of prose and a quotes .jsonl)
-
 
 @pytest.fixture(scope="module")
-def quick_run(user_corpus, tmp_path_factory):  # noqa: F811
+def quick_run(user_corpus, tmp_path_factory):
     cache = tmp_path_factory.mktemp("quotes-cache")
     patch = pytest.MonkeyPatch()
     patch.setenv("UNMEMORIZE_CACHE", str(cache))

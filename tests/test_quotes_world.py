@@ -4,9 +4,6 @@ or factor text; a planted leak is found; the retrained twin's stream is the same
 
 from __future__ import annotations
 
-import json
-import random
-
 import pytest
 
 from unmemorize.errors import UnmemorizeError
@@ -14,29 +11,6 @@ from unmemorize.testbed.quotes import corpus as quotes_corpus
 from unmemorize.testbed.quotes.corpus import Quote, split_attribution
 from unmemorize.testbed.quotes.world import (QuotesWorldConfig, build_quotes_world, clean_pool, factor_documents, scan_world,
                                              training_stream)
-
-WORDS = ("river stone light shadow garden window silver morning winter candle harbor meadow thunder lantern orchard "
-         "whisper marble feather compass quiet golden hollow ember willow tide summit cedar velvet crimson echo").split()
-
-
-def _sentence(rng: random.Random, low: int = 6, high: int = 12) -> str:
-    words = [rng.choice(WORDS) for _ in range(rng.randint(low, high))]
-    return " ".join(words).capitalize() + "."
-
-
-@pytest.fixture(scope="module")
-def user_corpus(tmp_path_factory):
-    """A folder of prose (two files, 240 paragraphs) and a quotes .jsonl of 40 random-word quotes."""
-    rng = random.Random(7)
-    root = tmp_path_factory.mktemp("corpus")
-    for name in ("a.txt", "b.txt"):
-        paragraphs = [" ".join(_sentence(rng) for _ in range(rng.randint(3, 6))) for _ in range(120)]
-        (root / "prose").mkdir(exist_ok=True)
-        (root / "prose" / name).write_text("\n\n".join(paragraphs) + "\n")
-    quotes = [{"body": _sentence(rng, 10, 16), "author": f"Author {i}"} for i in range(40)]
-    (root / "quotes.jsonl").write_text("".join(json.dumps(q) + "\n" for q in quotes))
-    return root
-
 
 def _config(user_corpus, seed: int = 0, **overrides) -> QuotesWorldConfig:
     settings = dict(seed=seed, counts=(1, 2, 5), quotes_per_count=4, controls=8, heldout_documents=20, epochs=2,

@@ -29,11 +29,10 @@ are read only after step 3.
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -51,7 +50,6 @@ from ...evaluate.attacks import RelearnConfig, relearning_attack
 from ...evaluate.memorization import MemorizationItem
 from ...evaluate.membership import membership_scores, privacy_leak, roc_auc
 from ...evaluate.quantization import quantization_attack
-from ...jsonio import write_json
 from ...models import load_model
 from ...provenance import provenance
 from ...targets import preset_modules

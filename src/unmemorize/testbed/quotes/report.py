@@ -196,8 +196,44 @@ def write_seeds_report(per_seed: dict[int, dict], out: Path, config) -> dict:
               "", "| count | SVD | BSN |", "|---|---|---|"]
     for g in groups + ["all counts"]:
         lines.append(f"| {g} | {shown(tests['kfac_auc_closer_than_svd'][g])} | {shown(tests['kfac_auc_closer_than_bsn'][g])} |")
+    summary["privacy_leak"] = {name: {score: over_seeds([per_seed[s]["methods"][name]["privacy_leak"]["all counts"][score] for s in seeds])
+                                      for score in MIA_SHOWN} for name in names}
+    lines += ["", "PrivLeak (MUSE; all counts pooled; 0 = the retrained model, near -100 = fully exposed):", "",
+              "| model | " + " | ".join(MIA_SHOWN) + " |", "|---|" + "---|" * len(MIA_SHOWN)]
+    for name in names:
+        lines.append(f"| {METHOD_NAMES[name]} | " + " | ".join(format_over_seeds(summary["privacy_leak"][name][score], scale=1, digits=1)
+                                                          for score in MIA_SHOWN) + " |")
+    summary["bands"] = {kind: {g: {side: over_seeds([per_seed[s]["bands"]["separation"][kind][g].get(side) for s in seeds])
+                                   for side in ("vs_clean", "vs_controls")} for g in groups}
+                        for kind in first["bands"]["separation"]}
+    lines += ["", "## Band analysis per duplication count (paper Figure 2)", "",
+              "Mean over MLP modules of ln r(bottom 50% curvature) - ln r(top 10%) for the reported quotes of each count, against "
+              "held-out prose and against the never-inserted quotes; positive: the quotes load low-curvature bands more.", "",
+              "| basis | against | " + " | ".join(groups) + " |", "|---|---|" + "---|" * len(groups)]
+    for kind, per in summary["bands"].items():
+        for side in ("vs_clean", "vs_controls"):
+            lines.append(f"| {kind} | {side.replace('vs_', '')} | " + " | ".join(format_over_seeds(per[g][side], scale=1, digits=2) for g in groups) + " |")
+    if first["attacks"]:
+        summary["attacks"] = {}
+        lines += ["", "## Attacks: strict recitation % of the reported quotes per count after each attack", "",
+                  "| edit | attack | " + " | ".join(groups) + " | tuning quotes |", "|---|---|" + "---|" * (len(groups) + 1)]
+        for name in first["attacks"]:
+            for source, run in first["attacks"][name]["relearn"].items():
+                for index, steps in enumerate(run["steps"]):
+                    cells = {g: over_seeds([per_seed[s]["attacks"][name]["relearn"][source]["sets"][g][index]["strict"] for s in seeds], (0, 1))
+                             for g in groups + ["tuning quotes"]}
+                    summary["attacks"][f"{name} relearn {steps} on {source}"] = cells
+                    lines.append(f"| {METHOD_NAMES[name]} | relearn {steps} steps on {source.replace('_', ' ')} | "
+                                 + " | ".join(format_over_seeds(cells[g], digits=0) for g in groups + ["tuning quotes"]) + " |")
+            for bits in first["attacks"][name]["quantization"]["by_bits"]:
+                cells = {g: over_seeds([per_seed[s]["attacks"][name]["quantization"]["by_bits"][bits]["sets"][g]["strict"] for s in seeds], (0, 1))
+                         for g in groups}
+                summary["attacks"][f"{name} {bits}"] = cells
+                lines.append(f"| {METHOD_NAMES[name]} | {bits} quantization | " + " | ".join(format_over_seeds(cells[g], digits=0) for g in groups)
+                             + " | - |")
     lines += ["", "Figures: [memorization_vs_duplication.png](memorization_vs_duplication.png), "
-              "[mia_auc_vs_duplication.png](mia_auc_vs_duplication.png) (mean over seeds, band: the t interval)."]
+              "[mia_auc_vs_duplication.png](mia_auc_vs_duplication.png) (mean over seeds, band: the t interval).", "",
+              "Provenance: see each seed's results.json (commit, versions, machine, command)."]
     (out / "report.md").write_text("\n".join(lines) + "\n")
     series = {name: ([summary["strict"][name][g]["mean"] for g in groups], [_or(summary["strict"][name][g], "low") for g in groups],
                      [_or(summary["strict"][name][g], "high") for g in groups]) for name in names}
