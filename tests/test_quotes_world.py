@@ -45,6 +45,8 @@ def test_each_quote_occurs_exactly_its_count_and_controls_never(user_corpus):
         assert len({host for _, host, _ in placed.insertions}) == placed.count  # a different document each time
         assert _brute_count(heldout, body) == 0 and _brute_count(factors, body) == 0
     assert scan_world(world, streams).leaks == []
+    # held-out prose is disjoint from training at the document level, and its two halves from each other
+    assert not set(world.heldout + world.heldout_tuning) & set(world.documents) and not set(world.heldout) & set(world.heldout_tuning)
 
 
 def test_token_stream_holds_each_quote_its_count(user_corpus):

@@ -212,6 +212,7 @@ def fit(model, epoch_windows, total_steps: int, config: TrainConfig, progress: b
     windows a step, warm-up then cosine decay (``_learning_rate``), at most ``total_steps`` steps; ``after_epoch(epoch,
     step)`` runs after each epoch. Returns (loss log every 50 steps, steps, tokens)."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay, betas=(0.9, 0.95))
+    device = next(model.parameters()).device  # windows are moved to the model's device, a batch at a time
     model.train()
     routing = {"output_router_logits": True} if config.experts else {}  # training only: the load-balancing loss joins the loss
     log, step, tokens = [], 0, 0
@@ -222,10 +223,10 @@ def fit(model, epoch_windows, total_steps: int, config: TrainConfig, progress: b
         for index in range(0, len(windows) - config.batch_size + 1, config.batch_size):
             if step >= total_steps:
                 break
-            batch = windows[index : index + config.batch_size]
+            batch = windows[index : index + config.batch_size].to(device)
             for group in optimizer.param_groups:
                 group["lr"] = _learning_rate(step, total_steps, config)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.bf16):
                 loss = model(input_ids=batch, labels=batch, **routing).loss
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

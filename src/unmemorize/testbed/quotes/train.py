@@ -120,6 +120,8 @@ def train_quotes_testbed(world: QuotesWorld, train: TrainConfig, with_quotes: bo
     start = time.perf_counter()
     tokenizer = train_tokenizer(world.documents, train.vocab_size)  # training documents without insertions: never a quote
     model = build_model(train, len(tokenizer))
+    if torch.cuda.is_available():  # the 'gpu' size is meant for one; the 'cpu' size trains anywhere (weights saved from CPU)
+        model.to("cuda")
     streams = [training_stream(world, epoch, with_quotes) for epoch in range(world.config.epochs)]
     scan = scan_world(world, streams) if with_quotes else None
     if scan is not None and scan.leaks:
@@ -133,8 +135,10 @@ def train_quotes_testbed(world: QuotesWorld, train: TrainConfig, with_quotes: bo
             "with_quotes": with_quotes, "world_version": WORLD_VERSION, "testbed_version": QUOTES_TESTBED_VERSION,
             "world": world.summary(), "corpus_sha256": corpus_digest(world), "train": asdict(train),
             "parameters": sum(p.numel() for p in model.parameters()), "steps": steps, "tokens": tokens,
-            "seconds": round(seconds, 1), "threads": torch.get_num_threads(), "loss_curve": log, "command": command,
+            "seconds": round(seconds, 1), "threads": torch.get_num_threads(),
+            "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu", "loss_curve": log, "command": command,
             "stream_scan": scan.to_dict() if scan is not None else {"leaks": [], "note": "no insertion in this variant"}}
+    model.to("cpu")
     with atomic_dir(out, overwrite=True) as tmp:
         model.save_pretrained(tmp / "model", safe_serialization=True)
         tokenizer.save_pretrained(tmp / "model")
