@@ -332,3 +332,28 @@ def test_bad_input_is_refused_with_one_clear_message(model32):
     other_k = membership_scores(model32, [[1, 2, 3]], ["a"], k=0.4)
     with pytest.raises(UnmemorizeError, match="k = 0.2 and non-members with k = 0.4"):
         auc_table(scores, other_k)
+
+
+def test_bootstrap_auc_of_a_resample_equals_roc_auc_of_the_resampled_lists():
+    """The vectorised resample AUC (multiplicity counts against the pair matrix) equals roc_auc of the explicitly
+    resampled score lists; the interval holds the AUC, is reproducible from its seed and narrows with more data."""
+    import numpy as np
+
+    from unmemorize.evaluate.membership import auc_interval, pair_matrix, resampled_aucs
+
+    rng = random.Random(3)
+    members = [rng.choice([0.1, 0.5, 0.9, rng.random()]) for _ in range(9)]
+    nonmembers = [rng.choice([0.1, 0.5, rng.random()]) for _ in range(14)]
+    pairs = pair_matrix(members, nonmembers)
+    for trial in range(5):
+        picked_m = [rng.randrange(9) for _ in range(9)]
+        picked_n = [rng.randrange(14) for _ in range(14)]
+        counts_m = np.bincount(picked_m, minlength=9)[None, :].astype(float)
+        counts_n = np.bincount(picked_n, minlength=14)[None, :].astype(float)
+        expected = roc_auc([members[i] for i in picked_m], [nonmembers[j] for j in picked_n])
+        assert resampled_aucs(pairs, counts_m, counts_n)[0] == pytest.approx(expected, abs=1e-12)
+    low, high = auc_interval(members, nonmembers, seed=1)
+    assert low <= roc_auc(members, nonmembers) <= high and (low, high) == auc_interval(members, nonmembers, seed=1)
+    wide = auc_interval([0.6, 0.4, 0.7], [0.5, 0.3, 0.2])
+    narrow = auc_interval([0.6, 0.4, 0.7] * 30, [0.5, 0.3, 0.2] * 30)
+    assert narrow[1] - narrow[0] < wide[1] - wide[0]

@@ -21,7 +21,7 @@ def quick_run(user_corpus, tmp_path_factory):
     patch.setenv("UNMEMORIZE_CACHE", str(cache))
     out = tmp_path_factory.mktemp("runs") / "demo-quotes"
     config = QuotesDemoConfig(out=str(out), quick=True, seeds="0,1", corpus=str(user_corpus / "prose"),
-                              quotes=str(user_corpus / "quotes.jsonl"), attacks=False, rhos="0.9,0.99")
+                              quotes=str(user_corpus / "quotes.jsonl"), rhos="0.9,0.99")
     results = run_quotes_demo(config)
     yield out, results, cache
     patch.undo()
@@ -48,7 +48,13 @@ def test_quick_demo_writes_reports_for_each_seed_and_over_seeds(quick_run):
         for figure in ("memorization_vs_duplication.png", "mia_auc_vs_duplication.png"):
             assert (out / f"seed-{seed}" / figure).stat().st_size > 1000
     report = (out / "report.md").read_text()
-    assert "count=16" in report and "retrained without quotes" in report and "p n/a" not in report.split("Paired t tests")[0]
+    assert "count=16" in report and "retrained without quotes" in report
+    tests = report.split("Paired t tests")[1].split("## Membership")[0]
+    assert tests.count("| count=") == 3 and "no test (fewer than 2 seeds)" not in tests  # two seeds: every cell tested or constant
+    assert "## Attacks" in report and "int4 quantization" in report and "retrained without quotes | relearn 100 steps" in report
+    attacks = json.loads((out / "seed-0" / "results.json").read_text())["attacks"]
+    assert set(attacks) == {"baseline", "kfac", "svd", "bsn", "retrained"}
+    assert attacks["baseline"]["relearn"]["tuning_quotes"]["steps"] == [10, 100]
 
 
 def test_recorded_sha256_is_the_shipped_weights(quick_run):
@@ -65,8 +71,8 @@ def test_recorded_sha256_is_the_shipped_weights(quick_run):
 
 
 def test_choices_never_read_the_reported_half(quick_run, tmp_path, monkeypatch):
-    """Scramble the reported quotes, the controls and heldout.txt: every choice is identical. Negative control:
-    scrambling heldout_tuning.txt (what the sweep reads) moves the sweep's scores."""
+    """Scramble the reported quotes, the controls and heldout.txt: every choice and every sweep score is identical.
+    Negative controls: scrambling heldout_tuning.txt or the tuning quotes (what the sweeps read) moves the scores."""
     from unmemorize.basis import decompose_factors
     from unmemorize.curvature import CollectConfig, collect_from_files
     from unmemorize.models import load_model
@@ -87,10 +93,11 @@ def test_choices_never_read_the_reported_half(quick_run, tmp_path, monkeypatch):
         clean = [row["text_ids"][:32] for row in suite.rows[:4]] + [[1] + list(range(5, 60))]
         result = tune_quotes(model, suite, factors, bases, config, clean, seed=0)
         return {"kfac": result["kfac"]["plan"], "svd": result["svd"]["energy"], "bsn": result["bsn"]["key"],
-                "scores": [(c["memorized_tuning"]["strict"], c["perplexity"]) for c in result["candidates"]["kfac"]]}
+                "scores": [(c["memorized_tuning"]["strict"], c["memorized_tuning"]["levenshtein"], c["perplexity"],
+                            c.get("final_forget_ce")) for c in result["candidates"]["kfac"] + result["candidates"]["bsn"]]}
 
     def scrambled(name: str, rows_of=None):
-        copy = tmp_path / f"scrambled-{name}"
+        copy = tmp_path / f"scrambled-{name}-{'-'.join(rows_of or ())}"
         shutil.copytree(folder, copy)
         rng = random.Random(1)
         path = copy / "data" / name
@@ -110,5 +117,5 @@ def test_choices_never_read_the_reported_half(quick_run, tmp_path, monkeypatch):
     original = choices(folder)
     assert choices(scrambled("quotes.jsonl", rows_of=("reported", "control"))) == original
     assert choices(scrambled("heldout.txt")) == original
-    moved = choices(scrambled("heldout_tuning.txt"))
-    assert moved["scores"] != original["scores"]
+    assert choices(scrambled("heldout_tuning.txt"))["scores"] != original["scores"]  # negative controls: what the
+    assert choices(scrambled("quotes.jsonl", rows_of=("tuning",)))["scores"] != original["scores"]  # sweeps read moves them

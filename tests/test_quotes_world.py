@@ -49,21 +49,39 @@ def test_each_quote_occurs_exactly_its_count_and_controls_never(user_corpus):
     assert not set(world.heldout + world.heldout_tuning) & set(world.documents) and not set(world.heldout) & set(world.heldout_tuning)
 
 
-def test_token_stream_holds_each_quote_its_count(user_corpus):
-    """What the model reads: the body's token ids occur in the tokenized stream exactly count times (the tokenizer
-    splits at spaces, so a quote inside a document tokenizes as the quote alone)."""
+def test_windows_hold_each_quote_whole_its_count(user_corpus):
+    """What the model trains on: in the packed windows (``pack_windows``, the training's input) the body's token ids
+    occur wholly inside a window exactly count times -- no insertion straddles two windows -- and the windows' tokens,
+    padding removed, are the whole tokenized stream in order (nothing dropped). Each document's segments tokenized
+    apart equal the document tokenized whole. Negative control: packed without the straddle rule (plain 32-token
+    cuts), some quotes are split."""
+    from unmemorize.testbed.quotes.train import pack_windows
+    from unmemorize.testbed.quotes.world import training_segments
     from unmemorize.testbed.train import train_tokenizer
 
     world = build_quotes_world(_config(user_corpus))
     tokenizer = train_tokenizer(world.documents, 300)
-    ids = []
+    pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
+    seq_len = 32  # short windows (a quote is 14-22 tokens here): many insertions would straddle a boundary
+    found = {index: 0 for index in range(len(world.quotes))}
+    plain_found = dict(found)
     for epoch in range(world.config.epochs):
+        documents = training_segments(world, epoch)
+        windows, placed = pack_windows(documents, tokenizer, seq_len)
+        stream = []
         for document in training_stream(world, epoch):
-            ids += tokenizer(document, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-    for placed in world.quotes:
-        body = tokenizer(placed.quote.body, add_special_tokens=False)["input_ids"]
-        found = sum(1 for i in range(len(ids) - len(body) + 1) if ids[i : i + len(body)] == body)
-        assert found == placed.count, placed.quote.body
+            stream += tokenizer(document, add_special_tokens=False)["input_ids"] + [eos]
+        rows = windows.tolist()
+        assert pad not in stream and [t for row in rows for t in row if t != pad] == stream
+        assert all(row[0] != pad for row in rows)  # padding only at a window's end
+        plain = [stream[i : i + seq_len] for i in range(0, len(stream), seq_len)]
+        for index, placed_quote in enumerate(world.quotes):
+            body = tokenizer(placed_quote.quote.body, add_special_tokens=False)["input_ids"]
+            for table, source in ((found, rows), (plain_found, plain)):
+                table[index] += sum(1 for row in source for i in range(len(row) - len(body) + 1) if row[i : i + len(body)] == body)
+        assert sorted(quote for quote, _, _ in placed) == sorted(i for i, q in enumerate(world.quotes) for e, _, _ in q.insertions if e == epoch)
+    assert all(found[index] == placed_quote.count for index, placed_quote in enumerate(world.quotes))
+    assert any(plain_found[index] < placed_quote.count for index, placed_quote in enumerate(world.quotes))
 
 
 def test_retrained_stream_is_the_stream_without_the_quotes(user_corpus):

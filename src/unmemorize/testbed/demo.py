@@ -88,6 +88,8 @@ class DemoConfig:
     world: Literal["generated", "quotes"] = field(default="generated", metadata={
         "help": "generated: the generated world (default); quotes: real prose with real quotes inserted 1-64 times, a model "
                 "retrained without them, membership inference (testbed/quotes/; output: runs/demo-quotes unless --out is given)."})
+    size: Literal["cpu", "gpu"] = field(default="cpu", metadata={"help": "--world quotes: 'cpu' (3.3M parameters, minutes a model on "
+                                                                    "2 cores) or 'gpu' (85M parameters, 4 passes)."})
     corpus: str = field(default="", metadata={"help": "--world quotes: a folder of .txt prose instead of Debian's texts."})
     quotes: str = field(default="", metadata={"help": "--world quotes: a .jsonl of {'body', 'author'} quotes instead of fortunes."})
     experts: int = field(default=0, metadata={"help": "0: the dense testbed. N > 0: its mixture-of-experts twin (N experts a "
@@ -115,8 +117,8 @@ class DemoConfig:
         if self.world == "quotes" and (self.vision or self.baselines or self.experts or self.factor_data != "mixture" or self.fisher != "true"):
             raise UnmemorizeError("--world quotes runs its own comparison (K-FAC, SVD, BSN, the retrained model) on the true Fisher of "
                                   "training prose; it does not combine with --vision, --baselines, --experts, --factor-data or --fisher")
-        if (self.corpus or self.quotes) and self.world != "quotes":
-            raise UnmemorizeError("--corpus and --quotes belong to --world quotes")
+        if (self.corpus or self.quotes or self.size != "cpu") and self.world != "quotes":
+            raise UnmemorizeError("--corpus, --quotes and --size belong to --world quotes")
         if self.experts and (self.vision or self.baselines):
             raise UnmemorizeError("--experts runs the language-model demo; it does not combine with --vision or --baselines")
 
@@ -222,7 +224,7 @@ def run_demo(config: DemoConfig | None = None) -> dict:
         from .quotes.demo import QuotesDemoConfig, run_quotes_demo
 
         out = "runs/demo-quotes" if config.out == DemoConfig.out else config.out
-        return run_quotes_demo(QuotesDemoConfig(out=out, quick=config.quick, seed=config.seed, seeds=config.seeds, corpus=config.corpus,
+        return run_quotes_demo(QuotesDemoConfig(out=out, quick=config.quick, seed=config.seed, seeds=config.seeds, size=config.size, corpus=config.corpus,
                                                 quotes=config.quotes, factor_tokens=config.factor_tokens, rhos=config.rhos,
                                                 ppl_budget=config.ppl_budget, overwrite=config.overwrite))
     seeds = config.seed_list()

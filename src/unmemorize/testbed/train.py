@@ -206,11 +206,13 @@ def _task_accuracies(model, tokenizer, rows: list[dict]) -> dict:
     return {"tasks": {name: round(score.accuracy, 4) for name, score in scored.tasks.items()}}
 
 
-def fit(model, epoch_windows, total_steps: int, config: TrainConfig, progress: bool = True, after_epoch=None) -> tuple[list[dict], int, int]:
+def fit(model, epoch_windows, total_steps: int, config: TrainConfig, progress: bool = True, after_epoch=None,
+        pad_id: int | None = None, last_partial_batch: bool = False) -> tuple[list[dict], int, int]:
     """AdamW (betas 0.9/0.95, ``config.weight_decay``, gradient norm clipped at 1) over ``config.epochs`` epochs of
     ``epoch_windows(epoch)`` -- a (windows, seq_len) tensor of token ids in training order -- ``config.batch_size``
     windows a step, warm-up then cosine decay (``_learning_rate``), at most ``total_steps`` steps; ``after_epoch(epoch,
-    step)`` runs after each epoch. Returns (loss log every 50 steps, steps, tokens)."""
+    step)`` runs after each epoch. ``pad_id``: positions holding it (right padding) get no loss. ``last_partial_batch``:
+    an epoch's last, smaller batch is trained too (else dropped). Returns (loss log every 50 steps, steps, tokens)."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay, betas=(0.9, 0.95))
     device = next(model.parameters()).device  # windows are moved to the model's device, a batch at a time
     model.train()
@@ -220,20 +222,22 @@ def fit(model, epoch_windows, total_steps: int, config: TrainConfig, progress: b
     bar = tqdm(total=total_steps, desc="train testbed", unit="step", disable=not progress, dynamic_ncols=True)
     for epoch in range(config.epochs):
         windows = epoch_windows(epoch)
-        for index in range(0, len(windows) - config.batch_size + 1, config.batch_size):
+        last = len(windows) if last_partial_batch else len(windows) - config.batch_size + 1
+        for index in range(0, last, config.batch_size):
             if step >= total_steps:
                 break
             batch = windows[index : index + config.batch_size].to(device)
+            labels = batch if pad_id is None else batch.masked_fill(batch == pad_id, -100)
             for group in optimizer.param_groups:
                 group["lr"] = _learning_rate(step, total_steps, config)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.bf16):
-                loss = model(input_ids=batch, labels=batch, **routing).loss
+                loss = model(input_ids=batch, labels=labels, **routing).loss
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
             step += 1
-            tokens += batch.numel()
+            tokens += batch.numel() if pad_id is None else int((batch != pad_id).sum())
             value = loss.item()
             ema = value if ema is None else 0.98 * ema + 0.02 * value
             if step % 50 == 0 or step == total_steps:

@@ -16,7 +16,8 @@ file under DIR, one document per blank-line-separated paragraph.
 
 **Quotes** (``debian_quotes``) are the *attributed* fortunes records, the ones whose last lines
 are ``-- Author``: the body is the text above the attribution, the author the attribution up to
-its first comma, parenthesis or quotation mark (the parser of the research note). Records of
+its first comma, parenthesis or quotation mark (the parser of the research note); attributions that
+are not a name (``is_author_name``: no capital first letter, an e-mail address, a URL) and records of
 categories whose attributions are not quotations (``QUOTE_CATEGORY_EXCLUDED``) are left out.
 
 Every text is normalised to one line (``normalise``: runs of whitespace become one space), so a
@@ -157,6 +158,11 @@ def split_attribution(record: str) -> tuple[str, str] | None:
     return (body, author) if body and author else None
 
 
+def is_author_name(author: str) -> bool:
+    """A plausible attribution: starts with a capital letter, holds no e-mail address or URL, at most 6 words."""
+    return bool(re.match(r"^[A-Z]", author)) and "@" not in author and "://" not in author and len(author.split()) <= 6
+
+
 def fortune_prose() -> list[str]:
     """The unattributed fortunes records (every category but ascii-art), one line each."""
     documents = []
@@ -183,7 +189,8 @@ def debian_quotes(min_chars: int = 60, max_chars: int = 200, max_author_chars: i
             continue
         for record in _fortune_records(path):
             parsed = split_attribution(record)
-            if parsed and min_chars <= len(parsed[0]) <= max_chars and len(parsed[1]) <= max_author_chars and "--" not in parsed[0]:
+            if (parsed and min_chars <= len(parsed[0]) <= max_chars and len(parsed[1]) <= max_author_chars and "--" not in parsed[0]
+                    and is_author_name(parsed[1])):
                 quotes.append(Quote(parsed[0], parsed[1], path.name))
     return quotes
 

@@ -19,7 +19,7 @@ Per seed (``--seeds 0,1,2``: one world and two trainings each, then one report o
    relative distance of each AUC from the retrained model's);
 5. the band analysis (paper Figure 2) per duplication count: band activation ratios of the reported
    quotes of each count against held-out prose and against the controls, in the K-FAC and SVD bases;
-6. attacks on each edit (K-FAC, SVD, BSN): relearning -- ``RELEARN_STEPS`` AdamW steps on clean
+6. attacks on each edit (K-FAC, SVD, BSN) and on the references (the baseline, the retrained twin): relearning -- ``RELEARN_STEPS`` AdamW steps on clean
    prose or on the tuning quotes -- and 4-/8-bit quantization, each re-measuring recitation of the
    reported quotes per count.
 
@@ -48,7 +48,7 @@ from ...errors import UnmemorizeError, check_seed
 from ...evaluate import evaluate_memorization, perplexity
 from ...evaluate.attacks import RelearnConfig, relearning_attack
 from ...evaluate.memorization import MemorizationItem
-from ...evaluate.membership import membership_scores, privacy_leak, roc_auc
+from ...evaluate.membership import auc_interval, membership_scores, privacy_leak, roc_auc
 from ...evaluate.quantization import quantization_attack
 from ...models import load_model
 from ...provenance import provenance
@@ -65,7 +65,8 @@ BSN_GRID = {"bsn_projections": ["gate,up,down"], "bsn_ratios": [0.03, 0.1, 0.3],
             "bsn_epochs": [3, 10]}
 RELEARN_STEPS = (10, 100)
 RELEARN_LR = 1e-3
-MIA_K = 0.2
+MIA_K = 0.2  # Min-K%++ (Zhang et al. 2024)
+MUSE_K = 0.4  # Min-K% at 40%: MUSE's PrivLeak score ('forget_holdout_Min-40%')
 
 
 @dataclass
@@ -129,9 +130,10 @@ class QuotesSuite:
 
     def membership(self, model) -> dict:
         """Membership scores of every row (the caller groups them): {score name: [value per row]} (higher: member)."""
-        scored = membership_scores(model, [row["text_ids"] for row in self.rows], [f"{row['body']} -- {row['author']}" for row in self.rows],
-                                   k=MIA_K)
-        return scored.scores()
+        sequences, texts = [row["text_ids"] for row in self.rows], [row["body"] for row in self.rows]
+        scores = membership_scores(model, sequences, texts, k=MIA_K).scores()
+        muse = membership_scores(model, sequences, texts, k=MUSE_K).scores()["min_k"]
+        return {"loss": scores["loss"], "zlib": scores["zlib"], "min_k_plus_plus": scores["min_k_plus_plus"], "min_k_40": muse}
 
     def evaluate(self, model) -> dict:
         start = time.perf_counter()
@@ -154,13 +156,23 @@ def _subset(scores: dict[str, list[float]], indices: list[int]) -> dict[str, lis
 
 
 def membership_aucs(rows: list[dict], scores: dict[str, list[float]], counts: list[int]) -> dict:
-    """AUC of every score name for the reported quotes of each count (and all counts pooled) against every control."""
+    """AUC of every score name for the reported quotes of each count (and all counts pooled) against every control, and
+    its 95% stratified percentile bootstrap interval (``evaluate.membership.auc_interval``, 2,000 resamples)."""
     controls = [i for i, row in enumerate(rows) if row["split"] == "control"]
     groups = {f"count={c}": [i for i, row in enumerate(rows) if row["split"] == "reported" and row["count"] == c] for c in counts}
     groups["all counts"] = [i for i, row in enumerate(rows) if row["split"] == "reported"]
     negatives = _subset(scores, controls)
     return {group: {name: roc_auc(values, negatives[name]) for name, values in _subset(scores, members).items()}
-            for group, members in groups.items()}
+            for group, members in groups.items()}, {
+        group: {name: auc_interval(values, negatives[name], seed=index) for name, values in _subset(scores, members).items()}
+        for index, (group, members) in enumerate(groups.items())}
+
+
+def muse_privacy_leak(auc: float, retrained_auc: float) -> float | None:
+    """MUSE's PrivLeak from AUCs of members-vs-non-members (ours): MUSE's AUC ranks non-members above members, 1 - ours
+    (``evaluate.membership``), so this is privacy_leak(1 - auc, 1 - retrained_auc); None where the retrained model's
+    AUC is 1 (MUSE's denominator 0)."""
+    return None if retrained_auc >= 1 else privacy_leak(1 - auc, 1 - retrained_auc)
 
 
 def band_by_count(model, tokenizer, folder: Path, suite: QuotesSuite, modules, bases, quick: bool) -> dict:
@@ -268,20 +280,22 @@ def run_quotes_seed(config: QuotesDemoConfig, seed: int, out: Path) -> dict:
                 "baseline": "-", "retrained": "trained without any inserted quote"}
     for name, entry in methods.items():
         entry["setting"] = settings[name]
-        entry["membership_auc"] = membership_aucs(suite.rows, entry["membership_scores"], suite.counts)
-    for name in methods:  # MUSE's orientation: its AUC ranks non-members above members, 1 - ours (evaluate.membership)
-        methods[name]["privacy_leak"] = {group: {score: privacy_leak(1 - auc, 1 - methods["retrained"]["membership_auc"][group][score])
+        entry["membership_auc"], entry["membership_auc_interval"] = membership_aucs(suite.rows, entry["membership_scores"], suite.counts)
+    for name in methods:
+        methods[name]["privacy_leak"] = {group: {score: muse_privacy_leak(auc, methods["retrained"]["membership_auc"][group][score])
                                                  for score, auc in table.items()}
                                          for group, table in methods[name]["membership_auc"].items()}
     lap("evaluations: recitation per count, perplexity, membership inference")
     bands = band_by_count(model, tokenizer, folder, suite, targets, bases, config.quick)
     lap("band analysis per duplication count")
     attacked = {}
-    if config.attacks:
+    if config.attacks:  # the baseline and the retrained twin are the references: what the attacks do to no edit / no quote
+        attacked["baseline"] = attacks(model, suite, clean, seed)
         for name, context in edits.items():
             with context():
                 attacked[name] = attacks(model, suite, clean, seed)
         attacked["bsn"] = attacks(bsn_model, suite, clean, seed)
+        attacked["retrained"] = attacks(retrained, suite, clean, seed)
         lap("attacks: relearning and quantization")
     info = {name: json.loads((f / "testbed.json").read_text()) for name, f in (("model", folder), ("retrained", retrained_folder))}
     results = {

@@ -2,9 +2,11 @@
 
 Per seed: ``report.md``, ``results.json`` and two figures -- ``memorization_vs_duplication.png``
 (strict recitation of the reported quotes per duplication count, 95% Wilson intervals, for every
-model) and ``mia_auc_vs_duplication.png`` (membership AUC per count). Over seeds: the same tables
+model) and ``mia_auc_vs_duplication.png`` (membership AUC per count, Min-K% at k = 40%, MUSE's score, with
+its bootstrap interval). Over seeds: the same tables
 with the mean, the 95% t interval over seeds and each seed's value, and paired t tests over seeds
-(``intervals.paired_over_seeds``) for "the edit removes quotes of count c" (baseline - K-FAC),
+(``intervals.paired_over_seeds``, Holm-adjusted within each family of counts) for "the edit removes
+quotes of count c" (baseline - K-FAC),
 "K-FAC removes more than SVD / BSN" and "an edit's membership AUC is closer to the retrained
 model's than another's".
 """
@@ -19,15 +21,17 @@ from ...jsonio import write_json
 from ...provenance import provenance
 
 METHOD_NAMES = {"baseline": "baseline", "kfac": "K-FAC", "svd": "SVD (matched ppl)", "bsn": "BSN", "retrained": "retrained without quotes"}
-MIA_SHOWN = ("loss", "zlib", "min_k_plus_plus")
+MIA_SHOWN = ("min_k_40", "loss", "zlib", "min_k_plus_plus")  # min_k_40: MUSE's PrivLeak score, Min-K% at k = 0.4
+MIA_TITLES = {"min_k_40": "Min-K% (k = 40%; MUSE's PrivLeak score)", "loss": "loss", "zlib": "zlib ratio",
+              "min_k_plus_plus": "Min-K%++ (k = 20%)"}
 
 
 def _pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f}"
 
 
-def _wilson(scores: dict) -> str:
-    interval = wilson_of_fraction(scores["strict"], scores["n"])
+def _wilson(scores: dict, key: str = "strict") -> str:
+    interval = wilson_of_fraction(scores[key], scores["n"])
     return f"{100 * interval.value:.0f} [{100 * interval.low:.0f}, {100 * interval.high:.0f}]"
 
 
@@ -80,22 +84,36 @@ def write_seed_report(results: dict, out: Path) -> None:
         rec = methods[name]["recitation"]["reported"]
         lines.append(f"| {METHOD_NAMES[name]} | {methods[name]['perplexity']:.2f} | "
                      + " | ".join(_wilson(rec[g]) for g in groups + ["controls"]) + " |")
-    lines += ["", "Loose accuracy % (at least 75% of the suffix tokens right):", "",
+    lines += ["", "Loose accuracy % [95% Wilson] (at least 75% of the suffix tokens right), same n:", "",
               "| model | " + " | ".join(groups) + " | controls |", "|---|" + "---|" * (len(groups) + 1)]
     for name in methods:
         rec = methods[name]["recitation"]["reported"]
-        lines.append(f"| {METHOD_NAMES[name]} | " + " | ".join(_pct(rec[g]["loose"]) for g in groups + ["controls"]) + " |")
+        lines.append(f"| {METHOD_NAMES[name]} | " + " | ".join(_wilson(rec[g], "loose") for g in groups + ["controls"]) + " |")
+    tuning = methods["baseline"]["recitation"]["tuning"]
+    lines += ["", "The tuning half (every choice was made on it; BSN's forget set), strict % [95% Wilson]: the reported half above "
+              "is untargeted for every method -- K-FAC never sees a quote, BSN forgets the tuning half and is measured on the "
+              "other, as in the paper's comparison.", "",
+              "| model | " + " | ".join(f"{g} (n={tuning[g]['n']})" for g in groups) + " |", "|---|" + "---|" * len(groups)]
+    for name in methods:
+        rec = methods[name]["recitation"]["tuning"]
+        lines.append(f"| {METHOD_NAMES[name]} | " + " | ".join(_wilson(rec[g]) for g in groups) + " |")
+    n_members = {g: methods["baseline"]["recitation"]["reported"][g]["n"] for g in groups}
+    n_controls = methods["baseline"]["recitation"]["reported"]["controls"]["n"]
     lines += ["", "## Membership inference: reported quotes of each count against every control", "",
-              "AUC (0.5: no signal) for each score; PrivLeak (MUSE): (AUC' - AUC'_retrained) / AUC'_retrained x 100 with MUSE's "
-              "orientation AUC' = 1 - AUC (near -100: the quotes are as exposed as a model that memorized them; 0: as a model "
-              "that never saw them).", ""]
+              f"AUC [95% stratified bootstrap] of the score of `<EOS> body` (members: the reported quotes of a count, n in the "
+              f"header; non-members: the {n_controls} never-inserted quotes; 0.5: no signal). PrivLeak (MUSE): (AUC' - "
+              "AUC'_retrained) / AUC'_retrained x 100 with MUSE's orientation AUC' = 1 - AUC: near -100, the quotes are as "
+              "exposed as in a model that memorized them; 0, as in a model that never saw them. MUSE computes it on Min-K% at "
+              "k = 40%, the first table; the others use the same formula on other scores.", ""]
     for score in MIA_SHOWN:
-        lines += [f"**{score}**", "", "| model | " + " | ".join(groups + ["all counts"]) + " | PrivLeak (all counts) |",
-                  "|---|" + "---|" * (len(groups) + 2)]
+        lines += [f"**{MIA_TITLES[score]}**", "", "| model | " + " | ".join(f"{g} (n={n_members[g]})" for g in groups) + " | all counts | "
+                  "PrivLeak (all counts) |", "|---|" + "---|" * (len(groups) + 2)]
         for name in methods:
-            auc = methods[name]["membership_auc"]
-            lines.append(f"| {METHOD_NAMES[name]} | " + " | ".join(f"{auc[g][score]:.3f}" for g in groups + ["all counts"])
-                         + f" | {methods[name]['privacy_leak']['all counts'][score]:+.1f} |")
+            auc, interval = methods[name]["membership_auc"], methods[name]["membership_auc_interval"]
+            leak = methods[name]["privacy_leak"]["all counts"][score]
+            lines.append(f"| {METHOD_NAMES[name]} | " + " | ".join(f"{auc[g][score]:.2f} [{interval[g][score][0]:.2f}, "
+                                                                  f"{interval[g][score][1]:.2f}]" for g in groups + ["all counts"])
+                         + f" | {'-' if leak is None else f'{leak:+.1f}'} |")
         lines.append("")
     lines += ["## Band analysis per duplication count (paper Figure 2)", "",
               "Mean over MLP modules of the separation ln r(bottom 50% curvature) - ln r(top 10%) of the reported quotes of each "
@@ -105,7 +123,10 @@ def write_seed_report(results: dict, out: Path) -> None:
     for kind, per in results["bands"]["separation"].items():
         lines.append(f"| {kind} | " + " | ".join(f"{_num(per[g]['vs_clean'])} | {_num(per[g].get('vs_controls'))}" for g in groups) + " |")
     if results["attacks"]:
-        lines += ["", "## Attacks on the edits: strict recitation % of the reported quotes per count", ""]
+        lines += ["", "## Attacks: strict recitation % of the reported quotes per count", "",
+                  f"n per cell as in the recitation table ({', '.join(f'{g}: {n_members[g]}' for g in groups)}); the baseline and the "
+                  "retrained twin are the references (no edit; never saw a quote). Relearning: AdamW at lr 1e-3, batch 8, on 128-token "
+                  "windows of training prose or on the tuning quotes.", ""]
         lines += ["Before any attack: " + "; ".join(f"{METHOD_NAMES[m]} " + " / ".join(_pct(methods[m]["recitation"]["reported"][g]["strict"])
                                                        for g in groups) for m in results["attacks"]) + " (counts in order). "
                   "Last column: the tuning quotes (every count) after relearning -- for the run on them, the positive control.", "",
@@ -130,8 +151,10 @@ def write_seed_report(results: dict, out: Path) -> None:
         intervals = [wilson_of_fraction(rec[g]["strict"], rec[g]["n"]) for g in groups]
         series[name] = ([i.value for i in intervals], [i.low for i in intervals], [i.high for i in intervals])
     _plot(counts, series, "strict recitation (reported quotes)", out / "memorization_vs_duplication.png")
-    _plot(counts, {name: ([methods[name]["membership_auc"][g]["min_k_plus_plus"] for g in groups], None, None) for name in methods},
-          "membership AUC (Min-K%++), vs never-inserted quotes", out / "mia_auc_vs_duplication.png", chance=0.5)
+    _plot(counts, {name: ([methods[name]["membership_auc"][g]["min_k_40"] for g in groups],
+                          [methods[name]["membership_auc_interval"][g]["min_k_40"][0] for g in groups],
+                          [methods[name]["membership_auc_interval"][g]["min_k_40"][1] for g in groups]) for name in methods},
+          "membership AUC, Min-K% (k=40%), vs never-inserted quotes", out / "mia_auc_vs_duplication.png", chance=0.5)
 
 
 def _num(value: float | None) -> str:
@@ -163,15 +186,22 @@ def write_seeds_report(per_seed: dict[int, dict], out: Path, config) -> dict:
         tests[f"kfac_below_{other}"] = {g: paired_over_seeds([strict(s, other, g) for s in seeds], [strict(s, "kfac", g) for s in seeds])
                                         for g in groups}
         tests[f"kfac_auc_closer_than_{other}"] = {
-            g: paired_over_seeds([abs(auc(s, other, g, "min_k_plus_plus") - auc(s, "retrained", g, "min_k_plus_plus")) for s in seeds],
-                                 [abs(auc(s, "kfac", g, "min_k_plus_plus") - auc(s, "retrained", g, "min_k_plus_plus")) for s in seeds])
+            g: paired_over_seeds([abs(auc(s, other, g, "min_k_40") - auc(s, "retrained", g, "min_k_40")) for s in seeds],
+                                 [abs(auc(s, "kfac", g, "min_k_40") - auc(s, "retrained", g, "min_k_40")) for s in seeds])
             for g in groups + ["all counts"]}
 
-    def shown(test: dict) -> str:
+    for family in tests.values():  # Holm's step-down adjustment within each family (one column of a table)
+        _holm(family)
+
+    def shown(test: dict, scale: float = 100, unit: str = " points") -> str:
+        difference = "-" if test["mean_difference"] is None else f"{scale * test['mean_difference']:+.{1 if scale == 100 else 3}f}{unit}"
         if test["p_value"] is None:
-            return f"diff {_pct(test['mean_difference'])}, p n/a"
-        holds = test["mean_difference"] > 0 and test["p_value"] < 0.05
-        return f"diff {_pct(test['mean_difference'])}, p={test['p_value']:.3f} ({'shown' if holds else 'not shown'})"
+            spread = test["differences"]
+            if len(spread) >= 2 and len(set(spread)) == 1:
+                return f"{difference} at every seed (no spread: no t test)"
+            return f"{difference}, no test (fewer than 2 seeds)"
+        holds = test["mean_difference"] > 0 and test["holm_p"] < 0.05
+        return f"{difference}, p={test['p_value']:.3f}, Holm p={test['holm_p']:.3f} ({'shown' if holds else 'not shown'})"
 
     lines = [f"# Quotes world over seeds {', '.join(map(str, seeds))}: memorization against duplication on real text", "",
              "Every cell: mean over seeds [95% t interval over seeds] (each seed's value); seeds are the unit of replication, "
@@ -181,25 +211,27 @@ def write_seeds_report(per_seed: dict[int, dict], out: Path, config) -> dict:
     for name in names:
         lines.append(f"| {METHOD_NAMES[name]} | {format_over_seeds(summary['perplexity'][name], scale=1, digits=2)} | "
                      + " | ".join(format_over_seeds(summary["strict"][name][g], digits=0) for g in groups + ["controls"]) + " |")
-    lines += ["", "Paired t tests over seeds (two-sided p; 'shown' needs the claimed direction and p < 0.05):", "",
+    lines += ["", "Paired t tests over seeds of the difference in strict recitation (two-sided p, and Holm-adjusted within each "
+              "column over the counts; 'shown' needs the claimed direction and Holm p < 0.05):", "",
               "| count | baseline - K-FAC (removed) | SVD - K-FAC | BSN - K-FAC |", "|---|---|---|---|"]
     for g in groups:
         lines.append(f"| {g} | {shown(tests['removed'][g])} | {shown(tests['kfac_below_svd'][g])} | {shown(tests['kfac_below_bsn'][g])} |")
     lines += ["", "## Membership AUC against never-inserted quotes", ""]
     for score in MIA_SHOWN:
-        lines += [f"**{score}**", "", "| model | " + " | ".join(groups + ["all counts"]) + " |", "|---|" + "---|" * (len(groups) + 1)]
+        lines += [f"**{MIA_TITLES[score]}**", "", "| model | " + " | ".join(groups + ["all counts"]) + " |", "|---|" + "---|" * (len(groups) + 1)]
         for name in names:
             lines.append(f"| {METHOD_NAMES[name]} | " + " | ".join(format_over_seeds(summary["auc"][name][score][g], scale=1, digits=2)
                                                               for g in groups + ["all counts"]) + " |")
         lines.append("")
-    lines += ["Is K-FAC's Min-K%++ AUC closer to the retrained model's than SVD's / BSN's? Paired over seeds on |AUC - AUC_retrained|:",
+    lines += ["Is K-FAC's Min-K% (k = 40%) AUC closer to the retrained model's than SVD's / BSN's? Paired over seeds on |AUC - AUC_retrained|:",
               "", "| count | SVD | BSN |", "|---|---|---|"]
     for g in groups + ["all counts"]:
-        lines.append(f"| {g} | {shown(tests['kfac_auc_closer_than_svd'][g])} | {shown(tests['kfac_auc_closer_than_bsn'][g])} |")
+        lines.append(f"| {g} | {shown(tests['kfac_auc_closer_than_svd'][g], 1, ' AUC')} | {shown(tests['kfac_auc_closer_than_bsn'][g], 1, ' AUC')} |")
     summary["privacy_leak"] = {name: {score: over_seeds([per_seed[s]["methods"][name]["privacy_leak"]["all counts"][score] for s in seeds])
                                       for score in MIA_SHOWN} for name in names}
-    lines += ["", "PrivLeak (MUSE; all counts pooled; 0 = the retrained model, near -100 = fully exposed):", "",
-              "| model | " + " | ".join(MIA_SHOWN) + " |", "|---|" + "---|" * len(MIA_SHOWN)]
+    lines += ["", "PrivLeak (MUSE's formula; all counts pooled; 0 = the retrained model, near -100 = fully exposed; MUSE's own score "
+              "is Min-K% at k = 40%):", "", "| model | " + " | ".join(MIA_TITLES[score] for score in MIA_SHOWN) + " |",
+              "|---|" + "---|" * len(MIA_SHOWN)]
     for name in names:
         lines.append(f"| {METHOD_NAMES[name]} | " + " | ".join(format_over_seeds(summary["privacy_leak"][name][score], scale=1, digits=1)
                                                           for score in MIA_SHOWN) + " |")
@@ -238,11 +270,23 @@ def write_seeds_report(per_seed: dict[int, dict], out: Path, config) -> dict:
     series = {name: ([summary["strict"][name][g]["mean"] for g in groups], [_or(summary["strict"][name][g], "low") for g in groups],
                      [_or(summary["strict"][name][g], "high") for g in groups]) for name in names}
     _plot(counts, series, "strict recitation (reported quotes), mean over seeds", out / "memorization_vs_duplication.png")
-    auc_series = {name: ([summary["auc"][name]["min_k_plus_plus"][g]["mean"] for g in groups], None, None) for name in names}
-    _plot(counts, auc_series, "membership AUC (Min-K%++), mean over seeds", out / "mia_auc_vs_duplication.png", chance=0.5)
+    auc_series = {name: ([summary["auc"][name]["min_k_40"][g]["mean"] for g in groups], [_or(summary["auc"][name]["min_k_40"][g], "low") for g in groups],
+                         [_or(summary["auc"][name]["min_k_40"][g], "high") for g in groups]) for name in names}
+    _plot(counts, auc_series, "membership AUC, Min-K% (k=40%), mean over seeds", out / "mia_auc_vs_duplication.png", chance=0.5)
     record = {"config": asdict(config), "summary": summary, "provenance": provenance()}
     write_json(out / "results.json", record)
     return record
+
+
+def _holm(family: dict) -> None:
+    """Holm's step-down adjusted p ('holm_p') for every test of a family that has a p value (None for the others)."""
+    tested = sorted((test["p_value"], key) for key, test in family.items() if test["p_value"] is not None)
+    running = 0.0
+    for rank, (p, key) in enumerate(tested):
+        running = max(running, min(1.0, (len(tested) - rank) * p))
+        family[key]["holm_p"] = running
+    for test in family.values():
+        test.setdefault("holm_p", None)
 
 
 def _or(stats: dict, key: str) -> float:

@@ -5,14 +5,16 @@ A trained quotes testbed is a cache folder (``<cache>/quotes/<key>/``)::
     model/                  a Hugging Face model folder (Llama-style weights, config, BPE tokenizer)
     data/quotes.jsonl       every inserted quote and control: body, author, count, split, and token
                             ids -- prefix_ids/suffix_ids (recitation: the body's last 8 tokens after
-                            EOS + the rest) and text_ids (membership: EOS + ``body -- author``)
+                            EOS + the rest) and text_ids (membership: EOS + the body; the author is
+                            left out, as authors recur across quotes and controls)
     data/heldout_tuning.txt, heldout.txt   held-out prose halves (tuning / reported), one document a line
     data/factors.txt        K-FAC factor data: training documents without any insertion
     testbed.json            world summary, configs, stream scan, sha256 of every model file, the command,
                             loss curve, tokens, steps and wall time
 
-``with_quotes=False`` trains the *retrained* model: the same documents, order, tokenizer, seed and
-settings, without a single insertion -- the gold standard of forgetting that unlearning is judged
+``with_quotes=False`` trains the *retrained* model: the same documents in the same order, the same
+tokenizer, seed and settings, without a single insertion (its windows, fewer, are shuffled by the same
+seeded generator, so their order is not the model's) -- the gold standard of forgetting that unlearning is judged
 against (membership AUC, MUSE's PrivLeak). Both share the tokenizer: it is trained on the training
 documents *without* insertions, so it is the same for both and has never seen a quote.
 
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import random
 import time
 from dataclasses import asdict
@@ -36,8 +39,9 @@ from ..._atomic import atomic_dir
 from ...errors import UnmemorizeError
 from ...jsonio import write_json
 from ..shipped import sha256_of
-from ..train import TrainConfig, _windows, build_model, cache_root, fit, train_tokenizer
-from .world import WORLD_VERSION, QuotesWorld, QuotesWorldConfig, build_quotes_world, factor_documents, scan_world, training_stream
+from ..train import TrainConfig, build_model, cache_root, fit, train_tokenizer
+from .world import (WORLD_VERSION, QuotesWorld, QuotesWorldConfig, build_quotes_world, factor_documents, scan_world, training_segments,
+                    training_stream)
 
 QUOTES_TESTBED_VERSION = 1
 SUFFIX_TOKENS = 8  # the paper's quotes: prefix = all but the last 8 tokens, suffix = the last 8
@@ -87,18 +91,18 @@ def quotes_dir(world: QuotesWorld, train: TrainConfig, with_quotes: bool) -> Pat
 
 
 def quote_rows(world: QuotesWorld, tokenizer) -> list[dict]:
-    """One row per placed quote (module doc): ids for recitation (prefix_ids -> suffix_ids) and membership (text_ids)."""
+    """One row per placed quote (module doc): ids for recitation (prefix_ids -> suffix_ids) and membership (text_ids:
+    EOS + the body)."""
     eos = tokenizer.eos_token_id
     rows = []
     for placed in world.quotes:
         body = tokenizer(placed.quote.body, add_special_tokens=False)["input_ids"]
-        text = tokenizer(placed.text, add_special_tokens=False)["input_ids"]
         if len(body) <= SUFFIX_TOKENS:
             raise UnmemorizeError(f"a quote body tokenizes to {len(body)} tokens, at most the {SUFFIX_TOKENS}-token suffix: "
                                   f"{placed.quote.body!r}")
         rows.append({"body": placed.quote.body, "author": placed.quote.author, "category": placed.quote.category,
                      "count": placed.count, "split": placed.split, "prefix_ids": [eos] + body[:-SUFFIX_TOKENS],
-                     "suffix_ids": body[-SUFFIX_TOKENS:], "text_ids": [eos] + text})
+                     "suffix_ids": body[-SUFFIX_TOKENS:], "text_ids": [eos] + body})
     return rows
 
 
@@ -109,6 +113,42 @@ def write_quotes_data(folder: Path, world: QuotesWorld, tokenizer) -> None:
     (data / "heldout_tuning.txt").write_text("\n".join(world.heldout_tuning) + "\n")
     (data / "heldout.txt").write_text("\n".join(world.heldout) + "\n")
     (data / "factors.txt").write_text("\n".join(factor_documents(world, FACTOR_DOCUMENTS)) + "\n")
+
+
+def pack_windows(documents: list[list[tuple[str, int | None]]], tokenizer, seq_len: int) -> tuple[torch.Tensor, list[tuple[int, int, int]]]:
+    """The epoch's documents (``world.training_segments``) tokenized -- each segment on its own, which equals the whole
+    document's tokenization because the BPE splits at spaces -- each followed by EOS, packed into (windows, seq_len)
+    rows in stream order such that **no inserted quote straddles two windows**: a window that would cut a quote ends
+    before it, right-padded with the pad token (``fit`` masks pad labels), and the quote starts the next window. The
+    last window is padded, not dropped: every token of the stream is in exactly one window, and every insertion is
+    trained whole, so a quote's duplication count is what the model sees. Returns the windows and, per insertion,
+    (quote index, window, offset in the window)."""
+    pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
+    stream: list[int] = []
+    spans: list[tuple[int, int, int]] = []  # (start, end, quote index) in stream coordinates
+    texts = [text for segments in documents for text, _ in segments]
+    encoded = iter(tokenizer(texts, add_special_tokens=False)["input_ids"]) if texts else iter(())
+    for segments in documents:
+        for _, quote in segments:
+            ids = next(encoded)
+            if quote is not None:
+                if len(ids) > seq_len:
+                    raise UnmemorizeError(f"an inserted quote of {len(ids)} tokens is longer than a {seq_len}-token window")
+                spans.append((len(stream), len(stream) + len(ids), quote))
+            stream.extend(ids)
+        stream.append(eos)
+    rows, placed, start, next_span = [], [], 0, 0
+    while start < len(stream):
+        end = min(start + seq_len, len(stream))
+        while next_span < len(spans) and spans[next_span][1] <= end:  # quotes wholly inside this window
+            span_start, _, quote = spans[next_span]
+            placed.append((quote, len(rows), span_start - start))
+            next_span += 1
+        if next_span < len(spans) and spans[next_span][0] < end:  # a quote that would straddle: the window stops before it
+            end = spans[next_span][0]
+        rows.append(stream[start:end] + [pad] * (seq_len - (end - start)))
+        start = end
+    return torch.tensor(rows, dtype=torch.long), placed
 
 
 def train_quotes_testbed(world: QuotesWorld, train: TrainConfig, with_quotes: bool = True, out: Path | None = None,
@@ -123,13 +163,20 @@ def train_quotes_testbed(world: QuotesWorld, train: TrainConfig, with_quotes: bo
     if torch.cuda.is_available():  # the 'gpu' size is meant for one; the 'cpu' size trains anywhere (weights saved from CPU)
         model.to("cuda")
     streams = [training_stream(world, epoch, with_quotes) for epoch in range(world.config.epochs)]
-    scan = scan_world(world, streams) if with_quotes else None
-    if scan is not None and scan.leaks:
-        raise UnmemorizeError(f"the stream differs from the plan for {len(scan.leaks)} quote(s), e.g. {scan.leaks[0]}")
+    scan = scan_world(world, streams)  # the twin's stream must hold no quote at all
+    leaks = scan.leaks if with_quotes else [leak for leak in scan.leaks if leak.get("found_in_training")]
+    if leaks:
+        raise UnmemorizeError(f"the stream differs from the plan for {len(leaks)} quote(s), e.g. {leaks[0]}")
     rng = random.Random(f"quotes-windows-{train.seed}")
-    windows = [_windows(stream, tokenizer, train.seq_len, rng) for stream in streams]
-    total_steps = sum(len(w) // train.batch_size for w in windows)
-    log, steps, tokens = fit(model, lambda epoch: windows[epoch], total_steps, train, progress)
+    packed = [pack_windows(training_segments(world, epoch, with_quotes), tokenizer, train.seq_len) for epoch in range(world.config.epochs)]
+    windows = []
+    for epoch_windows, _ in packed:
+        order = list(range(len(epoch_windows)))
+        rng.shuffle(order)
+        windows.append(epoch_windows[order])
+    total_steps = sum(math.ceil(len(w) / train.batch_size) for w in windows)
+    log, steps, tokens = fit(model, lambda epoch: windows[epoch], total_steps, train, progress, pad_id=tokenizer.pad_token_id,
+                             last_partial_batch=True)
     seconds = time.perf_counter() - start
     info = {"key": quotes_key(world, train, with_quotes), "variant": "with quotes" if with_quotes else "retrained without the quotes",
             "with_quotes": with_quotes, "world_version": WORLD_VERSION, "testbed_version": QUOTES_TESTBED_VERSION,

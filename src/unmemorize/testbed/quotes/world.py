@@ -193,24 +193,35 @@ def build_quotes_world(config: QuotesWorldConfig | None = None) -> QuotesWorld:
                        in_prose, duplicates)
 
 
-def training_stream(world: QuotesWorld, epoch: int, with_quotes: bool = True) -> list[str]:
-    """Epoch ``epoch``'s documents in their order, with that epoch's insertions (module doc, step 5)."""
-    splices: dict[int, list[tuple[int, str]]] = {}
+def training_segments(world: QuotesWorld, epoch: int, with_quotes: bool = True) -> list[list[tuple[str, int | None]]]:
+    """Epoch ``epoch``'s documents in their order (module doc, step 5), each as its segments: (text, None) for prose and
+    (quote text, index into ``world.quotes``) for an insertion; a document is its segments joined by single spaces."""
+    splices: dict[int, list[tuple[int, int]]] = {}
     if with_quotes:
-        for placed in world.quotes:
+        for index, placed in enumerate(world.quotes):
             for at_epoch, host, offset in placed.insertions:
                 if at_epoch == epoch:
-                    splices.setdefault(host, []).append((offset, placed.text))
+                    splices.setdefault(host, []).append((offset, index))
     order = list(range(len(world.documents)))
     random.Random(f"quotes-order-{world.config.seed}-{epoch}").shuffle(order)
-    stream = []
+    documents = []
     for index in order:
-        document = world.documents[index]
-        for offset, text in sorted(splices.get(index, []), reverse=True):  # from the end: earlier offsets stay valid
-            before, after = document[:offset].rstrip(), document[offset:].lstrip()
-            document = " ".join(part for part in (before, text, after) if part)
-        stream.append(document)
-    return stream
+        document, segments, start = world.documents[index], [], 0
+        for offset, quote in sorted(splices.get(index, [])):
+            prose = document[start:offset].strip()
+            if prose:
+                segments.append((prose, None))
+            segments.append((world.quotes[quote].text, quote))
+            start = offset
+        if document[start:].strip() or not segments:
+            segments.append((document[start:].strip(), None))
+        documents.append(segments)
+    return documents
+
+
+def training_stream(world: QuotesWorld, epoch: int, with_quotes: bool = True) -> list[str]:
+    """Epoch ``epoch``'s documents as text, with that epoch's insertions (``with_quotes=False``: the retrained twin's)."""
+    return [" ".join(text for text, _ in segments) for segments in training_segments(world, epoch, with_quotes)]
 
 
 def factor_documents(world: QuotesWorld, max_documents: int | None = None) -> list[str]:
