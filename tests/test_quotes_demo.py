@@ -51,10 +51,10 @@ def test_quick_demo_writes_reports_for_each_seed_and_over_seeds(quick_run):
     assert "count=16" in report and "retrained without quotes" in report
     tests = report.split("Paired t tests")[1].split("## Membership")[0]
     assert tests.count("| count=") == 3 and "no test (fewer than 2 seeds)" not in tests  # two seeds: every cell tested or constant
-    assert "## Attacks" in report and "int4 quantization" in report and "retrained without quotes | relearn 100 steps" in report
+    assert "## Attacks" in report and "int4 quantization" in report and "retrained without quotes | relearn 10 steps" in report
     attacks = json.loads((out / "seed-0" / "results.json").read_text())["attacks"]
     assert set(attacks) == {"baseline", "kfac", "svd", "bsn", "retrained"}
-    assert attacks["baseline"]["relearn"]["tuning_quotes"]["steps"] == [10, 100]
+    assert attacks["baseline"]["relearn"]["tuning_quotes"]["steps"] == [2, 10]  # the quick run's step counts
 
 
 def test_recorded_sha256_is_the_shipped_weights(quick_run):

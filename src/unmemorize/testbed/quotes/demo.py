@@ -212,14 +212,14 @@ def _finite_mean(values: list[float]) -> float | None:
     return sum(finite) / len(finite) if finite else None
 
 
-def attacks(model, suite: QuotesSuite, clean_sequences: list[list[int]], seed: int) -> dict:
+def attacks(model, suite: QuotesSuite, clean_sequences: list[list[int]], seed: int, steps: tuple[int, ...] = RELEARN_STEPS) -> dict:
     """Relearning (on clean prose; on the tuning quotes) and quantization, each re-measuring recitation of the reported
     quotes per count; after relearning also of the tuning quotes (all counts): for the run on them, the positive
     control that the attack teaches what it trains on."""
     sets = suite.by_count("reported")
     measured = {**sets, "tuning quotes": suite.sets["memorized_tuning"]}
     tuning = [row["text_ids"] for row in suite.rows if row["split"] == "tuning"]
-    config = RelearnConfig(steps=RELEARN_STEPS, learning_rate=RELEARN_LR, batch_size=8, seed=seed)
+    config = RelearnConfig(steps=steps, learning_rate=RELEARN_LR, batch_size=8, seed=seed)
     return {"relearn": {"clean_prose": relearning_attack(model, clean_sequences, measured, suite.pad_id, config),
                         "tuning_quotes": relearning_attack(model, tuning, measured, suite.pad_id, config)},
             "quantization": quantization_attack(model, sets, suite.pad_id)}
@@ -290,12 +290,13 @@ def run_quotes_seed(config: QuotesDemoConfig, seed: int, out: Path) -> dict:
     lap("band analysis per duplication count")
     attacked = {}
     if config.attacks:  # the baseline and the retrained twin are the references: what the attacks do to no edit / no quote
-        attacked["baseline"] = attacks(model, suite, clean, seed)
+        steps = (2, 10) if config.quick else RELEARN_STEPS
+        attacked["baseline"] = attacks(model, suite, clean, seed, steps)
         for name, context in edits.items():
             with context():
-                attacked[name] = attacks(model, suite, clean, seed)
-        attacked["bsn"] = attacks(bsn_model, suite, clean, seed)
-        attacked["retrained"] = attacks(retrained, suite, clean, seed)
+                attacked[name] = attacks(model, suite, clean, seed, steps)
+        attacked["bsn"] = attacks(bsn_model, suite, clean, seed, steps)
+        attacked["retrained"] = attacks(retrained, suite, clean, seed, steps)
         lap("attacks: relearning and quantization")
     info = {name: json.loads((f / "testbed.json").read_text()) for name, f in (("model", folder), ("retrained", retrained_folder))}
     results = {
