@@ -29,7 +29,6 @@ report with mean +- std per cell (``report.write_seeds_report``).
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -54,7 +53,7 @@ from ..evaluate import evaluate_tasks, load_tasks
 from ..models import load_model
 from ..basis.spectrum import plot_spectra
 from ..targets import preset_modules
-from .choices import choose_candidate, parse_seeds
+from .choices import choose_candidate, parse_seeds, svd_matched
 from .report import write_report, write_seeds_report
 from .suite import TestbedSuite, add_retention
 from .train import TrainConfig, load_or_train, quick_configs
@@ -133,36 +132,6 @@ def _sweep(model, suite, factors, bases, rhos):
         candidates.append({"method": "kfac", "layers": layer_name, "projections": proj_name, "rho": rho, "plan": plan,
                            "kept_fraction": kept, **score})
     return candidates
-
-
-SVD_ENERGIES = (0.3, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98, 0.99, 0.995)
-
-
-def svd_matched(model, suite, plan, target_ppl, refinements: int = 8):
-    """SVD on the K-FAC plan's modules at the energy whose sweep perplexity is closest to ``target_ppl``: the grid
-    ``SVD_ENERGIES``, then ``refinements`` bisections of the energy interval between the two neighbouring grid points
-    whose perplexities straddle the target (a coarse grid once left the matched point a near-null edit). Every scored
-    point is returned (``refined: true`` for the bisection's); the match's |log perplexity ratio| is ``matched_gap``."""
-
-    def score(energy: float, refined: bool) -> dict:
-        with edited(model, {name: energy for name in plan}, config=EditConfig(method="svd")):
-            return {"method": "svd", "energy": energy, "refined": refined, **suite.quick(model)}
-
-    def gap(point: dict) -> float:
-        return abs(math.log(point["perplexity"] / target_ppl)) if math.isfinite(point["perplexity"]) else math.inf
-
-    points = [score(energy, False) for energy in SVD_ENERGIES]
-    above = [p for p in points if p["perplexity"] >= target_ppl]  # lower energies cut more: higher perplexity
-    below = [p for p in points if p["perplexity"] < target_ppl]
-    if above and below:
-        low, high = max(above, key=lambda p: p["energy"]), min(below, key=lambda p: p["energy"])
-        if low["energy"] < high["energy"]:
-            for _ in range(refinements):
-                middle = score(round((low["energy"] + high["energy"]) / 2, 6), True)
-                points.append(middle)
-                low, high = (middle, high) if middle["perplexity"] >= target_ppl else (low, middle)
-    best = min(points, key=gap)
-    return {**best, "matched_gap": gap(best)}, points
 
 
 def _band_analysis(model, tokenizer, folder: Path, modules, bases, factors, plan, kfac: dict, out: Path, quick: bool) -> dict:

@@ -9,7 +9,7 @@ Per seed (``--seeds 0,1,2``: one world and two trainings each, then one report o
 3. choices, from the *tuning* half of the inserted quotes and ``heldout_tuning.txt`` alone, by the
    testbed's one rule (``choices.choose_candidate``: lowest tuning strict accuracy within the
    perplexity budget): the K-FAC plan (layer sets x projection sets x rho), SVD at the K-FAC edit's
-   perplexity (``testbed.demo.svd_matched``: the energy grid, then bisection) and BalancedSubnet
+   perplexity (``choices.svd_matched``: the energy grid, then bisection) and BalancedSubnet
    (``BSN_GRID``: forget set = the tuning quotes, retain set = training prose);
 4. every model -- baseline, K-FAC, SVD, BSN, retrained -- measured on the *reported* half and the
    controls: recitation (strict, loose, Levenshtein; prefix = all but the last 8 tokens of the
@@ -53,9 +53,8 @@ from ...evaluate.quantization import quantization_attack
 from ...models import load_model
 from ...provenance import provenance
 from ...targets import preset_modules
-from ..choices import choose_candidate, parse_seeds
+from ..choices import choose_candidate, parse_seeds, svd_matched
 from ..compare import apply_masks, sweep_bsn, sweep_kfac
-from ..demo import svd_matched
 from .train import load_or_train_quotes, quotes_configs
 from .world import build_quotes_world
 
