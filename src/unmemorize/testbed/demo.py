@@ -60,6 +60,9 @@ from .train import TrainConfig, load_or_train, quick_configs
 from .world import FACTOR_DATA, WorldConfig
 
 
+QUOTES_OPTIONS = ("world", "size", "corpus", "quotes")
+
+
 @dataclass
 class DemoConfig:
     """Settings of ``unmemorize demo`` (saved in results.json)."""
@@ -97,6 +100,11 @@ class DemoConfig:
 
     def seed_list(self) -> list[int]:
         return parse_seeds(self.seeds, self.seed)
+
+    def record(self) -> dict:
+        """The settings results.json records: every field, less the --world quotes options on the generated world (whose
+        results.json, digit for digit the committed one, predates them)."""
+        return {k: v for k, v in asdict(self).items() if self.world == "quotes" or k not in QUOTES_OPTIONS}
 
     def validate(self) -> None:
         check_seed(self.seed)
@@ -298,7 +306,7 @@ def _run_demo(config: DemoConfig, out: Path) -> dict:
     lap("activation-ratio analysis (bands, K-FAC vs SVD)")
     info = __import__("json").loads((folder / "testbed.json").read_text())
     results = {
-        "config": {**asdict(config), "testbed_key": info["key"], "testbed": str(folder), "parameters": info["parameters"],
+        "config": {**config.record(), "testbed_key": info["key"], "testbed": str(folder), "parameters": info["parameters"],
                    "factor_tokens": factors.metadata["tokens"], "world": info["world"], "train": info["train"],
                    "selection_rule": f"min tuning strict (then loose, then ppl) with sweep perplexity <= {1 + config.ppl_budget:g} x baseline"},
         "rule_met": choice["rule_met"],

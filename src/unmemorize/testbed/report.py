@@ -371,7 +371,7 @@ def write_seeds_report(per_seed: dict[int, dict], out: Path, config) -> dict:
     tasks = list(first["methods"]["baseline"]["tasks"])
     cells = ["val strict", "quotes strict", "control strict", *tasks, "perplexity"]
     results = {
-        "config": {**{k: v for k, v in vars(config).items()}, "seeds": seeds,
+        "config": {**config.record(), "seeds": seeds,
                    "testbeds": {str(s): per_seed[s]["config"]["testbed_key"] for s in seeds}},
         "summary": summary,
         "rule_met": {str(s): per_seed[s]["rule_met"] for s in seeds},
