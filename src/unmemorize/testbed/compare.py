@@ -201,9 +201,10 @@ def _candidate(method: str, setting: dict, score: dict, reported: dict, seconds:
     return {"method": method, **setting, **score, "reported": reported, "seconds": round(seconds, 2)}
 
 
-def sweep_kfac(model, suite, factors, bases, rhos) -> list[dict]:
+def sweep_kfac(model, suite, factors, bases, rhos, layer_sets: dict[str, list[int]] | None = None) -> list[dict]:
+    """Every K-FAC candidate plan (``candidate_plans``: layer sets x projection sets x rho) scored by ``suite.quick``."""
     candidates = []
-    for layers, projections, rho, plan in candidate_plans(model, factors, rhos):
+    for layers, projections, rho, plan in candidate_plans(model, factors, rhos, layer_sets):
         start = time.perf_counter()
         with edited(model, plan, factors, bases=bases):
             score, reported = suite.quick(model), reported_scores(suite, model)

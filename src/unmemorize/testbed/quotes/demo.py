@@ -229,7 +229,8 @@ def tune_quotes(model, suite: QuotesSuite, factors, bases, config: QuotesDemoCon
     reported half, the controls and ``heldout.txt``): the K-FAC plan, SVD's matched energy and the BSN setting (forget
     set: the tuning quotes; retain set: ``clean``, training prose)."""
     baseline_ppl = suite.quick(model)["perplexity"]
-    kfac_candidates = sweep_kfac(model, suite, factors, bases, rho_list(config.rhos, "--rhos"))
+    layer_sets = {"all": list(range(model.config.num_hidden_layers))} if config.quick else None  # quick: the pipeline, not the science
+    kfac_candidates = sweep_kfac(model, suite, factors, bases, rho_list(config.rhos, "--rhos"), layer_sets)
     kfac, kfac_rule = choose_candidate(kfac_candidates, baseline_ppl, config.ppl_budget)
     svd_point, svd_points = svd_matched(model, suite, kfac["plan"], kfac["perplexity"])
     forget = [row["text_ids"] for row in suite.rows if row["split"] == "tuning"]
