@@ -75,6 +75,7 @@ def test_choices_never_read_the_reported_half(quick_run, tmp_path, monkeypatch):
     Negative controls: scrambling heldout_tuning.txt or the tuning quotes (what the sweeps read) moves the scores."""
     from unmemorize.basis import decompose_factors
     from unmemorize.curvature import CollectConfig, collect_from_files
+    from unmemorize.data import iter_windows, list_data_files
     from unmemorize.models import load_model
     from unmemorize.targets import preset_modules
 
@@ -90,7 +91,7 @@ def test_choices_never_read_the_reported_half(quick_run, tmp_path, monkeypatch):
     def choices(data_folder):
         torch.manual_seed(0)
         suite = QuotesSuite(data_folder, tokenizer, quick=True)
-        clean = [row["text_ids"][:32] for row in suite.rows[:4]] + [[1] + list(range(5, 60))]
+        clean = list(iter_windows(list_data_files(data_folder / "data" / "factors.txt"), tokenizer, 64, 1_000))  # as the demo
         result = tune_quotes(model, suite, factors, bases, config, clean, seed=0)
         return {"kfac": result["kfac"]["plan"], "svd": result["svd"]["energy"], "bsn": result["bsn"]["key"],
                 "scores": [(c["memorized_tuning"]["strict"], c["memorized_tuning"]["levenshtein"], c["perplexity"],
