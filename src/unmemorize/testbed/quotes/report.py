@@ -150,11 +150,11 @@ def write_seed_report(results: dict, out: Path) -> None:
         rec = methods[name]["recitation"]["reported"]
         intervals = [wilson_of_fraction(rec[g]["strict"], rec[g]["n"]) for g in groups]
         series[name] = ([i.value for i in intervals], [i.low for i in intervals], [i.high for i in intervals])
-    _plot(counts, series, "strict recitation (reported quotes)", out / "memorization_vs_duplication.png")
+    _plot(counts, series, "strict recitation, reported quotes", out / "memorization_vs_duplication.png")
     _plot(counts, {name: ([methods[name]["membership_auc"][g]["min_k_40"] for g in groups],
                           [methods[name]["membership_auc_interval"][g]["min_k_40"][0] for g in groups],
                           [methods[name]["membership_auc_interval"][g]["min_k_40"][1] for g in groups]) for name in methods},
-          "membership AUC, Min-K% (k=40%), vs never-inserted quotes", out / "mia_auc_vs_duplication.png", chance=0.5)
+          "membership AUC (Min-K%, k=40%)", out / "mia_auc_vs_duplication.png", chance=0.5)
 
 
 def _num(value: float | None) -> str:
@@ -269,10 +269,10 @@ def write_seeds_report(per_seed: dict[int, dict], out: Path, config) -> dict:
     (out / "report.md").write_text("\n".join(lines) + "\n")
     series = {name: ([summary["strict"][name][g]["mean"] for g in groups], [_or(summary["strict"][name][g], "low") for g in groups],
                      [_or(summary["strict"][name][g], "high") for g in groups]) for name in names}
-    _plot(counts, series, "strict recitation (reported quotes), mean over seeds", out / "memorization_vs_duplication.png")
+    _plot(counts, series, "strict recitation, reported quotes", out / "memorization_vs_duplication.png")
     auc_series = {name: ([summary["auc"][name]["min_k_40"][g]["mean"] for g in groups], [_or(summary["auc"][name]["min_k_40"][g], "low") for g in groups],
                          [_or(summary["auc"][name]["min_k_40"][g], "high") for g in groups]) for name in names}
-    _plot(counts, auc_series, "membership AUC, Min-K% (k=40%), mean over seeds", out / "mia_auc_vs_duplication.png", chance=0.5)
+    _plot(counts, auc_series, "membership AUC (Min-K%, k=40%)", out / "mia_auc_vs_duplication.png", chance=0.5)
     record = {"config": asdict(config), "summary": summary, "provenance": provenance()}
     write_json(out / "results.json", record)
     return record
