@@ -164,6 +164,26 @@ def batches_of(sequences, batch_size: int):
     return [pad_batch(sequences[i : i + batch_size]) for i in range(0, len(sequences), batch_size)]
 
 
+def shuffle_words(path: Path, rng: random.Random) -> None:
+    """Rewrite a text file as its words in a random order (the scramble of the 'choices never read it' tests)."""
+    words = path.read_text().split()
+    rng.shuffle(words)
+    path.write_text(" ".join(words) + "\n")
+
+
+def shuffle_jsonl(path: Path, rng: random.Random, keys: tuple[str, ...], keep=lambda row: True, edit=None) -> None:
+    """Shuffle the lists under ``keys`` of every row of a .jsonl file that ``keep`` selects (``edit(row, rng)`` after)."""
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    for row in rows:
+        if keep(row):
+            for key in keys:
+                if key in row:
+                    rng.shuffle(row[key])
+            if edit is not None:
+                edit(row, rng)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
 # ---------------------------------------------------------------------------------------------- the quotes world
 QUOTES_WORDS = ("river stone light shadow garden window silver morning winter candle harbor meadow thunder lantern orchard "
                 "whisper marble feather compass quiet golden hollow ember willow tide summit cedar velvet crimson echo").split()

@@ -11,6 +11,7 @@ import shutil
 import pytest
 import torch
 
+from conftest import shuffle_jsonl, shuffle_words
 from unmemorize.testbed.quotes.demo import QuotesDemoConfig, QuotesSuite, run_quotes_demo, tune_quotes
 
 
@@ -103,16 +104,9 @@ def test_choices_never_read_the_reported_half(quick_run, tmp_path, monkeypatch):
         rng = random.Random(1)
         path = copy / "data" / name
         if rows_of:
-            rows = [json.loads(line) for line in path.read_text().splitlines()]
-            for row in rows:
-                if row["split"] in rows_of:
-                    for key in ("prefix_ids", "suffix_ids", "text_ids"):
-                        rng.shuffle(row[key])
-            path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+            shuffle_jsonl(path, rng, ("prefix_ids", "suffix_ids", "text_ids"), keep=lambda row: row["split"] in rows_of)
         else:
-            words = path.read_text().split()
-            rng.shuffle(words)
-            path.write_text(" ".join(words) + "\n")
+            shuffle_words(path, rng)
         return copy
 
     original = choices(folder)

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import re
 from collections import Counter
 
 import pytest
 
+from conftest import shuffle_jsonl, shuffle_words
 from unmemorize.jsonio import strict_loads
 from unmemorize.testbed.world import (
     FACT_QUESTIONS, FACTOR_DATA, WorldConfig, build_world, evaluation_tasks, factor_documents, heldout_documents, heldout_split,
@@ -191,6 +191,11 @@ def _quick_testbed_with_factors(shared_testbed_cache, monkeypatch, factor_tokens
     return folder, model, tokenizer, factors, decompose_factors(factors)
 
 
+def _scramble_answer(row: dict, rng) -> None:
+    if "answer" in row:
+        row["answer"] = rng.choice(["paris", "7", "true", "nurse"])
+
+
 def test_the_choices_never_read_the_validation_split(tmp_path, monkeypatch, shared_testbed_cache):
     """Scramble everything reported but never chosen on (validation sequences, the reported
     held-out text, the tasks, quotes and controls): every choice of the demo is identical. The
@@ -223,18 +228,9 @@ def test_the_choices_never_read_the_validation_split(tmp_path, monkeypatch, shar
         for name in names:
             path = copy / "data" / name
             if name.endswith(".jsonl"):
-                rows = [json.loads(line) for line in path.read_text().splitlines()]
-                for row in rows:
-                    for key in ("suffix_ids", "prefix_ids"):
-                        if key in row:
-                            rng.shuffle(row[key])
-                    if "answer" in row:
-                        row["answer"] = rng.choice(["paris", "7", "true", "nurse"])
-                path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+                shuffle_jsonl(path, rng, ("suffix_ids", "prefix_ids"), edit=_scramble_answer)
             else:
-                words = path.read_text().split()
-                rng.shuffle(words)
-                path.write_text(" ".join(words) + "\n")
+                shuffle_words(path, rng)
         return copy
 
     original = choices(folder)
