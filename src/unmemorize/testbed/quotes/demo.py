@@ -55,6 +55,7 @@ from ...provenance import provenance
 from ...targets import preset_modules
 from ..choices import choose_candidate, parse_seeds, svd_matched
 from ..compare import apply_masks, sweep_bsn, sweep_kfac
+from ..suite import _scores
 from .train import load_or_train_quotes, quotes_configs
 from .world import build_quotes_world
 
@@ -143,11 +144,6 @@ class QuotesSuite:
         result["membership_scores"] = self.membership(model)
         result["eval_seconds"] = round(time.perf_counter() - start, 2)
         return result
-
-
-def _scores(scores) -> dict:
-    return {"strict": scores.strict, "loose": scores.loose, "levenshtein": scores.levenshtein, "n": scores.n,
-            "exact": [d == 0 for d in scores.distances]}
 
 
 def _subset(scores: dict[str, list[float]], indices: list[int]) -> dict[str, list[float]]:

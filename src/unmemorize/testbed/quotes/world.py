@@ -219,9 +219,14 @@ def training_segments(world: QuotesWorld, epoch: int, with_quotes: bool = True) 
     return documents
 
 
+def document_text(segments: list[tuple[str, int | None]]) -> str:
+    """A document of ``training_segments`` as text: its segments joined by single spaces."""
+    return " ".join(text for text, _ in segments)
+
+
 def training_stream(world: QuotesWorld, epoch: int, with_quotes: bool = True) -> list[str]:
     """Epoch ``epoch``'s documents as text, with that epoch's insertions (``with_quotes=False``: the retrained twin's)."""
-    return [" ".join(text for text, _ in segments) for segments in training_segments(world, epoch, with_quotes)]
+    return [document_text(segments) for segments in training_segments(world, epoch, with_quotes)]
 
 
 def factor_documents(world: QuotesWorld, max_documents: int | None = None) -> list[str]:
