@@ -357,3 +357,18 @@ def test_bootstrap_auc_of_a_resample_equals_roc_auc_of_the_resampled_lists():
     wide = auc_interval([0.6, 0.4, 0.7], [0.5, 0.3, 0.2])
     narrow = auc_interval([0.6, 0.4, 0.7] * 30, [0.5, 0.3, 0.2] * 30)
     assert narrow[1] - narrow[0] < wide[1] - wide[0]
+
+
+def test_precomputed_statistics_give_the_same_scores():
+    """Scores from token statistics computed once equal the scores of a fresh forward pass, at every k."""
+    from unmemorize.evaluate.membership import membership_scores, token_log_probs
+
+    model = tiny_llama()
+    sequences = [[1, 5, 9, 3, 7], [2, 4, 6, 8, 10, 12, 14], [3, 3]]
+    texts = ["a b c", "d e f g", "h"]
+    statistics = token_log_probs(model, sequences)
+    for k in (0.2, 0.4):
+        assert membership_scores(model, sequences, texts, k=k, statistics=statistics).scores() == \
+            membership_scores(model, sequences, texts, k=k).scores()
+    with pytest.raises(UnmemorizeError, match="token statistics"):
+        membership_scores(model, sequences, texts, statistics=statistics[:2])

@@ -184,8 +184,9 @@ class MembershipScores:
 
 
 def membership_scores(model, sequences: list[list[int]], texts: list[str], k: float = 0.2,
-                      batch_size: int = 32) -> MembershipScores:
-    """Loss, zlib, Min-K% and Min-K%++ of each sequence; ``texts[i]`` is the text ``sequences[i]`` encodes."""
+                      batch_size: int = 32, statistics: list[TokenStatistics] | None = None) -> MembershipScores:
+    """Loss, zlib, Min-K% and Min-K%++ of each sequence; ``texts[i]`` is the text ``sequences[i]`` encodes.
+    ``statistics``: ``token_log_probs(model, sequences)`` computed before (scores at several k share one forward pass)."""
     k = _check_k(k)
     texts = list(texts)
     if len(texts) != len(sequences):
@@ -194,7 +195,10 @@ def membership_scores(model, sequences: list[list[int]], texts: list[str], k: fl
     for i, text in enumerate(texts):
         if not isinstance(text, str):
             raise UnmemorizeError(f"text {i} is a {type(text).__name__}, not a str")
-    statistics = token_log_probs(model, sequences, batch_size)
+    if statistics is None:
+        statistics = token_log_probs(model, sequences, batch_size)
+    elif len(statistics) != len(sequences):
+        raise UnmemorizeError(f"{len(sequences)} sequences but {len(statistics)} token statistics")
     result = MembershipScores(loss=[], zlib=[], min_k=[], min_k_plus_plus=[], k=k, positions=[], zlib_bytes=[])
     for text, stats in zip(texts, statistics):
         log_prob = stats.log_prob.double()

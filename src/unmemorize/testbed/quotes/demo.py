@@ -30,7 +30,6 @@ are read only after step 3.
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -48,7 +47,7 @@ from ...errors import UnmemorizeError, check_seed
 from ...evaluate import evaluate_memorization, perplexity
 from ...evaluate.attacks import RelearnConfig, relearning_attack
 from ...evaluate.memorization import MemorizationItem
-from ...evaluate.membership import auc_interval, membership_scores, privacy_leak, roc_auc
+from ...evaluate.membership import auc_interval, membership_scores, privacy_leak, roc_auc, token_log_probs
 from ...evaluate.quantization import quantization_attack
 from ...models import load_model
 from ...provenance import provenance
@@ -131,8 +130,9 @@ class QuotesSuite:
     def membership(self, model) -> dict:
         """Membership scores of every row (the caller groups them): {score name: [value per row]} (higher: member)."""
         sequences, texts = [row["text_ids"] for row in self.rows], [row["body"] for row in self.rows]
-        scores = membership_scores(model, sequences, texts, k=MIA_K).scores()
-        muse = membership_scores(model, sequences, texts, k=MUSE_K).scores()["min_k"]
+        statistics = token_log_probs(model, sequences)  # one forward pass serves both k
+        scores = membership_scores(model, sequences, texts, k=MIA_K, statistics=statistics).scores()
+        muse = membership_scores(model, sequences, texts, k=MUSE_K, statistics=statistics).scores()["min_k"]
         return {"loss": scores["loss"], "zlib": scores["zlib"], "min_k_plus_plus": scores["min_k_plus_plus"], "min_k_40": muse}
 
     def evaluate(self, model) -> dict:
@@ -203,8 +203,11 @@ def band_by_count(model, tokenizer, folder: Path, suite: QuotesSuite, modules, b
 
 
 def _finite_mean(values: list[float]) -> float | None:
-    finite = [v for v in values if v is not None and math.isfinite(v)]
-    return sum(finite) / len(finite) if finite else None
+    """The mean over the finite separations (``analysis.separation_mean``), None if there is none."""
+    from ...analysis.run import separation_mean
+
+    stats = separation_mean(values)
+    return stats["mean"] if stats["in_mean"] else None
 
 
 def attacks(model, suite: QuotesSuite, clean_sequences: list[list[int]], seed: int, steps: tuple[int, ...] = RELEARN_STEPS) -> dict:
